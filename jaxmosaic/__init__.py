@@ -1,0 +1,46 @@
+"""jaxmosaic: classic image techniques as pure, jitted JAX functions.
+
+Images are float32 in [0, 1], channels last (HWC, or NHWC for a batch). Importing the package
+reads no file and touches no network; weights load only when asked.
+"""
+
+__version__ = "0.1.0"
+
+from jaxmosaic.errors import ImageError, JaxmosaicError, UnsafeCheckpointError, WeightsError
+from jaxmosaic.image import (
+    ImageWarning,
+    center_crop,
+    fit_shape,
+    linear_to_srgb,
+    load_image,
+    resize,
+    save_gif,
+    save_image,
+    srgb_to_linear,
+)
+from jaxmosaic.vgg import VGG19, VGG19_LAYERS, layer_channels, layer_stride, vgg19_features
+from jaxmosaic.weights import load_vgg19, random_vgg19
+
+__all__ = [
+    "__version__",
+    "ImageError",
+    "ImageWarning",
+    "JaxmosaicError",
+    "UnsafeCheckpointError",
+    "WeightsError",
+    "load_image",
+    "save_image",
+    "save_gif",
+    "resize",
+    "center_crop",
+    "fit_shape",
+    "srgb_to_linear",
+    "linear_to_srgb",
+    "VGG19",
+    "VGG19_LAYERS",
+    "layer_channels",
+    "layer_stride",
+    "vgg19_features",
+    "load_vgg19",
+    "random_vgg19",
+]

@@ -1,0 +1,98 @@
+"""What every command shares: one-line errors, the compilation cache, weights, progress bars."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from jaxmosaic.errors import JaxmosaicError
+
+err_console = Console(stderr=True)
+state = {"debug": False}
+
+
+def error_line(message: str) -> None:
+    err_console.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+
+
+def guarded(command):
+    """Turn the errors a user can cause into one line and a non-zero exit (tracebacks with --debug)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except KeyboardInterrupt:
+            error_line("interrupted")
+            raise typer.Exit(130) from None
+        except (JaxmosaicError, ValueError, OSError) as err:
+            if state["debug"]:
+                traceback.print_exc()
+            error_line(str(err).splitlines()[0] if str(err) else type(err).__name__)
+            raise typer.Exit(1) from None
+        except Exception as err:
+            if state["debug"]:
+                traceback.print_exc()
+            first = str(err).splitlines()[0] if str(err) else ""
+            error_line(f"unexpected {type(err).__name__}: {first} (run with --debug for the traceback)")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def enable_compilation_cache() -> None:
+    """Keep XLA's compiled programs under the cache dir, so a second run does not recompile."""
+    if os.environ.get("JAXMOSAIC_NO_COMPILATION_CACHE"):
+        return
+    import jax
+
+    from jaxmosaic.weights import cache_dir
+
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+@contextlib.contextmanager
+def download_progress() -> Iterator:
+    """A rich progress bar for a download; yields the `progress(done, total)` callback."""
+    columns = (TextColumn("downloading VGG19"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=False) as bar:
+        task = bar.add_task("download", total=None)
+
+        def update(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def vgg_params(weights: str | None, seed: int = 0):
+    """VGG19 params for a `--weights` value: "random" (seeded), a path, or None for the lookup."""
+    if weights == "random":
+        import jax
+
+        from jaxmosaic.weights import random_vgg19
+
+        return random_vgg19(jax.random.PRNGKey(seed))
+    from jaxmosaic.weights import load_vgg19
+
+    with download_progress() as progress:
+        return load_vgg19(weights, progress=progress)
+
+
+def echo(message: str) -> None:
+    """A line for the user on stderr, so stdout stays clean for data."""
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def is_interactive() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,46 @@
+"""The `jaxmosaic` Typer application: global options and the command registry."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from jaxmosaic import __version__
+from jaxmosaic.cli._common import enable_compilation_cache, state
+
+app = typer.Typer(
+    name="jaxmosaic",
+    help="Photomosaics, hybrid images, texture synthesis, patch VQ and neural style transfer in JAX.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"jaxmosaic {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    state["debug"] = debug
+    enable_compilation_cache()
+
+
+def register() -> None:
+    from jaxmosaic.cli import features, weights
+
+    app.add_typer(weights.app, name="weights")
+    app.command(name="features")(features.features)
+
+
+register()

@@ -1,0 +1,52 @@
+"""Atomic writes that never replace an input file."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from jaxmosaic.errors import JaxmosaicError
+
+__all__ = ["atomic_path", "check_not_input", "write_json"]
+
+
+def check_not_input(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Raise if `path` is one of `inputs` (compared after resolving links)."""
+    target = Path(path).resolve()
+    for item in inputs:
+        source = Path(item)
+        if source.exists() and source.resolve() == target:
+            raise JaxmosaicError(f"{path}: refusing to overwrite an input file")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it over `path`, else remove it.
+
+    The temporary name keeps the suffix so that writers choosing a format by extension work.
+    """
+    path = Path(path)
+    check_not_input(path, inputs)
+    if path.is_dir():
+        raise JaxmosaicError(f"{path}: is a directory, expected a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise JaxmosaicError(f"{path}: folder {parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, obj, inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Write `obj` as indented JSON, atomically."""
+    with atomic_path(path, inputs) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,143 @@
+"""VGG19 (torchvision's layout) as a flax.linen module, and named-layer feature extraction.
+
+Images are float32 RGB in [0, 1], NHWC (one HWC image is accepted too); the ImageNet
+normalisation happens inside. Parameters are the pytree `{"conv1_1": {"kernel": HWIO, "bias": O},
+...}` for the 16 convolutions; `jaxmosaic.load_vgg19` and `jaxmosaic.random_vgg19` return it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "VGG19",
+    "VGG19_LAYERS",
+    "VGG19_CONVS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "vgg19_features",
+    "layer_channels",
+    "layer_stride",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_BLOCKS = ((64, 64), (128, 128), (256, 256, 256, 256), (512, 512, 512, 512), (512, 512, 512, 512))
+
+
+def _sequence() -> tuple[tuple[str, str, int], ...]:
+    """(kind, name, channels) for each of the 37 named layers, in order."""
+    layers = []
+    for block, widths in enumerate(_BLOCKS, start=1):
+        for index, width in enumerate(widths, start=1):
+            layers.append(("conv", f"conv{block}_{index}", width))
+            layers.append(("relu", f"relu{block}_{index}", width))
+        layers.append(("pool", f"pool{block}", widths[-1]))
+    return tuple(layers)
+
+
+_SEQUENCE = _sequence()
+VGG19_LAYERS: tuple[str, ...] = tuple(name for _, name, _ in _SEQUENCE)
+"""The 37 layer names in order: conv1_1, relu1_1, conv1_2, relu1_2, pool1, ..., relu5_4, pool5."""
+VGG19_CONVS: tuple[str, ...] = tuple(name for kind, name, _ in _SEQUENCE if kind == "conv")
+"""The 16 convolution names, in the order of torchvision's features.{0,2,5,...,34}."""
+_INDEX = {name: i for i, name in enumerate(VGG19_LAYERS)}
+_CHANNELS = {name: channels for _, name, channels in _SEQUENCE}
+
+
+def layer_channels(name: str) -> int:
+    """Number of channels of a named layer."""
+    return _CHANNELS[_check_layers((name,))[0]]
+
+
+def layer_stride(name: str) -> int:
+    """Downsampling factor of a named layer relative to the input (1, 2, 4, 8, 16 or 32)."""
+    index = _INDEX[_check_layers((name,))[0]]
+    return 2 ** sum(1 for kind, _, _ in _SEQUENCE[: index + 1] if kind == "pool")
+
+
+def _check_layers(layers: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(layers, str):
+        layers = (layers,)
+    unknown = [name for name in layers if name not in _INDEX]
+    if unknown:
+        raise ValueError(f"unknown VGG19 layer(s) {', '.join(unknown)}; valid names: {', '.join(VGG19_LAYERS)}")
+    if not layers:
+        raise ValueError("no VGG19 layer requested")
+    return tuple(layers)
+
+
+class VGG19(nn.Module):
+    """The 16 convolutions of torchvision's VGG19, with named outputs.
+
+    Attributes:
+      layers: names of the layers to return; nothing past the deepest one is computed.
+      pooling: "max" (as trained) or "avg" (smoother gradients, better for synthesis).
+      padding: "zeros" (as trained) or "circular" (for textures that tile seamlessly).
+    """
+
+    layers: tuple[str, ...] = VGG19_LAYERS
+    pooling: str = "max"
+    padding: str = "zeros"
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
+        layers = _check_layers(self.layers)
+        if self.pooling not in ("max", "avg"):
+            raise ValueError(f"pooling must be 'max' or 'avg', got {self.pooling!r}")
+        if self.padding not in ("zeros", "circular"):
+            raise ValueError(f"padding must be 'zeros' or 'circular', got {self.padding!r}")
+        wanted = set(layers)
+        deepest = max(_INDEX[name] for name in layers)
+        mean = jnp.asarray(IMAGENET_MEAN, images.dtype).reshape(1, 1, 1, 3)
+        std = jnp.asarray(IMAGENET_STD, images.dtype).reshape(1, 1, 1, 3)
+        x = (images - mean) / std
+        padding = 1 if self.padding == "zeros" else "CIRCULAR"
+        outputs = {}
+        for kind, name, channels in _SEQUENCE[: deepest + 1]:
+            if kind == "conv":
+                x = nn.Conv(channels, (3, 3), padding=padding, name=name, dtype=images.dtype)(x)
+            elif kind == "relu":
+                x = nn.relu(x)
+            elif self.pooling == "max":
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            else:
+                x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+            if name in wanted:
+                outputs[name] = x
+        return outputs
+
+
+def vgg19_features(
+    params,
+    images: jax.Array,
+    layers: Sequence[str] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
+    *,
+    pooling: str = "max",
+    padding: str = "zeros",
+) -> dict[str, jax.Array]:
+    """VGG19 activations of the requested named layers.
+
+    Args:
+      params: the convolution parameters (`load_vgg19`, `random_vgg19`).
+      images: float RGB in [0, 1], NHWC or HWC.
+      layers: names from `VGG19_LAYERS`; static under jit.
+      pooling: "max" or "avg"; static.
+      padding: "zeros" or "circular"; static.
+
+    Returns:
+      A dict from each requested name to its activation, NHWC (HWC for an HWC input). Max and
+      average pooling floor odd sizes, as PyTorch's `MaxPool2d(2, 2)` and `avg_pool2d` do.
+    """
+    module = VGG19(layers=_check_layers(layers), pooling=pooling, padding=padding)
+    images = jnp.asarray(images)
+    if images.ndim == 3:
+        return {name: value[0] for name, value in module.apply({"params": params}, images[None]).items()}
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be HWC or NHWC with 3 channels, got shape {images.shape}")
+    return module.apply({"params": params}, images)
