@@ -11,7 +11,7 @@ from pathlib import Path
 
 from jaxmosaic.errors import JaxmosaicError
 
-__all__ = ["atomic_path", "check_not_input", "write_json"]
+__all__ = ["atomic_path", "check_not_input", "check_outputs", "write_json"]
 
 
 def check_not_input(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> None:
@@ -21,6 +21,18 @@ def check_not_input(path: str | os.PathLike, inputs: Iterable[str | os.PathLike]
         source = Path(item)
         if source.exists() and source.resolve() == target:
             raise JaxmosaicError(f"{path}: refusing to overwrite an input file")
+
+
+def check_outputs(outputs: Iterable[str | os.PathLike | None], inputs: Iterable[str | os.PathLike]) -> None:
+    """Before any work starts: no output is an input, and each output's folder exists."""
+    inputs = list(inputs)
+    for output in outputs:
+        if output is None:
+            continue
+        check_not_input(output, inputs)
+        parent = Path(output).parent
+        if not parent.is_dir():
+            raise JaxmosaicError(f"{output}: folder {parent} does not exist")
 
 
 @contextlib.contextmanager

@@ -64,15 +64,22 @@ def enable_compilation_cache() -> None:
 
 @contextlib.contextmanager
 def download_progress() -> Iterator:
-    """A rich progress bar for a download; yields the `progress(done, total)` callback."""
+    """A rich progress bar for a download, shown from the first byte; yields `progress(done, total)`."""
     columns = (TextColumn("downloading VGG19"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=False) as bar:
-        task = bar.add_task("download", total=None)
+    bar = Progress(*columns, console=err_console)
+    task = None
 
-        def update(done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total)
+    def update(done: int, total: int | None) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("download", total=total)
+        bar.update(task, completed=done, total=total)
 
+    try:
         yield update
+    finally:
+        bar.stop()
 
 
 def vgg_params(weights: str | None, seed: int = 0):

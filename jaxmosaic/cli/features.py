@@ -30,7 +30,7 @@ def features(
     import numpy as np
 
     from jaxmosaic.features_preview import feature_montage
-    from jaxmosaic.files import atomic_path, write_json
+    from jaxmosaic.files import atomic_path, check_outputs, write_json
     from jaxmosaic.image import fit_shape, load_image, resize, save_image
     from jaxmosaic.vgg import vgg19_features
 
@@ -39,6 +39,7 @@ def features(
         raise ValueError(f"--pooling must be max or avg, got {pooling!r}")
     if out.suffix != ".npz":
         raise ValueError(f"--out {out}: expected a .npz file name")
+    check_outputs([out, preview, metrics], [image])
     pixels = load_image(image)
     height, width = fit_shape(*pixels.shape[:2], size)
     pixels = resize(pixels, height, width)

@@ -1,0 +1,128 @@
+"""The command line: help, version, a real job, and one-line errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import ROOT, SAMPLES
+from jaxmosaic.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_help_and_version():
+    result = run("--help")
+    assert result.exit_code == 0 and "weights" in result.output and "features" in result.output
+    result = run("--version")
+    assert result.exit_code == 0 and result.output.strip().startswith("jaxmosaic 0.")
+
+
+def test_features_with_random_weights(tmp_path):
+    out, preview, metrics = tmp_path / "f.npz", tmp_path / "f.png", tmp_path / "m.json"
+    result = run("features", SAMPLES / "coffee.png", "-o", out, "--weights", "random", "--size", "64",
+                 "--layers", "relu1_1,pool2", "--preview", preview, "--metrics", metrics)
+    assert result.exit_code == 0, result.output
+    with np.load(out) as data:
+        assert data["relu1_1"].shape == (43, 64, 64) and data["pool2"].shape == (10, 16, 128)
+    summary = json.loads(metrics.read_text())
+    assert summary["technique"] == "features" and summary["outputs"] == [str(out), str(preview)]
+    assert summary["features"]["pool2"]["shape"] == [10, 16, 128]
+    assert preview.stat().st_size > 0
+
+
+def test_missing_image_is_one_line(tmp_path):
+    result = run("features", tmp_path / "none.png", "-o", tmp_path / "f.npz", "--weights", "random")
+    assert_one_line_error(result, "none.png", "no such file")
+    assert not (tmp_path / "f.npz").exists()
+
+
+def test_bad_layer_is_one_line(tmp_path):
+    result = run("features", SAMPLES / "coffee.png", "-o", tmp_path / "f.npz", "--weights", "random", "--layers", "relu9_9")
+    assert_one_line_error(result, "relu9_9")
+
+
+def test_missing_weights_is_one_line_with_the_way_out(tmp_path):
+    result = run("features", SAMPLES / "coffee.png", "-o", tmp_path / "f.npz", "--size", "32")
+    assert_one_line_error(result, "jaxmosaic weights download", "--weights random")
+    result = run("features", SAMPLES / "coffee.png", "-o", tmp_path / "f.npz", "--weights", tmp_path / "nothing")
+    assert_one_line_error(result, "--weights", "nothing", "no such file")
+
+
+def test_output_never_overwrites_input_and_writes_nothing(tmp_path):
+    image = tmp_path / "in.png"
+    image.write_bytes((SAMPLES / "coffee.png").read_bytes())
+    before = image.read_bytes()
+    result = run("features", image, "-o", tmp_path / "f.npz", "--weights", "random", "--size", "32", "--preview", image)
+    assert_one_line_error(result, "in.png", "refusing to overwrite an input file")
+    assert image.read_bytes() == before and not (tmp_path / "f.npz").exists()
+
+
+def test_weights_convert_info_and_unsafe(torch_checkpoint, tmp_path):
+    result = run("weights", "convert", torch_checkpoint, "-o", tmp_path / "w")
+    assert result.exit_code == 0, result.output
+    result = run("weights", "info", "--weights", tmp_path / "w")
+    info = json.loads(result.output)
+    assert info["found"] and info["file"] == torch_checkpoint.name and len(info["sha256"]) == 64
+    (tmp_path / "evil.pth").write_bytes(b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.")
+    result = run("weights", "convert", tmp_path / "evil.pth", "-o", tmp_path / "w2")
+    assert_one_line_error(result, "evil.pth", "posix.system")
+    assert not (tmp_path / "w2").exists()
+
+
+def test_weights_random_writes_a_loadable_folder(tmp_path):
+    from jaxmosaic import load_vgg19, random_vgg19
+    import jax
+
+    result = run("weights", "random", "-o", tmp_path / "r", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    loaded = load_vgg19(tmp_path / "r")
+    np.testing.assert_array_equal(loaded["conv5_4"]["kernel"], random_vgg19(jax.random.PRNGKey(3))["conv5_4"]["kernel"])
+
+
+def test_usage_error_exits_2_from_the_console_script():
+    result = subprocess.run([sys.executable, str(ROOT / "cli.py"), "features"], capture_output=True, text=True)
+    assert result.returncode == 2 and "Missing argument" in result.stderr and "Traceback" not in result.stderr
+
+
+AUDIT = r"""
+import sys
+events = []
+harmless = (".py", ".pyc", ".so", ".pth", ".typed", "METADATA", "PKG-INFO", "entry_points.txt", "__path_hook__")
+def hook(event, args):
+    if event == "open":
+        name = str(args[0])
+        # JAX probes /sys for accelerators; importlib reads package metadata: neither is our data
+        if not (name.endswith(harmless) or name.endswith("/") or name in sys.path or name.startswith(("/sys/", "/proc/"))):
+            events.append(name)
+    elif event.startswith("socket."):
+        events.append(event)
+sys.addaudithook(hook)
+import jaxmosaic
+print(repr(events))
+"""
+
+
+def test_import_reads_no_data_file_and_opens_no_socket():
+    result = subprocess.run([sys.executable, "-c", AUDIT], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
