@@ -72,6 +72,18 @@ def _check_layers(layers: Sequence[str]) -> tuple[str, ...]:
     return tuple(layers)
 
 
+def _pool_2x2(x: jax.Array, pooling: str) -> jax.Array:
+    """2x2 stride-2 pooling of NHWC, flooring odd sizes like PyTorch's MaxPool2d(2, 2).
+
+    Written as a reshape and a reduction: on CPU its gradient is about 4x faster than the
+    select-and-scatter of `lax.reduce_window`. At exact ties the max's gradient is shared
+    between the tied inputs (a valid subgradient; after a ReLU ties only occur at zero).
+    """
+    n, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2, :].reshape(n, h // 2, 2, w // 2, 2, c)
+    return x.max(axis=(2, 4)) if pooling == "max" else x.mean(axis=(2, 4))
+
+
 class VGG19(nn.Module):
     """The 16 convolutions of torchvision's VGG19, with named outputs.
 
@@ -104,10 +116,8 @@ class VGG19(nn.Module):
                 x = nn.Conv(channels, (3, 3), padding=padding, name=name, dtype=images.dtype)(x)
             elif kind == "relu":
                 x = nn.relu(x)
-            elif self.pooling == "max":
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
             else:
-                x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+                x = _pool_2x2(x, self.pooling)
             if name in wanted:
                 outputs[name] = x
         return outputs

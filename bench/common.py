@@ -1,0 +1,79 @@
+"""Shared benchmark helpers: timing, the machine's matmul peak, JSON results and markdown tables."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def timeit(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -> dict:
+    """Min and median seconds of `fn()` (which must block on its result) over `repeats` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"min": min(times), "median": statistics.median(times), "repeats": repeats}
+
+
+def first_call_seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """float32 GFLOP/s of a jitted n x n matmul: the practical peak XLA reaches on this machine."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    jax.block_until_ready(matmul(a, b))
+    seconds = timeit(lambda: jax.block_until_ready(matmul(a, b)), repeats=repeats)["min"]
+    return 2 * n**3 / seconds / 1e9
+
+
+def machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "numpy": np.__version__,
+    }
+
+
+def write_results(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "machine": machine(), **payload}
+    path = RESULTS / f"{name}-{jax.default_backend()}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(value):
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
