@@ -103,3 +103,26 @@ def echo(message: str) -> None:
 
 def is_interactive() -> bool:
     return sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def loss_progress(total: int, label: str) -> Iterator:
+    """A rich progress bar over optimisation steps; yields `update(step, text)` for the loss column."""
+    from rich.progress import MofNCompleteColumn, TimeElapsedColumn
+
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[loss]}"))
+    with Progress(*columns, console=err_console, transient=False) as bar:
+        task = bar.add_task(label, total=total, loss="compiling...")
+
+        def update(step: int, text: str) -> None:
+            bar.update(task, completed=step, loss=text)
+
+        yield update
+
+
+def output_name(out, tag: str, suffix: str | None = None):
+    """OUT.png -> OUT-tag.png (or with another suffix)."""
+    from pathlib import Path
+
+    out = Path(out)
+    return out.with_name(f"{out.stem}-{tag}{suffix if suffix is not None else out.suffix}")

@@ -37,10 +37,11 @@ def main_options(
 
 
 def register() -> None:
-    from jaxmosaic.cli import features, weights
+    from jaxmosaic.cli import features, hybrid, weights
 
-    app.add_typer(weights.app, name="weights")
+    app.command(name="hybrid")(hybrid.hybrid)
     app.command(name="features")(features.features)
+    app.add_typer(weights.app, name="weights")
 
 
 register()

@@ -1,0 +1,98 @@
+"""Gaussian kernels and separable blurs.
+
+Images are float arrays, channels last: HWC or NHWC. Kernel sizes are static; sigma may be traced.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["gaussian_kernel1d", "separable_blur", "gaussian_blur", "PADDING_MODES"]
+
+# our name -> numpy/jnp.pad mode; "reflect" is scipy.ndimage's (edge sample repeated: d c b a | a b c d)
+PADDING_MODES = {"reflect": "symmetric", "zeros": "constant", "wrap": "wrap"}
+
+
+def gaussian_kernel1d(size: int, sigma, *, dtype=jnp.float32) -> jax.Array:
+    """The normalised 1-D Gaussian k[i] = exp(-(c - i)^2 / (2 sigma^2)) / sum, c = (size - 1) // 2.
+
+    The hybrid-image seed's kernel: `gaussian_kernel1d(11, 2)` is 0.00881223, 0.02714358, ...,
+    0.20056541, ... For odd sizes it equals scipy.ndimage's Gaussian of radius (size - 1) / 2.
+
+    Args:
+      size: number of taps (static, >= 1).
+      sigma: standard deviation in pixels (> 0; may be traced).
+
+    Returns:
+      An array of shape (size,).
+    """
+    if int(size) != size or size < 1:
+        raise ValueError(f"kernel size must be a positive integer, got {size}")
+    center = (size - 1) // 2
+    offsets = center - jnp.arange(size, dtype=dtype)
+    weights = jnp.exp(-(offsets**2) / (2 * jnp.asarray(sigma, dtype) ** 2))
+    return weights / jnp.sum(weights)
+
+
+_BLOCK = 64
+
+
+def _blur_axis(images: jax.Array, kernel: jax.Array, axis: int, padding: str) -> jax.Array:
+    """Correlate NHWC `images` with a 1-D kernel along axis 1 (H) or 2 (W), each channel alone.
+
+    Written as a blocked Toeplitz matrix product rather than a depthwise convolution: XLA's CPU
+    convolutions with three channels run at well under 1 GFLOP/s, while this form runs at matmul
+    speed (a 512x512 blur with its gradient is about 12x faster) and stays linear in the image
+    size. Each block of _BLOCK output rows reads _BLOCK + size - 1 padded input rows.
+    """
+    size = kernel.shape[0]
+    before = (size - 1) // 2
+    length = images.shape[axis]
+    block = min(_BLOCK, length)
+    blocks = -(-length // block)
+    pad = [(0, 0)] * 4
+    pad[axis] = (before, size - 1 - before)
+    padded = jnp.pad(images, pad, mode=PADDING_MODES[padding])
+    pad[axis] = (0, blocks * block - length)
+    padded = jnp.pad(padded, pad)
+    rows = jnp.arange(blocks)[:, None] * block + jnp.arange(block + size - 1)[None, :]
+    windows = jnp.take(padded, rows, axis=axis)
+    offset = jnp.arange(block + size - 1)[None, :] - jnp.arange(block)[:, None]
+    toeplitz = jnp.where((offset >= 0) & (offset < size), kernel[jnp.clip(offset, 0, size - 1)], 0).astype(images.dtype)
+    if axis == 1:
+        out = jnp.einsum("ij,nbjwc->nbiwc", toeplitz, windows).reshape(images.shape[0], blocks * block, *images.shape[2:])
+        return out[:, :length]
+    out = jnp.einsum("ij,nhbjc->nhbic", toeplitz, windows).reshape(*images.shape[:2], blocks * block, images.shape[3])
+    return out[:, :, :length]
+
+
+def separable_blur(images: jax.Array, kernel: jax.Array, *, padding: str = "reflect") -> jax.Array:
+    """Blur each channel with `kernel` along H and then W (a separable correlation).
+
+    Matches scipy.ndimage.correlate1d along both axes with mode="reflect" / "constant" / "wrap"
+    (for a Gaussian of odd size: scipy.ndimage.gaussian_filter1d with the same radius).
+
+    Args:
+      images: HWC or NHWC.
+      kernel: 1-D taps, e.g. `gaussian_kernel1d(15, 3.0)`; no longer than the image's height and width.
+      padding: "reflect" (edge sample repeated), "zeros" or "wrap" (periodic).
+
+    Returns:
+      Blurred images, same shape and dtype.
+    """
+    if padding not in PADDING_MODES:
+        raise ValueError(f"padding must be one of {', '.join(PADDING_MODES)}, got {padding!r}")
+    images = jnp.asarray(images)
+    single = images.ndim == 3
+    batch = images[None] if single else images
+    height, width = batch.shape[1:3]
+    if kernel.shape[0] > min(height, width):
+        raise ValueError(f"kernel of {kernel.shape[0]} taps is larger than the image ({height}x{width})")
+    out = _blur_axis(_blur_axis(batch, kernel, 1, padding), kernel, 2, padding)
+    return out[0] if single else out
+
+
+def gaussian_blur(images: jax.Array, sigma, kernel_size: int, *, padding: str = "reflect") -> jax.Array:
+    """`separable_blur` with `gaussian_kernel1d(kernel_size, sigma)`."""
+    return separable_blur(images, gaussian_kernel1d(kernel_size, sigma, dtype=jnp.asarray(images).dtype), padding=padding)
