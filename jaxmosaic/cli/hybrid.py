@@ -108,9 +108,9 @@ def hybrid(
         far_image = center_crop(far_image, max(1, round(height * scale)), max(1, round(width * scale)))
         far_note += f" centre-cropped to {far_image.shape[1]}x{far_image.shape[0]} and"
     far_image = np.asarray(resize(far_image, height, width))
-    echo(f"near image at {width}x{height}; {far_note} resized to {width}x{height}")
     if kernel > min(height, width):
         raise ValueError(f"--kernel {kernel} is larger than the image ({width}x{height})")
+    echo(f"near image at {width}x{height}; {far_note} resized to {width}x{height}")
     check_memory(len(ratios) * height * width * 3 * 4 * 48, "this hybrid")
 
     settings = {

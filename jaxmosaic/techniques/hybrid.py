@@ -28,6 +28,7 @@ from jaxmosaic.optimize import ChunkReport, minimize
 
 __all__ = [
     "hybrid_loss",
+    "seen_from_afar",
     "hybrid_fourier",
     "fft_gaussian_blur",
     "hybrid_optimize",
@@ -40,7 +41,12 @@ __all__ = [
 INITS = ("grey", "near", "fourier")
 
 
-def hybrid_loss(x, near, far, *, m_precise, m_blurred, kernel, gamma: float = 2.2, padding: str = "zeros"):
+def seen_from_afar(images, kernel, *, gamma: float = 2.2, padding: str = "zeros"):
+    """blur(images^gamma)^(1/gamma): the image as a distant viewer sees it (blurred in linear light)."""
+    return linear_to_srgb(separable_blur(srgb_to_linear(images, gamma=gamma), kernel, padding=padding), gamma=gamma)
+
+
+def hybrid_loss(x, near, far, *, m_precise, m_blurred, kernel, gamma: float = 2.2, padding: str = "zeros", far_seen=None):
     """The seed's loss, summed over every pixel and channel of `x` (one image or a batch).
 
     Args:
@@ -49,16 +55,16 @@ def hybrid_loss(x, near, far, *, m_precise, m_blurred, kernel, gamma: float = 2.
       kernel: 1-D blur taps, e.g. `gaussian_kernel1d(15, 3.0)`.
       gamma: the power that takes sRGB values to linear light and back.
       padding: the blur's edge handling: "zeros" (the seed's), "reflect" or "wrap".
+      far_seen: `seen_from_afar(far, ...)` if already computed (an optimisation loop computes it
+        once); `far` is then not used.
 
     Returns:
       (total, {"precise": sum((x - near)^2), "blurred": sum of squared blurred differences}).
     """
-
-    def seen_from_afar(image):
-        return linear_to_srgb(separable_blur(srgb_to_linear(image, gamma=gamma), kernel, padding=padding), gamma=gamma)
-
+    if far_seen is None:
+        far_seen = seen_from_afar(far, kernel, gamma=gamma, padding=padding)
     precise = jnp.sum((x - near) ** 2)
-    blurred = jnp.sum((seen_from_afar(x) - seen_from_afar(far)) ** 2)
+    blurred = jnp.sum((seen_from_afar(x, kernel, gamma=gamma, padding=padding) - far_seen) ** 2)
     return m_precise * precise + m_blurred * blurred, {"precise": precise, "blurred": blurred}
 
 
@@ -188,11 +194,12 @@ def hybrid_optimize(
         raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
     kernel = gaussian_kernel1d(kernel_size, sigma)
     count = len(ratios)
+    far_seen = jax.jit(seen_from_afar, static_argnames=("gamma", "padding"))(far, kernel, gamma=gamma, padding=padding)
+    options = {"kernel": kernel, "gamma": gamma, "padding": padding, "far_seen": far_seen}
 
     def value(theta, data):
         m_precise, weight_blurred = data
-        x = jax.nn.sigmoid(theta)
-        return hybrid_loss(x, near, far, m_precise=m_precise, m_blurred=weight_blurred, kernel=kernel, gamma=gamma, padding=padding)[0]
+        return hybrid_loss(jax.nn.sigmoid(theta), near, None, m_precise=m_precise, m_blurred=weight_blurred, **options)[0]
 
     if init == "grey":
         theta = jnp.zeros(near.shape, jnp.float32)
@@ -204,7 +211,7 @@ def hybrid_optimize(
     data = (jnp.asarray(ratios, jnp.float32), jnp.full((count,), m_blurred, jnp.float32))
 
     def terms(x, m_precise):
-        total, parts = hybrid_loss(x, near, far, m_precise=m_precise, m_blurred=m_blurred, kernel=kernel, gamma=gamma, padding=padding)
+        total, parts = hybrid_loss(x, near, None, m_precise=m_precise, m_blurred=m_blurred, **options)
         return {"total": total, **parts}
 
     terms_of = jax.jit(jax.vmap(terms))
