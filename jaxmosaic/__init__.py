@@ -18,6 +18,16 @@ from jaxmosaic.image import (
     save_image,
     srgb_to_linear,
 )
+from jaxmosaic.filters import gaussian_blur, gaussian_kernel1d, separable_blur
+from jaxmosaic.optimize import minimize
+from jaxmosaic.techniques.hybrid import (
+    distance_preview,
+    fft_gaussian_blur,
+    hybrid_fourier,
+    hybrid_loss,
+    hybrid_optimize,
+    seen_from_afar,
+)
 from jaxmosaic.vgg import VGG19, VGG19_LAYERS, layer_channels, layer_stride, vgg19_features
 from jaxmosaic.weights import load_vgg19, random_vgg19
 
@@ -36,6 +46,16 @@ __all__ = [
     "fit_shape",
     "srgb_to_linear",
     "linear_to_srgb",
+    "gaussian_kernel1d",
+    "separable_blur",
+    "gaussian_blur",
+    "fft_gaussian_blur",
+    "minimize",
+    "hybrid_loss",
+    "seen_from_afar",
+    "hybrid_fourier",
+    "hybrid_optimize",
+    "distance_preview",
     "VGG19",
     "VGG19_LAYERS",
     "layer_channels",
