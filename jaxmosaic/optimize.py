@@ -38,10 +38,6 @@ def make_optimizer(name: str, learning_rate: float | None = None) -> optax.Gradi
     raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
-def _is_lbfgs(optimizer_name: str) -> bool:
-    return optimizer_name == "lbfgs"
-
-
 def _all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
@@ -136,7 +132,7 @@ def minimize(
     if steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}")
     transform = make_optimizer(optimizer, learning_rate)
-    lbfgs = _is_lbfgs(optimizer)
+    lbfgs = optimizer == "lbfgs"
     if opt_state is None:
         opt_state = jax.vmap(transform.init)(params) if batched else transform.init(params)
     batch = jax.tree_util.tree_leaves(params)[0].shape[0] if batched else None

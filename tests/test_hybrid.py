@@ -147,9 +147,12 @@ def test_cli_hybrid_ratios_preview_gif_metrics(tmp_path):
 
 def test_cli_fourier_method(tmp_path):
     result = runner.invoke(app, ["hybrid", str(SAMPLES / "astronaut.png"), str(SAMPLES / "coffee.png"), "-o",
-                                 str(tmp_path / "f.png"), "--method", "fourier", "--size", "64", "--crop"])
+                                 str(tmp_path / "f.png"), "--method", "fourier", "--size", "64", "--crop",
+                                 "--metrics", str(tmp_path / "m.json")])
     assert result.exit_code == 0, result.output
     assert "centre-cropped" in result.output
+    loss = json.loads((tmp_path / "m.json").read_text())["loss"]
+    assert loss["total"] == pytest.approx(0.1 * loss["precise"] + loss["blurred"], rel=1e-5) and loss["blurred"] > 0
     assert load_image(tmp_path / "f.png").shape == (64, 64, 3)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import sys
 import traceback
 from collections.abc import Iterator
 
@@ -99,10 +98,6 @@ def vgg_params(weights: str | None, seed: int = 0):
 def echo(message: str) -> None:
     """A line for the user on stderr, so stdout stays clean for data."""
     err_console.print(message, markup=False, highlight=False, soft_wrap=True)
-
-
-def is_interactive() -> bool:
-    return sys.stderr.isatty()
 
 
 @contextlib.contextmanager

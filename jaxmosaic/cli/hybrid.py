@@ -74,7 +74,8 @@ def hybrid(
     from jaxmosaic.files import check_outputs, write_json
     from jaxmosaic.image import center_crop, fit_shape, load_image, resize, save_gif, save_image
     from jaxmosaic.resources import check_memory
-    from jaxmosaic.techniques.hybrid import distance_preview, hybrid_fourier, hybrid_optimize
+    from jaxmosaic.filters import gaussian_kernel1d
+    from jaxmosaic.techniques.hybrid import distance_preview, hybrid_fourier, hybrid_loss, hybrid_optimize
 
     ratios = parse_ratios(ratio)
     if steps < 1:
@@ -111,6 +112,7 @@ def hybrid(
     if kernel > min(height, width):
         raise ValueError(f"--kernel {kernel} is larger than the image ({width}x{height})")
     echo(f"near image at {width}x{height}; {far_note} resized to {width}x{height}")
+    # a generous bound on the image-sized float32 buffers one step keeps alive per ratio
     check_memory(len(ratios) * height * width * 3 * 4 * 48, "this hybrid")
 
     settings = {
@@ -123,7 +125,11 @@ def hybrid(
         start = time.perf_counter()
         image = np.asarray(hybrid_fourier(near_image, far_image, sigma_low=sigma, sigma_high=sigma_high or sigma, linear_light=True, gamma=gamma))
         seconds = time.perf_counter() - start
-        images, summary = [image], {"steps": 0, "seconds": seconds, "compile_seconds": 0.0, "loss": {}}
+        # the optimisation's loss terms, so the two methods can be compared on the same scale
+        total, terms = hybrid_loss(image, near_image, far_image, m_precise=ratios[0], m_blurred=1.0,
+                                   kernel=gaussian_kernel1d(kernel, sigma), gamma=gamma, padding=padding.value)
+        loss = {"total": float(total), **{name: float(value) for name, value in terms.items()}}
+        images, summary = [image], {"steps": 0, "seconds": seconds, "compile_seconds": 0.0, "loss": loss}
         settings["sigma_high"] = sigma_high or sigma
     else:
         frames: list[np.ndarray] = []
