@@ -18,11 +18,10 @@ from jaxmosaic.image import (
     save_image,
     srgb_to_linear,
 )
-from jaxmosaic.filters import gaussian_blur, gaussian_kernel1d, separable_blur
+from jaxmosaic.filters import fft_gaussian_blur, gaussian_blur, gaussian_kernel1d, separable_blur
 from jaxmosaic.optimize import minimize
 from jaxmosaic.techniques.hybrid import (
     distance_preview,
-    fft_gaussian_blur,
     hybrid_fourier,
     hybrid_loss,
     hybrid_optimize,

@@ -5,10 +5,12 @@ Images are float arrays, channels last: HWC or NHWC. Kernel sizes are static; si
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
-__all__ = ["gaussian_kernel1d", "separable_blur", "gaussian_blur", "PADDING_MODES"]
+__all__ = ["gaussian_kernel1d", "separable_blur", "gaussian_blur", "fft_gaussian_blur", "PADDING_MODES"]
 
 # our name -> numpy/jnp.pad mode; "reflect" is scipy.ndimage's (edge sample repeated: d c b a | a b c d)
 PADDING_MODES = {"reflect": "symmetric", "zeros": "constant", "wrap": "wrap"}
@@ -95,3 +97,24 @@ def separable_blur(images: jax.Array, kernel: jax.Array, *, padding: str = "refl
 def gaussian_blur(images: jax.Array, sigma, kernel_size: int, *, padding: str = "reflect") -> jax.Array:
     """`separable_blur` with `gaussian_kernel1d(kernel_size, sigma)`."""
     return separable_blur(images, gaussian_kernel1d(kernel_size, sigma, dtype=jnp.asarray(images).dtype), padding=padding)
+
+
+def fft_gaussian_blur(images, sigma: float):
+    """Gaussian low-pass in the Fourier domain, transfer exp(-2 pi^2 sigma^2 |f|^2).
+
+    The image is first extended by mirror padding (3 sigma on each side), so the periodic FFT
+    does not wrap one edge into the other. `sigma` is static. HWC or NHWC.
+    """
+    images = jnp.asarray(images)
+    pad = int(math.ceil(3 * sigma))
+    height, width = images.shape[-3], images.shape[-2]
+    pad_h, pad_w = min(pad, height - 1), min(pad, width - 1)
+    widths = [(0, 0)] * (images.ndim - 3) + [(pad_h, pad_h), (pad_w, pad_w), (0, 0)]
+    padded = jnp.pad(images, widths, mode="symmetric")
+    rows, cols = padded.shape[-3], padded.shape[-2]
+    fy = jnp.fft.fftfreq(rows)[:, None]
+    fx = jnp.fft.rfftfreq(cols)[None, :]
+    transfer = jnp.exp(-2 * (jnp.pi * sigma) ** 2 * (fy**2 + fx**2))[..., None]
+    spectrum = jnp.fft.rfft2(padded, axes=(-3, -2)) * transfer
+    out = jnp.fft.irfft2(spectrum, s=(rows, cols), axes=(-3, -2)).astype(images.dtype)
+    return out[..., pad_h : pad_h + height, pad_w : pad_w + width, :]

@@ -143,7 +143,6 @@ def minimize(
     seconds = 0.0
     history = []
     done = start_step
-    diverged = None
     while done < steps:
         length = min(chunk, steps - done)
         if length not in compiled:
@@ -162,10 +161,11 @@ def minimize(
         if callback is not None:
             callback(ChunkReport(done, steps, losses, params, opt_state))
         if not bool(np.all(np.asarray(good))):
-            full = np.concatenate(history, axis=0)
-            bad = ~np.isfinite(full)
-            first = np.where(bad.any(axis=0), bad.argmax(axis=0), -1) + np.where(bad.any(axis=0), start_step, 0)
-            diverged = np.atleast_1d(first)
             break
     full = np.concatenate(history, axis=0) if history else np.zeros((0,) if not batched else (0, batch))
+    diverged = None
+    if not bool(np.all(np.asarray(good))):
+        bad = ~np.isfinite(full)
+        hit = bad.any(axis=0)
+        diverged = np.atleast_1d(np.where(hit, bad.argmax(axis=0) + start_step, -1))
     return Outcome(params, opt_state, done, full, diverged, seconds, compile_seconds)

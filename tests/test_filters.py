@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from jaxmosaic.filters import gaussian_blur, gaussian_kernel1d, separable_blur
-from jaxmosaic.techniques.hybrid import fft_gaussian_blur
+from jaxmosaic.filters import fft_gaussian_blur, gaussian_blur, gaussian_kernel1d, separable_blur
 
 SEED_KERNEL = [0.00881223, 0.02714358, 0.06511406, 0.12164907, 0.17699836, 0.20056541,
                0.17699836, 0.12164907, 0.06511406, 0.02714358, 0.00881223]

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from conftest import SAMPLES
 from jaxmosaic import load_image, resize
 from jaxmosaic.cli import app
-from jaxmosaic.filters import gaussian_kernel1d
-from jaxmosaic.techniques.hybrid import fft_gaussian_blur, hybrid_fourier, hybrid_loss, hybrid_optimize
+from jaxmosaic.filters import fft_gaussian_blur, gaussian_kernel1d
+from jaxmosaic.techniques.hybrid import hybrid_fourier, hybrid_loss, hybrid_optimize
 
 
 @pytest.fixture(scope="module")

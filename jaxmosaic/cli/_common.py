@@ -7,6 +7,7 @@ import functools
 import os
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -117,7 +118,5 @@ def loss_progress(total: int, label: str) -> Iterator:
 
 def output_name(out, tag: str, suffix: str | None = None):
     """OUT.png -> OUT-tag.png (or with another suffix)."""
-    from pathlib import Path
-
     out = Path(out)
     return out.with_name(f"{out.stem}-{tag}{suffix if suffix is not None else out.suffix}")

@@ -160,15 +160,13 @@ def hybrid(
         if gif_path:
             save_gif(gif_path, frames, inputs=inputs)
             written.append(str(gif_path))
-        if result.diverged_at is not None:
-            for path, image in zip(outputs, images):
-                save_image(path, image, inputs=inputs)
-            step = int(np.max(result.diverged_at))
-            error_line(f"the optimisation diverged at step {step} (loss not finite); wrote the last finite image(s); try a smaller --lr")
-            raise typer.Exit(1)
     for path, image in zip(outputs, images):
         save_image(path, image, inputs=inputs)
         written.append(str(path))
+    if method == Method.optimize and result.diverged_at is not None:
+        step = int(np.max(result.diverged_at))
+        error_line(f"the optimisation diverged at step {step} (loss not finite); wrote the last finite image(s); try a smaller --lr")
+        raise typer.Exit(1)
     for path, image in zip(previews, images):
         save_image(path, distance_preview(image), inputs=inputs)
         written.append(str(path))

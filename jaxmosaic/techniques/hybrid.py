@@ -14,7 +14,6 @@ Images are float32 in [0, 1], HWC (or NHWC where stated).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -22,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmosaic.filters import PADDING_MODES, gaussian_kernel1d, separable_blur
+from jaxmosaic.filters import PADDING_MODES, fft_gaussian_blur, gaussian_kernel1d, separable_blur
 from jaxmosaic.image import linear_to_srgb, srgb_to_linear
 from jaxmosaic.optimize import ChunkReport, minimize
 
@@ -30,7 +29,6 @@ __all__ = [
     "hybrid_loss",
     "seen_from_afar",
     "hybrid_fourier",
-    "fft_gaussian_blur",
     "hybrid_optimize",
     "distance_preview",
     "HybridResult",
@@ -66,27 +64,6 @@ def hybrid_loss(x, near, far, *, m_precise, m_blurred, kernel, gamma: float = 2.
     precise = jnp.sum((x - near) ** 2)
     blurred = jnp.sum((seen_from_afar(x, kernel, gamma=gamma, padding=padding) - far_seen) ** 2)
     return m_precise * precise + m_blurred * blurred, {"precise": precise, "blurred": blurred}
-
-
-def fft_gaussian_blur(images, sigma: float):
-    """Gaussian low-pass in the Fourier domain, transfer exp(-2 pi^2 sigma^2 |f|^2).
-
-    The image is first extended by mirror padding (3 sigma on each side), so the periodic FFT
-    does not wrap one edge into the other. `sigma` is static. HWC or NHWC.
-    """
-    images = jnp.asarray(images)
-    pad = int(math.ceil(3 * sigma))
-    height, width = images.shape[-3], images.shape[-2]
-    pad_h, pad_w = min(pad, height - 1), min(pad, width - 1)
-    widths = [(0, 0)] * (images.ndim - 3) + [(pad_h, pad_h), (pad_w, pad_w), (0, 0)]
-    padded = jnp.pad(images, widths, mode="symmetric")
-    rows, cols = padded.shape[-3], padded.shape[-2]
-    fy = jnp.fft.fftfreq(rows)[:, None]
-    fx = jnp.fft.rfftfreq(cols)[None, :]
-    transfer = jnp.exp(-2 * (jnp.pi * sigma) ** 2 * (fy**2 + fx**2))[..., None]
-    spectrum = jnp.fft.rfft2(padded, axes=(-3, -2)) * transfer
-    out = jnp.fft.irfft2(spectrum, s=(rows, cols), axes=(-3, -2)).astype(images.dtype)
-    return out[..., pad_h : pad_h + height, pad_w : pad_w + width, :]
 
 
 def hybrid_fourier(near, far, *, sigma_low: float, sigma_high: float, linear_light: bool = False, gamma: float = 2.2):
