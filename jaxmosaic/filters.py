@@ -10,7 +10,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-__all__ = ["gaussian_kernel1d", "separable_blur", "gaussian_blur", "fft_gaussian_blur", "PADDING_MODES"]
+__all__ = ["gaussian_kernel1d", "separable_blur", "gaussian_blur", "fft_gaussian_blur", "gabor_kernel", "PADDING_MODES"]
 
 # our name -> numpy/jnp.pad mode; "reflect" is scipy.ndimage's (edge sample repeated: d c b a | a b c d)
 PADDING_MODES = {"reflect": "symmetric", "zeros": "constant", "wrap": "wrap"}
@@ -118,3 +118,30 @@ def fft_gaussian_blur(images, sigma: float):
     spectrum = jnp.fft.rfft2(padded, axes=(-3, -2)) * transfer
     out = jnp.fft.irfft2(spectrum, s=(rows, cols), axes=(-3, -2)).astype(images.dtype)
     return out[..., pad_h : pad_h + height, pad_w : pad_w + width, :]
+
+
+def gabor_kernel(size: int, sigma, theta, lambd, gamma, psi=0.0, *, dtype=jnp.float32) -> jax.Array:
+    """A Gabor kernel in OpenCV's `getGaborKernel` convention, values in [-1, 1].
+
+    g(x, y) = exp(-(x'^2 + gamma^2 y'^2) / (2 sigma^2)) * cos(2 pi x' / lambd + psi),
+    x' = x cos(theta) + y sin(theta), y' = -x sin(theta) + y cos(theta), for x, y in
+    [-(size // 2), size // 2], stored as OpenCV stores it: row i holds y = size // 2 - i and
+    column j holds x = size // 2 - j. An odd `size` gives exactly cv2.getGaborKernel((size, size),
+    sigma, theta, lambd, gamma, psi); an even one drops OpenCV's last row and column.
+
+    Args:
+      size: side in pixels (static).
+      sigma, theta, lambd, gamma, psi: envelope width (px), orientation (rad), wavelength (px),
+        aspect ratio, phase (rad); may be traced, so a grid is one `vmap`.
+
+    Returns:
+      (size, size) array.
+    """
+    half = size // 2
+    coords = half - jnp.arange(size, dtype=dtype)
+    y, x = coords[:, None], coords[None, :]
+    c, s = jnp.cos(jnp.asarray(theta, dtype)), jnp.sin(jnp.asarray(theta, dtype))
+    xr = x * c + y * s
+    yr = -x * s + y * c
+    envelope = jnp.exp(-(xr**2 + (gamma**2) * yr**2) / (2 * jnp.asarray(sigma, dtype) ** 2))
+    return envelope * jnp.cos(2 * jnp.pi * xr / lambd + psi)
