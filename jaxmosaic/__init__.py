@@ -18,7 +18,10 @@ from jaxmosaic.image import (
     save_image,
     srgb_to_linear,
 )
-from jaxmosaic.filters import fft_gaussian_blur, gaussian_blur, gaussian_kernel1d, separable_blur
+from jaxmosaic.color import luminance, rgb_to_lab, rgb_to_yiq, yiq_to_rgb
+from jaxmosaic.filters import fft_gaussian_blur, gabor_kernel, gaussian_blur, gaussian_kernel1d, separable_blur
+from jaxmosaic.search import compress_queries, l2_normalize, match_tiles, svd_compress
+from jaxmosaic.techniques.mosaic import assign_tiles, color_features, colorize, gabor_tiles, make_mosaic
 from jaxmosaic.optimize import minimize
 from jaxmosaic.techniques.hybrid import (
     distance_preview,
@@ -49,6 +52,20 @@ __all__ = [
     "separable_blur",
     "gaussian_blur",
     "fft_gaussian_blur",
+    "gabor_kernel",
+    "rgb_to_lab",
+    "rgb_to_yiq",
+    "yiq_to_rgb",
+    "luminance",
+    "l2_normalize",
+    "svd_compress",
+    "compress_queries",
+    "match_tiles",
+    "gabor_tiles",
+    "color_features",
+    "colorize",
+    "assign_tiles",
+    "make_mosaic",
     "minimize",
     "hybrid_loss",
     "seen_from_afar",

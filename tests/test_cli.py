@@ -126,3 +126,73 @@ def test_import_reads_no_data_file_and_opens_no_socket():
     result = subprocess.run([sys.executable, "-c", AUDIT], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_mosaic_with_gabor_tiles(tmp_path):
+    out, metrics = tmp_path / "m.png", tmp_path / "m.json"
+    result = run("mosaic", SAMPLES / "coffee.png", "-o", out, "--cols", 12, "--patch", 8, "--render", 10, "--preview",
+                 "--max-reuse", 4, "--min-distance", 2, "--metrics", metrics)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(metrics.read_text())
+    stats = summary["mosaic"]
+    assert summary["technique"] == "mosaic" and stats["patches"] == 12 * 8 and stats["tiles"] == 384
+    assert stats["max_uses"] <= 4 and 1 <= stats["k"] < stats["features"]
+    assert 0 < stats["energy_kept"] <= 1 and stats["mean_score"] <= stats["unconstrained_mean_score"]
+    assert summary["outputs"] == [str(out), str(tmp_path / "m-preview.png")]
+    from jaxmosaic.image import load_image
+
+    assert load_image(out).shape == (8 * 10, 12 * 10, 3)
+
+
+def test_library_build_is_reused_until_the_folder_changes(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    lib = tmp_path / "lib.npz"
+    result = run("library", "build", folder, "-o", lib, "--svd-k", 4)
+    assert result.exit_code == 0, result.output
+    assert "indexed 12 tiles" in result.output and "k=4" in result.output
+    result = run("library", "build", folder, "-o", lib, "--svd-k", 4)
+    assert result.exit_code == 0 and "up to date" in result.output
+    info = json.loads(run("library", "info", lib).stdout)
+    assert info["tiles"] == 12 and info["svd"]["k"] == 4 and info["current"] is True
+    Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(folder / "new.png")
+    result = run("library", "build", folder, "-o", lib, "--svd-k", 4)
+    assert "indexed 13 tiles" in result.output
+    out = tmp_path / "m.png"
+    result = run("mosaic", SAMPLES / "chelsea.png", "-o", out, "--tiles", lib, "--patch", 32, "--svd-k", 4)
+    assert result.exit_code == 0, result.output
+    assert out.exists()
+
+
+def test_tiles_gabor_writes_pngs(tmp_path):
+    result = run("tiles", "gabor", tmp_path / "g", "--size", 9)
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "g").glob("gabor-*.png"))) == 384
+    assert (tmp_path / "g" / "contact-sheet.png").exists()
+
+
+@pytest.mark.parametrize("case", ["empty", "non-images", "patch", "k"])
+def test_mosaic_errors_are_one_line_and_write_nothing(tmp_path, case):
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    args = ["--tiles", folder]
+    if case == "non-images":
+        for i in range(3):
+            (folder / f"{i}.jpg").write_bytes(b"\x00not an image")
+    if case in ("patch", "k"):
+        args = ["--tiles", "gabor"]
+    if case == "patch":
+        args += ["--patch", 300]
+    if case == "k":
+        args += ["--svd-k", 65]
+    out = tmp_path / "out.png"
+    result = run("mosaic", SAMPLES / "coffee.png", "-o", out, "--metrics", tmp_path / "m.json", *args)
+    expected = {"empty": "no image files", "non-images": "none of the 3 image files", "patch": "larger than the target",
+                "k": "--svd-k 65 is larger than"}[case]
+    assert_one_line_error(result, expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"]
