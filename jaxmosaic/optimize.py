@@ -43,9 +43,10 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def make_chunk(value_fn: Callable, optimizer: optax.GradientTransformation, length: int, *, lbfgs: bool, batched: bool):
+def make_chunk(value_fn: Callable, optimizer: optax.GradientTransformation, length: int, *, lbfgs: bool, batched: bool, data_axes=0):
     """A function (params, opt_state, good, data) -> (params, opt_state, good, losses) running
     `length` steps; `losses[i]` is the loss before step i (NaN once a problem has stopped).
+    With `batched`, `data_axes` is the `vmap` in_axes of data (e.g. (0, None): shared weights).
 
     Not jitted here: callers jit (or lower and compile) it once per chunk length.
     """
@@ -77,7 +78,7 @@ def make_chunk(value_fn: Callable, optimizer: optax.GradientTransformation, leng
         (params, opt_state, good), losses = jax.lax.scan(body, (params, opt_state, good), None, length=length)
         return params, opt_state, good, losses
 
-    return jax.vmap(chunk) if batched else chunk
+    return jax.vmap(chunk, in_axes=(0, 0, 0, data_axes)) if batched else chunk
 
 
 class ChunkReport(NamedTuple):
@@ -110,6 +111,7 @@ def minimize(
     steps: int,
     chunk: int | None = None,
     batched: bool = False,
+    data_axes=0,
     opt_state=None,
     start_step: int = 0,
     callback: Callable[[ChunkReport], None] | None = None,
@@ -120,6 +122,8 @@ def minimize(
       value_fn: scalar loss of one problem.
       params: initial parameters (a pytree); with `batched`, every leaf has a leading batch axis.
       data: what the loss needs besides params (a pytree; batched like params when `batched`).
+      data_axes: with `batched`, which parts of data have the batch axis (a `vmap` in_axes
+        prefix, e.g. (0, None) for per-problem targets and shared network weights).
       optimizer: "sgd", "adam" or "lbfgs"; `learning_rate` as `make_optimizer` takes it.
       steps: number of steps to run from `start_step` to `steps` (steps counts from 0).
       chunk: steps per compiled chunk (default min(50, steps)); the callback runs after each.
@@ -147,7 +151,7 @@ def minimize(
         length = min(chunk, steps - done)
         if length not in compiled:
             start = time.perf_counter()
-            function = jax.jit(make_chunk(value_fn, transform, length, lbfgs=lbfgs, batched=batched))
+            function = jax.jit(make_chunk(value_fn, transform, length, lbfgs=lbfgs, batched=batched, data_axes=data_axes))
             compiled[length] = function.lower(params, opt_state, good, data).compile()
             compile_seconds += time.perf_counter() - start
         start = time.perf_counter()
