@@ -22,7 +22,10 @@ from jaxmosaic.color import luminance, rgb_to_lab, rgb_to_yiq, yiq_to_rgb
 from jaxmosaic.filters import fft_gaussian_blur, gabor_kernel, gaussian_blur, gaussian_kernel1d, separable_blur
 from jaxmosaic.search import compress_queries, l2_normalize, match_tiles, svd_compress
 from jaxmosaic.techniques.mosaic import assign_tiles, color_features, colorize, gabor_tiles, make_mosaic
+from jaxmosaic.checkpoint import load_checkpoint, save_checkpoint
+from jaxmosaic.losses import content_loss, gram_matrix, style_layer_loss, style_loss, tv_loss
 from jaxmosaic.optimize import minimize
+from jaxmosaic.techniques.style import keep_colors, style_targets, style_transfer, style_transfer_loss
 from jaxmosaic.techniques.hybrid import (
     distance_preview,
     hybrid_fourier,
@@ -67,6 +70,17 @@ __all__ = [
     "assign_tiles",
     "make_mosaic",
     "minimize",
+    "save_checkpoint",
+    "load_checkpoint",
+    "gram_matrix",
+    "content_loss",
+    "style_layer_loss",
+    "style_loss",
+    "tv_loss",
+    "style_targets",
+    "style_transfer_loss",
+    "keep_colors",
+    "style_transfer",
     "hybrid_loss",
     "seen_from_afar",
     "hybrid_fourier",

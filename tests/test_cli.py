@@ -196,3 +196,52 @@ def test_mosaic_errors_are_one_line_and_write_nothing(tmp_path, case):
                 "k": "--svd-k 65 is larger than"}[case]
     assert_one_line_error(result, expected)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"]
+
+
+STYLE_FAST = ["--weights", "random", "--size", 48, "--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1"]
+
+
+def test_style_checkpoint_resume_matches_one_run(tmp_path):
+    from jaxmosaic.image import load_image
+
+    content, style = SAMPLES / "astronaut.png", SAMPLES / "brick.png"
+    whole = run("style", content, style, "-o", tmp_path / "whole.png", "--steps", 40, *STYLE_FAST)
+    assert whole.exit_code == 0, whole.output
+    first = run("style", content, style, "-o", tmp_path / "part.png", "--steps", 20, "--checkpoint", tmp_path / "ck",
+                "--checkpoint-every", 10, *STYLE_FAST)
+    assert first.exit_code == 0, first.output
+    metrics = tmp_path / "m.json"
+    second = run("style", content, style, "-o", tmp_path / "resumed.png", "--steps", 40, "--checkpoint", tmp_path / "ck",
+                 "--resume", "--metrics", metrics, *STYLE_FAST)
+    assert second.exit_code == 0, second.output
+    assert "resuming" in second.output
+    a, b = load_image(tmp_path / "whole.png"), load_image(tmp_path / "resumed.png")
+    assert np.abs(a - b).max() <= 1 / 255 + 1e-6
+    summary = json.loads(metrics.read_text())
+    assert summary["technique"] == "style" and summary["steps"] == 20
+    assert set(summary["loss"]) == {"total", "content", "style", "tv"}
+    changed = run("style", content, style, "-o", tmp_path / "other.png", "--steps", 40, "--checkpoint", tmp_path / "ck",
+                  "--resume", "--tv-weight", 1, *STYLE_FAST)
+    assert_one_line_error(changed, "other settings", "tv_weight")
+
+
+def test_style_batch_writes_one_output_per_style(tmp_path):
+    out = tmp_path / "b.png"
+    result = run("style", SAMPLES / "astronaut.png", SAMPLES / "brick.png", SAMPLES / "coffee.png", "-o", out,
+                 "--batch", "--steps", 5, "--original-colors", *STYLE_FAST)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "b-style1.png").exists() and (tmp_path / "b-style2.png").exists() and not out.exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "blend", "layer", "memory"])
+def test_style_errors_are_one_line_and_write_nothing(tmp_path, case):
+    args = [SAMPLES / "astronaut.png", SAMPLES / "brick.png"]
+    extra = {"missing": [], "blend": ["--style-blend", "1,2,3"], "layer": ["--style-layers", "relu1_1,relu9_1"],
+             "memory": ["--size", 60000]}[case]
+    if case == "missing":
+        args = [SAMPLES / "astronaut.png", tmp_path / "nowhere.png"]
+    result = run("style", *args, "-o", tmp_path / "out.png", "--weights", "random", "--metrics", tmp_path / "m.json", *extra)
+    expected = {"missing": "nowhere.png: no such file", "blend": "3 weights for 1 style", "layer": "valid names: conv1_1",
+                "memory": "GiB but only"}[case]
+    assert_one_line_error(result, expected)
+    assert list(tmp_path.iterdir()) == []

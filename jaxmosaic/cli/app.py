@@ -37,12 +37,13 @@ def main_options(
 
 
 def register() -> None:
-    from jaxmosaic.cli import features, hybrid, mosaic, weights
+    from jaxmosaic.cli import features, hybrid, mosaic, style, weights
 
     app.command(name="mosaic")(mosaic.mosaic)
     app.add_typer(mosaic.tiles_app, name="tiles")
     app.add_typer(mosaic.library_app, name="library")
     app.command(name="hybrid")(hybrid.hybrid)
+    app.command(name="style")(style.style)
     app.command(name="features")(features.features)
     app.add_typer(weights.app, name="weights")
 

@@ -92,7 +92,7 @@ def _svd_k(text: str, features) -> int:
     return k
 
 
-def _obtain_library(tiles: str, settings: dict, params, gabor_colors: int, *, save_to: Path | None = None, inputs=()):
+def _obtain_library(tiles: str, settings: dict, params, gabor_colors: int, *, inputs=()):
     """The library for `--tiles`: "gabor", a folder (indexed once, cached until it changes), or a .npz."""
     from jaxmosaic.tile_library import build_library, gabor_colors as tints, is_current, load_library, save_library
     from jaxmosaic.weights import cache_dir
@@ -112,7 +112,7 @@ def _obtain_library(tiles: str, settings: dict, params, gabor_colors: int, *, sa
     if not source.exists():
         raise FileNotFoundError(f"--tiles {tiles}: no such folder or library file (or use --tiles gabor)")
     key = hashlib.sha256(json.dumps([str(source.resolve()), settings], sort_keys=True).encode()).hexdigest()[:20]
-    cached = save_to or cache_dir() / "libraries" / f"{key}.npz"
+    cached = cache_dir() / "libraries" / f"{key}.npz"
     if cached.is_file():
         with contextlib.suppress(Exception):
             library = load_library(cached)

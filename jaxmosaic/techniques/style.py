@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxmosaic.color import rgb_to_yiq, yiq_to_rgb
 from jaxmosaic.image import fit_shape, resize
-from jaxmosaic.losses import content_loss, gram_matrix, style_layer_loss, tv_loss
+from jaxmosaic.losses import content_loss, gram_matrix, style_loss, tv_loss
 from jaxmosaic.optimize import ChunkReport, minimize
 from jaxmosaic.vgg import VGG19_LAYERS, layer_channels, layer_stride, vgg19_features
 
@@ -111,7 +111,7 @@ def style_transfer_loss(
     layers = tuple(dict.fromkeys((*targets.content, *style_weights)))
     features = vgg19_features(params, x[None], layers, pooling=pooling)
     l_content = sum(content_loss(features[name][0], targets.content[name]) for name in targets.content)
-    l_style = sum(style_weights[name] * style_layer_loss(features[name][0], targets.grams[name]) for name in style_weights)
+    l_style = style_loss({name: features[name][0] for name in style_weights}, targets.grams, style_weights)
     tv = tv_loss(x)
     total = alpha * l_content + beta * l_style + tv_weight * tv
     return total, {"content": l_content, "style": l_style, "tv": tv}
@@ -294,7 +294,7 @@ def style_transfer(
             raise FloatingPointError(f"the optimisation diverged at step {int(np.max(outcome.diverged_at))} of scale {size} (loss not finite); try a smaller --lr or --style-weight")
     final = jnp.clip(images, 0.0, 1.0)
     if original_colors:
-        final = keep_colors(final, resize(content, *final.shape[1:3])[None])
+        final = keep_colors(final, jnp.broadcast_to(resize(content, *final.shape[1:3]), final.shape))
     final_targets = targets
     losses = []
     for i in range(count):
