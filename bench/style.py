@@ -1,0 +1,154 @@
+"""Neural style transfer: seconds per iteration, and time to a fixed loss with and without multi-scale.
+
+Part 1, at each size: one iteration = the total loss (content relu4_2, five style layers) and its
+gradient in the image. jaxmosaic jitted, the same function in JAX eager (op by op), and a
+PyTorch eager Gatys loop on the same weights (random VGG19 weights in torchvision's layout).
+
+Part 2, at the largest size of --converge (L-BFGS, default settings): a single-scale run from
+noise for --steps iterations sets the target loss (its final value); a coarse-to-fine run (half
+size first, then full size) is timed until it reaches the same loss.
+
+    python bench/style.py [--sizes 256,512] [--repeats 3] [--converge 256] [--steps 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import markdown_table, timeit, write_results  # noqa: E402
+
+from jaxmosaic import load_image, resize  # noqa: E402
+from jaxmosaic.techniques.style import STYLE_LAYERS, style_targets, style_transfer, style_transfer_loss  # noqa: E402
+from jaxmosaic.vgg import VGG19_LAYERS  # noqa: E402
+from jaxmosaic.weights import random_vgg19  # noqa: E402
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+WEIGHTS = {name: 1 / len(STYLE_LAYERS) for name in STYLE_LAYERS}
+
+
+def torch_step_seconds(params, x, content, style, repeats):
+    import torch
+
+    layers, convs = [], iter(n for n in VGG19_LAYERS if n.startswith("conv"))
+    for name in VGG19_LAYERS[: VGG19_LAYERS.index("relu5_1") + 1]:
+        if name.startswith("conv"):
+            p = params[next(convs)]
+            conv = torch.nn.Conv2d(p["kernel"].shape[2], p["kernel"].shape[3], 3, padding=1)
+            with torch.no_grad():
+                conv.weight.copy_(torch.from_numpy(np.asarray(p["kernel"]).transpose(3, 2, 0, 1).copy()))
+                conv.bias.copy_(torch.from_numpy(np.array(p["bias"])))
+            layers.append((name, conv))
+        elif name.startswith("relu"):
+            layers.append((name, torch.nn.ReLU()))
+        else:
+            layers.append((name, torch.nn.MaxPool2d(2, 2)))
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    wanted = {"relu4_2", *STYLE_LAYERS}
+
+    def features(image):
+        h = (image.permute(2, 0, 1)[None] - mean) / std
+        out = {}
+        for name, module in layers:
+            h = module(h)
+            if name in wanted:
+                out[name] = h[0]
+        return out
+
+    def gram(f):
+        flat = f.reshape(f.shape[0], -1)
+        return flat @ flat.T
+
+    with torch.no_grad():
+        target_p = features(torch.from_numpy(content))["relu4_2"]
+        target_a = {n: gram(f) for n, f in features(torch.from_numpy(style)).items() if n in STYLE_LAYERS}
+    pixels = torch.from_numpy(x.copy()).requires_grad_(True)
+
+    def step():
+        pixels.grad = None
+        f = features(pixels)
+        loss = 0.5 * ((f["relu4_2"] - target_p) ** 2).sum()
+        style_term = 0
+        for n in STYLE_LAYERS:
+            c, m = f[n].shape[0], f[n].shape[1] * f[n].shape[2]
+            style_term = style_term + WEIGHTS[n] * ((gram(f[n]) - target_a[n]) ** 2).sum() / (4 * c**2 * m**2)
+        (loss + 1e3 * style_term).backward()
+
+    return timeit(step, repeats=repeats)["min"], torch.get_num_threads()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="256,512")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--converge", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--no-torch", action="store_true")
+    args = parser.parse_args()
+    params = random_vgg19(jax.random.PRNGKey(0))
+    content_image, style_image = load_image(SAMPLES / "astronaut.png"), load_image(SAMPLES / "brick.png")
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        content = np.asarray(resize(content_image, size, size))
+        style = np.asarray(resize(style_image, size, size))
+        x = np.random.default_rng(0).random((size, size, 3)).astype(np.float32)
+        targets = style_targets(params, content, [style])
+
+        def loss(pixels, t, p):
+            return style_transfer_loss(pixels, t, p, style_weights=WEIGHTS)[0]
+
+        grad_fn = jax.value_and_grad(loss)
+        jitted = jax.jit(grad_fn)
+        start = time.perf_counter()
+        jax.block_until_ready(jitted(x, targets, params))
+        compile_seconds = time.perf_counter() - start
+        jit_seconds = timeit(lambda: jax.block_until_ready(jitted(x, targets, params)), repeats=args.repeats)["min"]
+        with jax.disable_jit():
+            eager_seconds = timeit(lambda: jax.block_until_ready(grad_fn(x, targets, params)), repeats=max(1, args.repeats - 1))["min"]
+        row = {"size": size, "jit s/iter": jit_seconds, "eager s/iter": eager_seconds, "eager / jit": eager_seconds / jit_seconds,
+               "first call s": compile_seconds}
+        if not args.no_torch:
+            try:
+                torch_seconds, threads = torch_step_seconds(params, x, content, style, args.repeats)
+            except ImportError:
+                print("torch is not installed: skipping the PyTorch column")
+            else:
+                row.update({"torch s/iter": torch_seconds, "torch / jit": torch_seconds / jit_seconds, "torch threads": threads})
+        rows.append(row)
+
+    size, steps = args.converge, args.steps
+    single = style_transfer(params, content_image, [style_image], sizes=(size,), steps=steps, chunk=steps)
+    per_step = single.seconds / steps
+    target = float(single.history[0][-1])
+    coarse_steps = steps // 2
+    multi = style_transfer(params, content_image, [style_image], sizes=(size // 2, size), steps=(coarse_steps, steps), chunk=steps)
+    fine = multi.history[1]
+    reached = np.nonzero(fine <= target)[0]
+    # the coarse scale timed alone; the fine steps cost what the single run's steps cost
+    coarse = style_transfer(params, content_image, [style_image], sizes=(size // 2,), steps=coarse_steps, chunk=coarse_steps)
+    coarse_seconds = coarse.seconds
+    multi_steps = int(reached[0]) if len(reached) else None
+    converge = {
+        "size": size, "target loss": target, "single-scale steps": steps, "single-scale s": single.seconds,
+        "multi-scale": f"{size // 2} x {coarse_steps} then {size}", "multi-scale fine steps to target": multi_steps,
+        "multi-scale s": None if multi_steps is None else coarse_seconds + multi_steps * per_step,
+    }
+    if multi_steps is not None:
+        converge["single / multi"] = single.seconds / converge["multi-scale s"]
+    path = write_results("style", {"config": vars(args), "rows": rows, "converge": converge})
+    print("style transfer: seconds per iteration (total loss and its gradient), random VGG19 weights")
+    print(markdown_table(rows, ["size", "jit s/iter", "eager s/iter", "torch s/iter", "eager / jit", "torch / jit", "first call s"]))
+    print(f"\nL-BFGS to a fixed loss at {size}x{size}")
+    print(markdown_table([converge], list(converge)))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
