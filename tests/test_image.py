@@ -217,3 +217,12 @@ def test_resize_and_crop_batch_jit_vmap():
     np.testing.assert_array_equal(crop, images[:, 3:13, 4:8])
     with pytest.raises(ValueError, match="larger"):
         center_crop(images, 20, 4)
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        save_image(tmp_path / "a.png", np.zeros((4, 4, 3), np.float32))
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o644
