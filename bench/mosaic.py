@@ -15,7 +15,6 @@ The features are synthetic but shaped like CNN features: unit rows with a power-
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import time
 from pathlib import Path

@@ -18,12 +18,14 @@ import jax
 import numpy as np
 
 from jaxmosaic.errors import JaxmosaicError
+from jaxmosaic.files import replace_dir
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint_meta"]
+__all__ = ["save_tree", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta"]
 
 
-def save_checkpoint(directory: str | os.PathLike, state, meta: dict) -> Path:
-    """Write `state` (a pytree of arrays; NamedTuples allowed) and `meta` (JSON) to `directory`."""
+def save_tree(directory: str | os.PathLike, tree, *, name: str, sidecars: dict[str, dict]) -> Path:
+    """Write `tree` (a pytree of arrays; NamedTuples allowed) as the Orbax folder `directory/name`,
+    plus one JSON file per `sidecars` entry, into a temporary folder renamed over `directory`."""
     import orbax.checkpoint as ocp
 
     directory = Path(directory).expanduser().absolute()
@@ -31,18 +33,19 @@ def save_checkpoint(directory: str | os.PathLike, state, meta: dict) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(tmp / "state", jax.tree_util.tree_map(np.asarray, state))
+        checkpointer.save(tmp / name, jax.tree_util.tree_map(np.asarray, tree))
         checkpointer.wait_until_finished()
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        old = directory.with_name(f".{directory.name}.old")
-        if directory.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
+        for filename, content in sidecars.items():
+            (tmp / filename).write_text(json.dumps(content, indent=2) + "\n")
+        replace_dir(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def save_checkpoint(directory: str | os.PathLike, state, meta: dict) -> Path:
+    """Write `state` (a pytree of arrays; NamedTuples allowed) and `meta` (JSON) to `directory`."""
+    return save_tree(directory, state, name="state", sidecars={"meta.json": meta})
 
 
 def read_checkpoint_meta(directory: str | os.PathLike) -> dict:

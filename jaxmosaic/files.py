@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from jaxmosaic.errors import JaxmosaicError
 
-__all__ = ["atomic_path", "check_not_input", "check_outputs", "write_json"]
+__all__ = ["atomic_path", "check_not_input", "check_outputs", "replace_dir", "write_json"]
 
 
 def check_not_input(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> None:
@@ -66,3 +67,15 @@ def write_json(path: str | os.PathLike, obj, inputs: Iterable[str | os.PathLike]
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path, inputs) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def replace_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move the finished folder `tmp` to `target`, replacing an older one only once `tmp` is complete."""
+    tmp, target = Path(tmp), Path(target)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

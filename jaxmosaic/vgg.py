@@ -22,6 +22,7 @@ __all__ = [
     "vgg19_features",
     "layer_channels",
     "layer_stride",
+    "check_layers",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -52,23 +53,26 @@ _CHANNELS = {name: channels for _, name, channels in _SEQUENCE}
 
 def layer_channels(name: str) -> int:
     """Number of channels of a named layer."""
-    return _CHANNELS[_check_layers((name,))[0]]
+    return _CHANNELS[check_layers((name,))[0]]
 
 
 def layer_stride(name: str) -> int:
     """Downsampling factor of a named layer relative to the input (1, 2, 4, 8, 16 or 32)."""
-    index = _INDEX[_check_layers((name,))[0]]
+    index = _INDEX[check_layers((name,))[0]]
     return 2 ** sum(1 for kind, _, _ in _SEQUENCE[: index + 1] if kind == "pool")
 
 
-def _check_layers(layers: Sequence[str]) -> tuple[str, ...]:
+def check_layers(layers: Sequence[str], option: str | None = None) -> tuple[str, ...]:
+    """`layers` as a tuple, or a ValueError naming the unknown ones (prefixed by `option`, e.g.
+    "--style-layers") and listing the valid names."""
     if isinstance(layers, str):
         layers = (layers,)
+    prefix = f"{option}: " if option else ""
     unknown = [name for name in layers if name not in _INDEX]
     if unknown:
-        raise ValueError(f"unknown VGG19 layer(s) {', '.join(unknown)}; valid names: {', '.join(VGG19_LAYERS)}")
+        raise ValueError(f"{prefix}unknown VGG19 layer(s) {', '.join(unknown)}; valid names: {', '.join(VGG19_LAYERS)}")
     if not layers:
-        raise ValueError("no VGG19 layer requested")
+        raise ValueError(f"{prefix}no VGG19 layer requested")
     return tuple(layers)
 
 
@@ -99,7 +103,7 @@ class VGG19(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
-        layers = _check_layers(self.layers)
+        layers = check_layers(self.layers)
         if self.pooling not in ("max", "avg"):
             raise ValueError(f"pooling must be 'max' or 'avg', got {self.pooling!r}")
         if self.padding not in ("zeros", "circular"):
@@ -144,7 +148,7 @@ def vgg19_features(
       A dict from each requested name to its activation, NHWC (HWC for an HWC input). Max and
       average pooling floor odd sizes, as PyTorch's `MaxPool2d(2, 2)` and `avg_pool2d` do.
     """
-    module = VGG19(layers=_check_layers(layers), pooling=pooling, padding=padding)
+    module = VGG19(layers=check_layers(layers), pooling=pooling, padding=padding)
     images = jnp.asarray(images)
     if images.ndim == 3:
         return {name: value[0] for name, value in module.apply({"params": params}, images[None]).items()}

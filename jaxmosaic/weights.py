@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -128,33 +127,11 @@ def params_from_state_dict(state_dict: dict[str, np.ndarray], *, source: str = "
     return params
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished folder `tmp` to `target`, replacing an older one only once `tmp` is complete."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def save_params(params: dict, directory: str | os.PathLike, source: dict) -> Path:
     """Write params as an Orbax checkpoint plus `source.json`, atomically (a temporary folder, renamed)."""
-    import orbax.checkpoint as ocp
+    from jaxmosaic.checkpoint import save_tree
 
-    directory = Path(directory).expanduser().absolute()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(tmp / "params", jax.tree_util.tree_map(np.asarray, params))
-        checkpointer.wait_until_finished()
-        (tmp / "source.json").write_text(json.dumps(source, indent=2) + "\n")
-        _replace_dir(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+    return save_tree(directory, params, name="params", sidecars={"source.json": source})
 
 
 def load_params(directory: str | os.PathLike) -> dict:

@@ -65,11 +65,10 @@ def _weights_id(params) -> str:
 def _settings(kind: str, view: str, layer: str, pool: str, weights: str | None, seed: int):
     """(feature settings, VGG params or None)."""
     from jaxmosaic.tile_library import feature_settings
-    from jaxmosaic.vgg import VGG19_LAYERS
+    from jaxmosaic.vgg import check_layers
 
     if kind == "vgg":
-        if layer not in VGG19_LAYERS:
-            raise ValueError(f"--layer {layer!r} is not a VGG19 layer; valid names: {', '.join(VGG19_LAYERS)}")
+        check_layers((layer,), "--layer")
         if pool not in ("mean", "flat"):
             raise ValueError(f"--pool must be 'mean' or 'flat', got {pool!r}")
         params = vgg_params(weights, seed)
@@ -83,17 +82,14 @@ def _svd_k(text: str, features) -> int:
     if text == "auto":
         return auto_svd_k(features)
     try:
-        k = int(text)
+        return int(text)
     except ValueError:
         raise ValueError(f"--svd-k {text!r}: expected 'auto' or a whole number") from None
-    n, t = features.shape
-    if k < 0 or k > min(n, t):
-        raise ValueError(f"--svd-k {k} is larger than min(tiles, feature dimension) = min({n}, {t}); use at most {min(n, t)}, or 0 for exact matching")
-    return k
 
 
-def _obtain_library(tiles: str, settings: dict, params, gabor_colors: int, *, inputs=()):
-    """The library for `--tiles`: "gabor", a folder (indexed once, cached until it changes), or a .npz."""
+def _obtain_library(tiles: str, settings: dict, params, gabor_colors: int, *, inputs=(), loaded=None):
+    """The library for `--tiles`: "gabor", a folder (indexed once, cached until it changes), or a
+    .npz (`loaded`, if the caller has read it already)."""
     from jaxmosaic.tile_library import build_library, gabor_colors as tints, is_current, load_library, save_library
     from jaxmosaic.weights import cache_dir
 
@@ -103,7 +99,7 @@ def _obtain_library(tiles: str, settings: dict, params, gabor_colors: int, *, in
         with _feature_progress("gabor tiles") as progress:
             return build_library("gabor", settings, params=params, colors=colors, progress=progress)
     if source.is_file():
-        library = load_library(source)
+        library = loaded or load_library(source)
         if is_current(library, settings):
             return library
         why = "its folder changed" if library.settings == settings else "it was built with other feature settings"
@@ -176,16 +172,21 @@ def mosaic(
     image = load_image(target)
     rows, cols_, _, _ = mosaic_grid(*image.shape[:2], patch, cols=cols, fit=fit.value)
     side = render or patch
-    check_memory(rows * cols_ * side * side * 3 * 4 * 6, f"a {cols_ * side}x{rows * side} mosaic")
+    from jaxmosaic.search import match_memory_bytes
+
+    feature_dim = 512 if features == Features.vgg else 64
+    check_memory(rows * cols_ * side * side * 3 * 4 * 6 + match_memory_bytes(rows * cols_, feature_dim, top_k=top_k or 32),
+                 f"a {cols_ * side}x{rows * side} mosaic")
 
     mode = color.value if color != ColorMode.auto else ("multiply" if tiles == "gabor" else "none")
-    kind = features.value if features else None
-    if kind is None and Path(tiles).is_file():
+    loaded = None
+    if Path(tiles).is_file():
         from jaxmosaic.tile_library import load_library
 
-        kind = load_library(tiles).settings["features"]
-    settings, params = _settings(kind or "color", view_for(mode), layer, pool, weights, seed)
-    library = _obtain_library(tiles, settings, params, gabor_colors, inputs=inputs)
+        loaded = load_library(tiles)
+    kind = features.value if features else (loaded.settings["features"] if loaded else "color")
+    settings, params = _settings(kind, view_for(mode), layer, pool, weights, seed)
+    library = _obtain_library(tiles, settings, params, gabor_colors, inputs=inputs, loaded=loaded)
     k = _svd_k(svd_k, library.features)
     result = make_mosaic(image, library, patch=patch, render=render, cols=cols, fit=fit.value, color=mode, alpha=alpha, svd_k=k,
                          top_k=top_k, max_reuse=max_reuse, min_distance=min_distance, absolute=absolute, params=params)
@@ -227,9 +228,9 @@ def gabor(
     """Write the built-in Gabor tiles (OpenCV's getGaborKernel over a grid) as PNG files."""
     import numpy as np
 
-    from jaxmosaic.image import save_image
-    from jaxmosaic.techniques.mosaic import assemble_cells, gabor_parameters
-    from jaxmosaic.tile_library import TileLibrary, gabor_colors
+    from jaxmosaic.image import resize, save_image
+    from jaxmosaic.techniques.mosaic import assemble_cells, gabor_parameters, gabor_tiles
+    from jaxmosaic.tile_library import gabor_colors
 
     if size < 4:
         raise ValueError(f"--size must be at least 4, got {size}")
@@ -237,8 +238,7 @@ def gabor(
         raise FileExistsError(f"{out_dir}: folder is not empty")
     tints = gabor_colors(colors) if colors > 1 else None
     parameters = gabor_parameters()
-    library = TileLibrary("gabor", "gabor", [], parameters, tints, np.zeros((len(parameters) * colors, 1), np.float32), {}, "")
-    images = library.render(np.arange(len(library)), size)
+    images = np.asarray(gabor_tiles(parameters, size, tints))
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, tile in enumerate(images):
         p = parameters[i // colors]
@@ -246,8 +246,6 @@ def gabor(
         save_image(out_dir / f"gabor-{i:04d}-s{p[0]:.2f}-t{np.degrees(p[1]):03.0f}-l{p[2]:.2f}-g{p[3]:.1f}-p{np.degrees(p[4]):03.0f}{tag}.png", tile)
     if sheet:
         thumb = min(size, 48)
-        from jaxmosaic.image import resize
-
         small = np.asarray(resize(images, thumb, thumb))
         cols = int(np.ceil(np.sqrt(len(small))))
         rows = -(-len(small) // cols)

@@ -76,26 +76,17 @@ def style(
     from jaxmosaic.image import fit_shape, load_image, save_gif, save_image
     from jaxmosaic.optimize import make_optimizer
     from jaxmosaic.resources import check_memory
-    from jaxmosaic.techniques.style import INITS, Resume, check_layers, memory_estimate, style_transfer
+    from jaxmosaic.techniques.style import INITS, Resume, check_settings, memory_estimate, style_transfer
 
     sizes = parse_list(scales, "--scales", int) if scales else [size]
-    step_counts = parse_list(steps, "--steps", int)
-    if len(step_counts) == 1:
-        step_counts = step_counts * len(sizes)
-    if len(step_counts) != len(sizes):
-        raise ValueError(f"--steps has {len(step_counts)} counts for {len(sizes)} scales")
-    if any(s < 16 for s in sizes) or any(s < 1 for s in step_counts):
-        raise ValueError("--size/--scales must be at least 16 and --steps at least 1")
     blend = parse_list(style_blend, "--style-blend") if style_blend else None
-    if blend is not None and len(blend) != len(styles):
-        raise ValueError(f"--style-blend has {len(blend)} weights for {len(styles)} style images")
     if batch and blend is not None:
         raise ValueError("--style-blend and --batch do not go together: --batch makes one output per style")
-    c_layers = check_layers(names(content_layers), "--content-layers")
-    s_layers = check_layers(names(style_layers), "--style-layers")
     w_layers = parse_list(layer_weights, "--layer-weights") if layer_weights else None
-    if w_layers is not None and len(w_layers) != len(s_layers):
-        raise ValueError(f"--layer-weights has {len(w_layers)} values for {len(s_layers)} style layers")
+    c_layers, style_weights, step_counts = check_settings(
+        len(styles), blend=blend, content_layers=names(content_layers), style_layers=names(style_layers),
+        layer_weights=w_layers, sizes=sizes, steps=parse_list(steps, "--steps", int))
+    s_layers = tuple(style_weights)
     if style_scale <= 0 or save_every < 0 or checkpoint_every < 1:
         raise ValueError("--style-scale must be positive, --save-every not negative, --checkpoint-every at least 1")
     if optimizer == Optimizer.adam and lr is None:
@@ -143,7 +134,8 @@ def style(
 
     frames: list[np.ndarray] = []
     last: dict = {}
-    chunk = min(x for x in (save_every or 10**9, checkpoint_every if checkpoint else 10**9, 25 if gif else 10**9, 20) if x)
+    # the callback runs after each chunk: often enough for every frame, checkpoint and GIF frame asked for
+    chunk = min([20, *([save_every] if save_every else []), *([checkpoint_every] if checkpoint else [])])
     if frames_dir:
         frames_dir.mkdir(exist_ok=True)
 

@@ -23,7 +23,7 @@ from jaxmosaic.color import luminance, rgb_to_lab
 from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.filters import gabor_kernel
 from jaxmosaic.image import resize
-from jaxmosaic.search import compress_queries, l2_normalize, match_tiles, svd_compress
+from jaxmosaic.search import l2_normalize, match_tiles, svd_compress
 from jaxmosaic.vgg import vgg19_features
 
 __all__ = [

@@ -21,13 +21,15 @@ from jaxmosaic.color import rgb_to_yiq, yiq_to_rgb
 from jaxmosaic.image import fit_shape, resize
 from jaxmosaic.losses import content_loss, gram_matrix, style_loss, tv_loss
 from jaxmosaic.optimize import ChunkReport, minimize
-from jaxmosaic.vgg import VGG19_LAYERS, layer_channels, layer_stride, vgg19_features
+from jaxmosaic.vgg import VGG19_LAYERS, check_layers, layer_channels, layer_stride, vgg19_features
 
 __all__ = [
     "CONTENT_LAYERS",
     "STYLE_LAYERS",
     "INITS",
     "StyleTargets",
+    "StyleSettings",
+    "check_settings",
     "style_targets",
     "style_transfer_loss",
     "keep_colors",
@@ -48,14 +50,43 @@ class StyleTargets(NamedTuple):
     grams: dict  # layer -> A, the blended style Gram matrix (C, C) (batched: (B, C, C))
 
 
-def check_layers(names: Sequence[str], option: str) -> tuple[str, ...]:
-    names = tuple(names)
-    for name in names:
-        if name not in VGG19_LAYERS:
-            raise ValueError(f"{option}: unknown layer {name!r}; valid names: {', '.join(VGG19_LAYERS)}")
-    if not names:
-        raise ValueError(f"{option}: no layers given")
-    return names
+class StyleSettings(NamedTuple):
+    content_layers: tuple[str, ...]
+    style_weights: dict  # style layer -> w_l
+    steps: list[int]  # per scale
+
+
+def check_settings(
+    styles: int,
+    *,
+    blend: Sequence[float] | None = None,
+    content_layers: Sequence[str] = CONTENT_LAYERS,
+    style_layers: Sequence[str] = STYLE_LAYERS,
+    layer_weights: Sequence[float] | None = None,
+    sizes: Sequence[int] = (512,),
+    steps: int | Sequence[int] = 500,
+) -> StyleSettings:
+    """Validate `style_transfer`'s settings for `styles` style images (before any work starts);
+    the messages name the command-line options."""
+    content_layers = check_layers(tuple(content_layers), "--content-layers")
+    style_layers = check_layers(tuple(style_layers), "--style-layers")
+    weights = layer_weights if layer_weights is not None else [1.0 / len(style_layers)] * len(style_layers)
+    if len(weights) != len(style_layers):
+        raise ValueError(f"--layer-weights has {len(weights)} values for {len(style_layers)} style layers")
+    if styles < 1:
+        raise ValueError("at least one style image is needed")
+    if blend is not None and len(blend) != styles:
+        raise ValueError(f"--style-blend has {len(blend)} weights for {styles} style images")
+    if blend is not None and (any(w < 0 for w in blend) or sum(blend) <= 0):
+        raise ValueError("--style-blend weights must be non-negative and not all zero")
+    step_counts = [steps] * len(sizes) if isinstance(steps, int) else list(steps)
+    if len(step_counts) == 1:
+        step_counts = step_counts * len(sizes)
+    if len(step_counts) != len(sizes):
+        raise ValueError(f"--steps has {len(step_counts)} counts for {len(sizes)} scales")
+    if any(s < 1 for s in step_counts) or any(s < 16 for s in sizes):
+        raise ValueError("every scale needs at least 1 step (--steps) and a size of at least 16 pixels (--size/--scales)")
+    return StyleSettings(content_layers, dict(zip(style_layers, (float(w) for w in weights))), step_counts)
 
 
 def style_targets(
@@ -225,24 +256,11 @@ def style_transfer(
       chunk: steps per compiled chunk (the callback runs after each).
       resume: continue from a `Resume` (e.g. a checkpoint) instead of starting over.
     """
-    content_layers = check_layers(content_layers, "--content-layers")
-    style_layers = check_layers(style_layers, "--style-layers")
-    weights = layer_weights if layer_weights is not None else [1.0 / len(style_layers)] * len(style_layers)
-    if len(weights) != len(style_layers):
-        raise ValueError(f"--layer-weights has {len(weights)} values for {len(style_layers)} style layers")
-    style_weights = dict(zip(style_layers, (float(w) for w in weights)))
-    if not styles:
-        raise ValueError("at least one style image is needed")
-    if blend is not None and len(blend) != len(styles):
-        raise ValueError(f"--style-blend has {len(blend)} weights for {len(styles)} style images")
-    if blend is not None and (any(w < 0 for w in blend) or sum(blend) <= 0):
-        raise ValueError("--style-blend weights must be non-negative and not all zero")
+    checked = check_settings(len(styles), blend=blend, content_layers=content_layers, style_layers=style_layers,
+                             layer_weights=layer_weights, sizes=sizes, steps=steps)
+    content_layers, style_weights, step_counts = checked
+    style_layers = tuple(style_weights)
     sizes = list(sizes)
-    step_counts = [steps] * len(sizes) if isinstance(steps, int) else list(steps)
-    if len(step_counts) != len(sizes):
-        raise ValueError(f"--steps has {len(step_counts)} counts for {len(sizes)} scales")
-    if any(s < 1 for s in step_counts) or any(s < 16 for s in sizes):
-        raise ValueError("every scale needs at least 1 step and a size of at least 16 pixels")
     count = len(styles) if batch else 1
     key = jax.random.PRNGKey(seed)
     data_axes = (0, None) if batch else None
@@ -295,10 +313,9 @@ def style_transfer(
     final = jnp.clip(images, 0.0, 1.0)
     if original_colors:
         final = keep_colors(final, jnp.broadcast_to(resize(content, *final.shape[1:3]), final.shape))
-    final_targets = targets
     losses = []
     for i in range(count):
-        t = jax.tree_util.tree_map(lambda a: a[i], final_targets) if batch else final_targets
+        t = jax.tree_util.tree_map(lambda a: a[i], targets) if batch else targets
         total, terms = style_transfer_loss(final[i], t, params, style_weights=style_weights, alpha=alpha, beta=beta, tv_weight=tv_weight, pooling=pooling)
         losses.append({"total": float(total), **{name: float(v) for name, v in terms.items()}})
     return StyleResult(np.asarray(final), losses, total_steps, history, seconds, compile_seconds, opt_state)
