@@ -26,6 +26,15 @@ from jaxmosaic.checkpoint import load_checkpoint, save_checkpoint
 from jaxmosaic.losses import content_loss, gram_matrix, style_layer_loss, style_loss, tv_loss
 from jaxmosaic.optimize import minimize
 from jaxmosaic.techniques.style import keep_colors, style_targets, style_transfer, style_transfer_loss
+from jaxmosaic.spectrum import (
+    periodic_component,
+    radial_power_spectrum,
+    spectrum_distance,
+    spectrum_loss,
+    spectrum_projection,
+    spectrum_target,
+)
+from jaxmosaic.techniques.texture import match_histograms, synthesize_texture, texture_loss, texture_targets
 from jaxmosaic.techniques.hybrid import (
     distance_preview,
     hybrid_fourier,
@@ -81,6 +90,16 @@ __all__ = [
     "style_transfer_loss",
     "keep_colors",
     "style_transfer",
+    "spectrum_projection",
+    "spectrum_loss",
+    "spectrum_distance",
+    "periodic_component",
+    "spectrum_target",
+    "radial_power_spectrum",
+    "texture_targets",
+    "texture_loss",
+    "match_histograms",
+    "synthesize_texture",
     "hybrid_loss",
     "seen_from_afar",
     "hybrid_fourier",

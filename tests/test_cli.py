@@ -245,3 +245,68 @@ def test_style_errors_are_one_line_and_write_nothing(tmp_path, case):
                 "memory": "GiB but only"}[case]
     assert_one_line_error(result, expected)
     assert list(tmp_path.iterdir()) == []
+
+
+TEXTURE_FAST = ["--weights", "random", "--size", 48, "--layers", "relu1_1,pool1,pool2"]
+
+
+def test_texture_writes_grey_variations_side_by_side_and_metrics(tmp_path):
+    from PIL import Image
+
+    out, metrics = tmp_path / "t.png", tmp_path / "m.json"
+    result = run("texture", SAMPLES / "brick.png", "-o", out, "--steps", 8, "--variations", 2, "--tileable",
+                 "--gif", "--metrics", metrics, *TEXTURE_FAST)
+    assert result.exit_code == 0, result.output
+    for name in ("t-1.png", "t-2.png"):
+        with Image.open(tmp_path / name) as picture:
+            assert picture.size == (48, 48) and picture.mode == "L"  # a grey exemplar gives grey textures
+    with Image.open(tmp_path / "t-side.png") as side:
+        assert side.size == (48 + 2 * (8 + 48), 48)
+    with Image.open(tmp_path / "t-tiled.png") as tiled:
+        assert tiled.size == (96, 96)
+    assert (tmp_path / "t.gif").exists() and not out.exists()
+    summary = json.loads(metrics.read_text())
+    assert summary["technique"] == "texture" and summary["iterations"] == 8 and summary["seconds"] > 0
+    assert set(summary["loss"]) == {"1", "2"}
+    for loss in summary["loss"].values():
+        assert set(loss) == {"gram", "spectrum", "total"}
+        assert loss["total"] == pytest.approx(loss["gram"] + summary["settings"]["spectrum_weight"] * loss["spectrum"], rel=1e-4)
+
+
+def test_texture_continue_from_an_earlier_result(tmp_path):
+    from jaxmosaic.image import load_image
+
+    first, metrics = tmp_path / "a.png", tmp_path / "m.json"
+    args = ["--spectrum-weight", 0, *TEXTURE_FAST]
+    assert run("texture", SAMPLES / "coffee.png", "-o", first, "--steps", 10, "--metrics", metrics, *args).exit_code == 0
+    before = json.loads(metrics.read_text())["loss"]["total"]
+    metrics.unlink()
+    result = run("texture", SAMPLES / "coffee.png", "-o", tmp_path / "b.png", "--steps", 10, "--continue", first,
+                 "--metrics", metrics, *args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(metrics.read_text())["loss"]["total"] < before
+    assert load_image(tmp_path / "b.png").shape == (32, 48, 3)  # coffee is 256x171: longest side 48
+    refused = run("texture", SAMPLES / "coffee.png", "-o", first, "--steps", 1, "--continue", first, *args)
+    assert_one_line_error(refused, "a.png")
+
+
+@pytest.mark.parametrize("case", ["small", "not-image", "layer", "size", "beta"])
+def test_texture_errors_are_one_line_and_write_nothing(tmp_path, case):
+    from jaxmosaic.image import save_image
+
+    exemplar = SAMPLES / "brick.png"
+    extra = {"layer": ["--layers", "relu1_1,pool7"], "size": ["--size", "big"], "beta": ["--spectrum-weight", "-1"]}.get(case, [])
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    if case == "small":
+        exemplar = save_image(inputs / "tiny.png", np.zeros((12, 30, 3)))
+    if case == "not-image":
+        exemplar = inputs / "notes.png"
+        exemplar.write_text("not a picture")
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    result = run("texture", exemplar, "-o", outdir / "t.png", "--weights", "random", "--metrics", outdir / "m.json", *extra)
+    expected = {"small": "at least 16x16 pixels", "not-image": "notes.png: not an image", "layer": "pool7",
+                "size": "--size 'big'", "beta": "--spectrum-weight"}[case]
+    assert_one_line_error(result, expected)
+    assert list(outdir.iterdir()) == []

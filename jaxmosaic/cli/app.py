@@ -37,13 +37,14 @@ def main_options(
 
 
 def register() -> None:
-    from jaxmosaic.cli import features, hybrid, mosaic, style, weights
+    from jaxmosaic.cli import features, hybrid, mosaic, style, texture, weights
 
     app.command(name="mosaic")(mosaic.mosaic)
     app.add_typer(mosaic.tiles_app, name="tiles")
     app.add_typer(mosaic.library_app, name="library")
     app.command(name="hybrid")(hybrid.hybrid)
     app.command(name="style")(style.style)
+    app.command(name="texture")(texture.texture)
     app.command(name="features")(features.features)
     app.add_typer(weights.app, name="weights")
 

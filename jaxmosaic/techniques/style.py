@@ -19,8 +19,9 @@ import numpy as np
 
 from jaxmosaic.color import rgb_to_yiq, yiq_to_rgb
 from jaxmosaic.image import fit_shape, resize
-from jaxmosaic.losses import content_loss, gram_matrix, style_loss, tv_loss
+from jaxmosaic.losses import content_loss, style_loss, tv_loss
 from jaxmosaic.optimize import ChunkReport, minimize
+from jaxmosaic.techniques.texture import gram_targets
 from jaxmosaic.vgg import VGG19_LAYERS, check_layers, layer_channels, layer_stride, vgg19_features
 
 __all__ = [
@@ -110,19 +111,11 @@ def style_targets(
     blend = np.full(len(styles), 1.0 / len(styles)) if blend is None else np.asarray(blend, np.float64) / np.sum(blend)
     content_features = vgg19_features(params, jnp.asarray(content)[None], content_layers, pooling=pooling)
     targets = {name: content_features[name][0] for name in content_layers}
-    content_positions = {name: _positions(content.shape, name) for name in style_layers}
     grams = {name: 0.0 for name in style_layers}
     for weight, style in zip(blend, styles):
-        features = vgg19_features(params, jnp.asarray(style)[None], style_layers, pooling=pooling)
-        for name in style_layers:
-            scale = content_positions[name] / _positions(style.shape, name)
-            grams[name] = grams[name] + float(weight) * scale * gram_matrix(features[name][0])
+        style_grams = gram_targets(params, style, style_layers, size=content.shape[:2], pooling=pooling)
+        grams = {name: grams[name] + float(weight) * style_grams[name] for name in style_layers}
     return StyleTargets(targets, grams)
-
-
-def _positions(shape, layer: str) -> int:
-    stride = layer_stride(layer)
-    return (shape[-3] // stride) * (shape[-2] // stride)
 
 
 def style_transfer_loss(

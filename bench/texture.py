@@ -1,0 +1,140 @@
+"""Texture synthesis: seconds per iteration, jit vs eager vs a PyTorch eager loop of the seed's method.
+
+One iteration = the loss (Gram matrices at relu1_1, pool1..pool4 with average pooling, plus
+beta/2 ||x - P(x)||^2) and its gradient in the image, on the brick sample at each size, random
+VGG19 weights in torchvision's layout shared by both libraries. Also: the seconds per step of a
+whole L-BFGS synthesis (line search included), and with Adam of one texture and of 4 variations
+in one vmapped call. (L-BFGS variations under vmap are left out: optax's line search under vmap
+costs about 4 gradient evaluations per step per texture, each about 3x slower; see the README.)
+
+    python bench/texture.py [--sizes 256] [--repeats 3] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import markdown_table, timeit, write_results  # noqa: E402
+
+from jaxmosaic import load_image, resize  # noqa: E402
+from jaxmosaic.techniques.texture import TEXTURE_LAYERS, synthesize_texture, texture_loss, texture_targets  # noqa: E402
+from jaxmosaic.vgg import VGG19_LAYERS  # noqa: E402
+from jaxmosaic.weights import random_vgg19  # noqa: E402
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+WEIGHTS = {name: 1 / len(TEXTURE_LAYERS) for name in TEXTURE_LAYERS}
+BETA = 1e-4
+
+
+def torch_step_seconds(params, x, exemplar, repeats):
+    """The seed's loop in PyTorch: VGG19 features, Gram loss, spectrum projection, backward."""
+    import torch
+
+    layers, convs = [], iter(n for n in VGG19_LAYERS if n.startswith("conv"))
+    for name in VGG19_LAYERS[: VGG19_LAYERS.index("pool4") + 1]:
+        if name.startswith("conv"):
+            p = params[next(convs)]
+            conv = torch.nn.Conv2d(p["kernel"].shape[2], p["kernel"].shape[3], 3, padding=1)
+            with torch.no_grad():
+                conv.weight.copy_(torch.from_numpy(np.asarray(p["kernel"]).transpose(3, 2, 0, 1).copy()))
+                conv.bias.copy_(torch.from_numpy(np.array(p["bias"])))
+            layers.append((name, conv))
+        elif name.startswith("relu"):
+            layers.append((name, torch.nn.ReLU()))
+        else:
+            layers.append((name, torch.nn.AvgPool2d(2, 2)))
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    def features(image):
+        h = (image.permute(2, 0, 1)[None] - mean) / std
+        out = {}
+        for name, module in layers:
+            h = module(h)
+            if name in WEIGHTS:
+                out[name] = h[0]
+        return out
+
+    def gram(f):
+        flat = f.reshape(f.shape[0], -1)
+        return flat @ flat.T
+
+    u = torch.from_numpy(exemplar)
+    u_hat = torch.fft.fft2(u, dim=(0, 1))
+    with torch.no_grad():
+        targets = {n: gram(f) for n, f in features(u).items()}
+    pixels = torch.from_numpy(x.copy()).requires_grad_(True)
+
+    def step():
+        pixels.grad = None
+        loss = 0
+        for n, f in features(pixels).items():
+            c, m = f.shape[0], f.shape[1] * f.shape[2]
+            loss = loss + WEIGHTS[n] * ((gram(f) - targets[n]) ** 2).sum() / (4 * c**2 * m**2)
+        with torch.no_grad():
+            x_hat = torch.fft.fft2(pixels, dim=(0, 1))
+            phi = (x_hat * u_hat.conj()).sum(-1, keepdim=True)
+            projected = torch.fft.ifft2(phi / phi.abs().clamp_min(1e-30) * u_hat, dim=(0, 1)).real
+        (loss + BETA * 0.5 * ((pixels - projected) ** 2).sum()).backward()
+
+    return timeit(step, repeats=repeats)["min"], torch.get_num_threads()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="256")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20, help="L-BFGS steps of the whole-synthesis rows")
+    parser.add_argument("--no-torch", action="store_true")
+    args = parser.parse_args()
+    params = random_vgg19(jax.random.PRNGKey(0))
+    brick = load_image(SAMPLES / "brick.png")
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        exemplar = np.asarray(resize(brick, size, size))
+        x = np.random.default_rng(0).random((size, size, 3)).astype(np.float32)
+        targets = texture_targets(params, exemplar)._replace(spectrum=exemplar)
+
+        def loss(pixels, t, p):
+            return texture_loss(pixels, t, p, layer_weights=WEIGHTS, spectrum_weight=BETA)[0]
+
+        grad_fn = jax.value_and_grad(loss)
+        jitted = jax.jit(grad_fn)
+        start = time.perf_counter()
+        jax.block_until_ready(jitted(x, targets, params))
+        compile_seconds = time.perf_counter() - start
+        jit_seconds = timeit(lambda: jax.block_until_ready(jitted(x, targets, params)), repeats=args.repeats)["min"]
+        with jax.disable_jit():
+            eager_seconds = timeit(lambda: jax.block_until_ready(grad_fn(x, targets, params)), repeats=max(1, args.repeats - 1))["min"]
+        run = synthesize_texture(params, exemplar, spectrum_weight=BETA, steps=args.steps, chunk=args.steps)
+        adam = {"optimizer": "adam", "learning_rate": 0.02, "spectrum_weight": BETA, "steps": args.steps, "chunk": args.steps}
+        adam_one = synthesize_texture(params, exemplar, **adam)
+        adam_four = synthesize_texture(params, exemplar, variations=4, **adam)
+        row = {"size": size, "jit s/iter": jit_seconds, "eager s/iter": eager_seconds, "eager / jit": eager_seconds / jit_seconds,
+               "first call s": compile_seconds, "L-BFGS s/step": run.seconds / args.steps,
+               "adam s/step": adam_one.seconds / args.steps, "adam 4 variations s/step": adam_four.seconds / args.steps,
+               "4 separate / 4 vmapped": 4 * adam_one.seconds / adam_four.seconds}
+        if not args.no_torch:
+            try:
+                torch_seconds, threads = torch_step_seconds(params, x, exemplar, args.repeats)
+            except ImportError:
+                print("torch is not installed: skipping the PyTorch column")
+            else:
+                row.update({"torch s/iter": torch_seconds, "torch / jit": torch_seconds / jit_seconds, "torch threads": threads})
+        rows.append(row)
+    path = write_results("texture", {"config": vars(args), "rows": rows})
+    print("texture synthesis: seconds per iteration (Gram + spectrum loss and its gradient), random VGG19 weights")
+    print(markdown_table(rows, ["size", "jit s/iter", "eager s/iter", "torch s/iter", "eager / jit", "torch / jit",
+                                "L-BFGS s/step", "adam s/step", "adam 4 variations s/step", "4 separate / 4 vmapped", "first call s"]))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""Texture synthesis: the spectrum projection, the Gram loss against PyTorch, convergence on the brick
+sample, variations, tileable output, histogram matching."""
+
+from __future__ import annotations
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import SAMPLES
+from jaxmosaic.image import load_image, resize
+from jaxmosaic.spectrum import (
+    periodic_component,
+    radial_power_spectrum,
+    spectrum_distance,
+    spectrum_loss,
+    spectrum_projection,
+    spectrum_target,
+)
+from jaxmosaic.techniques.texture import (
+    TEXTURE_LAYERS,
+    match_histograms,
+    synthesize_texture,
+    texture_loss,
+    texture_targets,
+)
+from jaxmosaic.vgg import VGG19_LAYERS
+
+WEIGHTS = {name: 1 / len(TEXTURE_LAYERS) for name in TEXTURE_LAYERS}
+
+
+def brick(size):
+    return np.asarray(resize(load_image(SAMPLES / "brick.png"), size, size))[..., :1]
+
+
+def modulus(image):
+    return np.abs(np.fft.fft2(np.asarray(image, np.float64), axes=(0, 1)))
+
+
+@pytest.mark.parametrize("mode", ["plain", "jit", "vmap"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_spectrum_projection_properties(mode, channels):
+    rng = np.random.default_rng(channels)
+    u = rng.random((3, 24, 20, channels)).astype(np.float32)  # three exemplars (for vmap)
+    x = rng.random((3, 24, 20, channels)).astype(np.float32)
+    project = {"plain": spectrum_projection, "jit": jax.jit(spectrum_projection)}.get(mode)
+    if mode == "vmap":
+        projected = np.asarray(jax.vmap(spectrum_projection)(x, u))
+        again = np.asarray(jax.vmap(spectrum_projection)(projected, u))
+        fixed = np.asarray(jax.vmap(spectrum_projection)(u, u))
+    else:
+        projected = np.stack([project(a, b) for a, b in zip(x, u)])
+        again = np.stack([project(a, b) for a, b in zip(projected, u)])
+        fixed = np.stack([project(b, b) for b in u])
+    for p, target in zip(projected, u):
+        target_modulus = modulus(target)
+        assert np.max(np.abs(modulus(p) - target_modulus)) <= 1e-4 * target_modulus.max()
+    np.testing.assert_allclose(again, projected, atol=1e-5)
+    np.testing.assert_allclose(fixed, u, atol=1e-5)
+    assert np.max(np.abs(projected - x)) > 0.1  # it did move x
+    if channels == 1:  # |u^| e^{i arg x^}
+        x_hat = np.fft.fft2(x[0, ..., 0].astype(np.float64))
+        expected = np.real(np.fft.ifft2(np.abs(np.fft.fft2(u[0, ..., 0].astype(np.float64))) * np.exp(1j * np.angle(x_hat))))
+        np.testing.assert_allclose(projected[0, ..., 0], expected, atol=1e-5)
+    else:  # the phase is shared: phi = sum_c x^_c conj(u^_c)
+        x_hat, u_hat = np.fft.fft2(x[0], axes=(0, 1)), np.fft.fft2(u[0], axes=(0, 1))
+        phi = np.sum(x_hat * np.conj(u_hat), axis=-1, keepdims=True)
+        expected = np.real(np.fft.ifft2(phi / np.abs(phi) * u_hat, axes=(0, 1)))
+        np.testing.assert_allclose(projected[0], expected, atol=1e-5)
+
+
+def test_spectrum_gradient_is_x_minus_projection():
+    rng = np.random.default_rng(1)
+    u, x = rng.random((16, 18, 3)), rng.random((16, 18, 3))
+    beta = 3.0
+    residual = x - np.asarray(spectrum_projection(x, u))
+    through_projection = jax.grad(lambda y: beta * 0.5 * jnp.sum(jnp.square(y - spectrum_projection(y, u))))(x)
+    loss_gradient = jax.grad(lambda y: beta * spectrum_loss(y, u))(x)
+    scale = np.max(np.abs(residual)) * beta
+    assert np.max(np.abs(through_projection - beta * residual)) <= 1e-4 * scale
+    assert np.max(np.abs(loss_gradient - beta * residual)) <= 1e-4 * scale
+    assert float(spectrum_loss(x, u)) == pytest.approx(0.5 * np.sum(residual**2), rel=1e-4)
+
+
+def test_spectrum_projection_is_safe_where_phi_is_zero():
+    u = np.random.default_rng(2).random((8, 8, 3)).astype(np.float32)
+    x = np.full((8, 8, 3), 0.5, np.float32)  # no energy away from the mean: phi = 0 there
+    projected = spectrum_projection(x, u)
+    grad = jax.grad(lambda y: 0.5 * jnp.sum(jnp.square(y - spectrum_projection(y, u))))(x)
+    assert np.all(np.isfinite(projected)) and np.all(np.isfinite(grad))
+    assert np.max(np.abs(modulus(projected) - modulus(u))) <= 1e-4 * modulus(u).max()
+
+
+def test_periodic_component_has_the_inside_laplacian():
+    u = np.random.default_rng(3).random((12, 17, 2))
+    p = np.asarray(periodic_component(u))
+    periodic_laplacian = sum(np.roll(p, shift, axis) for shift in (1, -1) for axis in (0, 1)) - 4 * p
+    inside_laplacian = np.zeros_like(u)  # neighbours outside the image are left out
+    inside_laplacian[1:] += u[:-1] - u[1:]
+    inside_laplacian[:-1] += u[1:] - u[:-1]
+    inside_laplacian[:, 1:] += u[:, :-1] - u[:, 1:]
+    inside_laplacian[:, :-1] += u[:, 1:] - u[:, :-1]
+    np.testing.assert_allclose(periodic_laplacian, inside_laplacian, atol=1e-5)
+    np.testing.assert_allclose(p.mean(axis=(0, 1)), u.mean(axis=(0, 1)), atol=1e-6)
+    # the jump between opposite borders, which makes the spectrum's cross, goes: a ramp has one
+    ramp = np.linspace(0, 1, 32)[:, None, None] * np.ones((32, 32, 1)) + 0.02 * np.random.default_rng(0).random((32, 32, 1))
+    p = np.asarray(periodic_component(ramp))
+    assert np.abs(p[0] - p[-1]).mean() < 0.1 * np.abs(ramp[0] - ramp[-1]).mean()
+
+
+def test_spectrum_target_at_other_sizes():
+    u = np.random.default_rng(4).random((16, 16, 3))
+    np.testing.assert_allclose(spectrum_target(u, 16, 16), periodic_component(u), atol=1e-6)
+    larger = np.asarray(spectrum_target(u, 32, 48))
+    p = np.asarray(periodic_component(u))
+    assert larger.shape == (32, 48, 3)
+    np.testing.assert_allclose(larger.mean(axis=(0, 1)), u.mean(axis=(0, 1)), atol=3e-5)
+    np.testing.assert_allclose(larger.var(axis=(0, 1)), p.var(axis=(0, 1)), rtol=1e-5)  # variance per pixel kept
+    scale = np.sqrt(32 * 48 / 256)
+    np.testing.assert_allclose(larger[8:24, 16:32] - u.mean(axis=(0, 1)), scale * (p - p.mean(axis=(0, 1))), atol=1e-5)
+    assert np.asarray(spectrum_target(u, 8, 40)).shape == (8, 40, 3)
+
+
+def torch_texture_loss(model, x, exemplar, beta):
+    """Gram loss over the texture layers (average pooling) plus beta/2 ||x - P(x)||^2 in PyTorch
+    (float64): the value and d loss / d x."""
+    import torch
+
+    model = copy.deepcopy(model).double()
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
+
+    def features(image):
+        h = (image.permute(2, 0, 1)[None] - mean) / std
+        out = {}
+        for name, module in zip(VGG19_LAYERS, model.features):
+            if isinstance(module, torch.nn.MaxPool2d):
+                h = torch.nn.functional.avg_pool2d(h, 2, 2)
+            else:
+                h = torch.relu(h) if isinstance(module, torch.nn.ReLU) else module(h)
+            if name in WEIGHTS:
+                out[name] = h[0]
+            if len(out) == len(WEIGHTS):
+                return out
+
+    def gram(f):
+        flat = f.reshape(f.shape[0], -1)
+        return flat @ flat.T
+
+    u = torch.from_numpy(exemplar.astype(np.float64))
+    with torch.no_grad():
+        targets = {n: gram(f) for n, f in features(u).items()}
+    pixels = torch.from_numpy(x.astype(np.float64)).requires_grad_(True)
+    loss = 0
+    for name, f in features(pixels).items():
+        c, m = f.shape[0], f.shape[1] * f.shape[2]
+        loss = loss + WEIGHTS[name] * ((gram(f) - targets[name]) ** 2).sum() / (4 * c**2 * m**2)
+    gram_term = loss.item()
+    x_hat, u_hat = torch.fft.fft2(pixels, dim=(0, 1)), torch.fft.fft2(u, dim=(0, 1))
+    phi = (x_hat * u_hat.conj()).sum(-1, keepdim=True)
+    projected = torch.fft.ifft2(phi / phi.abs() * u_hat, dim=(0, 1)).real.detach()
+    loss = loss + beta * 0.5 * ((pixels - projected) ** 2).sum()
+    loss.backward()
+    return gram_term, loss.item(), pixels.grad.numpy()
+
+
+def test_texture_loss_matches_pytorch(torch_model, torch_params):
+    rng = np.random.default_rng(5)
+    exemplar, x = rng.random((32, 32, 3)), rng.random((32, 32, 3))
+    beta = 0.01
+    ours = jnp.asarray(x, jnp.float32)
+    # the plain exemplar as the spectrum target, as the PyTorch reference takes it
+    targets = texture_targets(torch_params, exemplar.astype(np.float32))._replace(spectrum=jnp.asarray(exemplar, jnp.float32))
+    total, terms = texture_loss(ours, targets, torch_params, layer_weights=WEIGHTS, spectrum_weight=beta)
+    grad = jax.grad(lambda y: texture_loss(y, targets, torch_params, layer_weights=WEIGHTS, spectrum_weight=beta)[0])(ours)
+    gram_ref, total_ref, grad_ref = torch_texture_loss(torch_model, x, exemplar, beta)
+    assert float(terms["gram"]) == pytest.approx(gram_ref, rel=1e-4)
+    assert float(total) == pytest.approx(total_ref, rel=1e-4)
+    assert beta * float(terms["spectrum"]) > 0.1 * float(total)  # both terms count in the comparison
+    assert np.max(np.abs(np.asarray(grad) - grad_ref)) <= 1e-4 * np.max(np.abs(grad_ref))
+
+
+@pytest.fixture(scope="module")
+def brick_runs(random_params):
+    """The brick sample at 128x128, 300 L-BFGS iterations with the spectrum term on and off."""
+    exemplar = brick(128)
+    on = synthesize_texture(random_params, exemplar, steps=300, chunk=300)
+    off = synthesize_texture(random_params, exemplar, steps=300, spectrum_weight=0.0, chunk=300)
+    return exemplar, on, off
+
+
+def test_brick_synthesis_with_and_without_the_spectrum_term(random_params, brick_runs):
+    exemplar, on, off = brick_runs
+    targets = texture_targets(random_params, exemplar)
+    noise = jax.random.uniform(jax.random.PRNGKey(0), exemplar.shape)  # the seed-0 start of both runs
+    start = float(texture_loss(noise, targets, random_params, layer_weights=WEIGHTS)[1]["gram"])
+    assert on.spectrum_weight > 0 and off.spectrum_weight == 0
+    for run in (on, off):
+        assert run.images.shape == (1, 128, 128, 1)
+        assert run.loss[0]["gram"] <= 0.01 * start
+    distance_on = float(spectrum_distance(on.images[0], targets.spectrum))
+    distance_off = float(spectrum_distance(off.images[0], targets.spectrum))
+    assert distance_on < distance_off
+    reference = np.asarray(radial_power_spectrum(exemplar))
+    error_on = np.mean(np.abs(np.asarray(radial_power_spectrum(on.images[0])) - reference))
+    error_off = np.mean(np.abs(np.asarray(radial_power_spectrum(off.images[0])) - reference))
+    assert error_on < error_off
+    history = on.history
+    assert np.all(np.diff(history) <= 1e-6 * history[0])  # L-BFGS steps never raise the loss
+
+
+@pytest.mark.parametrize("optimizer, steps", [("adam", 30), ("lbfgs", 2)])
+def test_variations_equal_separate_runs(random_params, optimizer, steps):
+    # Longer L-BFGS runs are not compared pixel by pixel: its line search branches on float
+    # comparisons, and a last-bit difference between a batched and a single convolution can take
+    # the other branch (seen after 3 steps with seed 3), which moves pixels along flat directions.
+    exemplar = brick(32)
+    settings = {"layers": ("relu1_1", "pool1", "pool2"), "steps": steps, "optimizer": optimizer,
+                "learning_rate": 0.02 if optimizer == "adam" else None}
+    together = synthesize_texture(random_params, exemplar, variations=2, seed=3, **settings)
+    alone = [synthesize_texture(random_params, exemplar, seed=seed, **settings) for seed in (3, 4)]
+    for i, single in enumerate(alone):
+        np.testing.assert_allclose(together.images[i], single.images[0], atol=1e-4)
+        assert together.loss[i]["total"] == pytest.approx(single.loss[0]["total"], rel=1e-4)
+    assert np.mean(np.abs(together.images[0] - together.images[1])) > 0.05
+    assert together.spectrum_weight == alone[0].spectrum_weight
+
+
+def seam_and_rows(image, stride):
+    """Mean absolute difference across the wrap seam, and across each interior row and column
+    boundary in the same place of the pooling grid (every `stride`-th), as (seam, boundaries)."""
+    seam = (np.mean(np.abs(image[0] - image[-1])) + np.mean(np.abs(image[:, 0] - image[:, -1]))) / 2
+    dy = np.abs(np.diff(image, axis=0)).mean(axis=(1, 2))[stride - 1 :: stride]
+    dx = np.abs(np.diff(image, axis=1)).mean(axis=(0, 2))[stride - 1 :: stride]
+    return seam, np.concatenate([dy, dx])
+
+
+def test_tileable_output_wraps_seamlessly(random_params):
+    exemplar = np.asarray(resize(load_image(SAMPLES / "coffee.png"), 64, 64))
+    layers = ("relu1_1", "pool1", "pool2", "pool3")
+    weights = {name: 0.25 for name in layers}
+    # with circular padding the loss cannot tell where the image starts: the seam is not special
+    targets = texture_targets(random_params, exemplar, layers=layers)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (64, 64, 3))
+    shifted = jnp.roll(x, (24, 40), axis=(0, 1))
+    for padding, equal in (("circular", True), ("zeros", False)):
+        a, b = (float(texture_loss(y, targets, random_params, layer_weights=weights, spectrum_weight=1e-3, padding=padding)[0])
+                for y in (x, shifted))
+        assert (abs(a - b) <= 1e-5 * a) == equal
+    settings = {"layers": layers, "steps": 100}
+    seam, rows = seam_and_rows(synthesize_texture(random_params, exemplar, tileable=True, **settings).images[0], 8)
+    assert seam <= rows.max() and seam <= 1.25 * rows.mean()
+    plain_seam, plain_rows = seam_and_rows(synthesize_texture(random_params, exemplar, **settings).images[0], 8)
+    assert plain_seam > 1.5 * plain_rows.mean()  # zero padding leaves borders that do not meet
+
+
+def test_continue_from_a_result_lowers_the_loss(random_params):
+    exemplar = brick(32)
+    settings = {"layers": ("relu1_1", "pool1", "pool2"), "spectrum_weight": 0.0}
+    first = synthesize_texture(random_params, exemplar, steps=10, **settings)
+    more = synthesize_texture(random_params, exemplar, steps=10, init=first.images[0], **settings)
+    assert more.history[0] == pytest.approx(first.loss[0]["total"], rel=1e-5)
+    assert more.loss[0]["total"] < 0.9 * first.loss[0]["total"]
+
+
+def test_histogram_matching():
+    rng = np.random.default_rng(6)
+    image, reference = rng.random((20, 20, 3)) ** 2, rng.random((20, 20, 3))
+    matched = np.asarray(match_histograms(image, reference))
+    for c in range(3):
+        np.testing.assert_allclose(np.sort(matched[..., c].ravel()), np.sort(reference[..., c].ravel()), atol=1e-6)
+        order = np.argsort(image[..., c].ravel())  # ranks are kept
+        assert np.all(np.diff(matched[..., c].ravel()[order]) >= 0)
+    small = np.asarray(match_histograms(image, reference[:10]))  # other sizes: quantiles
+    np.testing.assert_allclose(np.median(small, axis=(0, 1)), np.median(reference[:10], axis=(0, 1)), atol=0.05)
+
+
+def test_bad_settings_are_refused(random_params):
+    with pytest.raises(ValueError, match="at least 16x16"):
+        synthesize_texture(random_params, np.zeros((12, 40, 3), np.float32), steps=1)
+    with pytest.raises(ValueError, match="unknown VGG19 layer"):
+        synthesize_texture(random_params, np.zeros((32, 32, 3), np.float32), layers=("pool9",), steps=1)
+    with pytest.raises(ValueError, match="--size"):
+        synthesize_texture(random_params, np.zeros((32, 32, 3), np.float32), size=(8, 64), steps=1)
