@@ -35,6 +35,15 @@ from jaxmosaic.spectrum import (
     spectrum_target,
 )
 from jaxmosaic.techniques.texture import match_histograms, synthesize_texture, texture_loss, texture_targets
+from jaxmosaic.kmeans import kmeans, nearest_centers
+from jaxmosaic.techniques.vq import (
+    cluster_images,
+    code_histograms,
+    cosine_distances,
+    extract_patches,
+    vq_decode,
+    vq_encode,
+)
 from jaxmosaic.techniques.hybrid import (
     distance_preview,
     hybrid_fourier,
@@ -100,6 +109,14 @@ __all__ = [
     "texture_loss",
     "match_histograms",
     "synthesize_texture",
+    "extract_patches",
+    "kmeans",
+    "nearest_centers",
+    "vq_encode",
+    "vq_decode",
+    "code_histograms",
+    "cosine_distances",
+    "cluster_images",
     "hybrid_loss",
     "seen_from_afar",
     "hybrid_fourier",

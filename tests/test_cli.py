@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -310,3 +311,45 @@ def test_texture_errors_are_one_line_and_write_nothing(tmp_path, case):
                 "size": "--size 'big'", "beta": "--spectrum-weight"}[case]
     assert_one_line_error(result, expected)
     assert list(outdir.iterdir()) == []
+
+
+def test_vq_train_compress_and_cluster(tmp_path):
+    import csv
+
+    codebook, m_train = tmp_path / "book.npz", tmp_path / "train.json"
+    images = [SAMPLES / name for name in ("brick.png", "astronaut.png", "coffee.png")]
+    result = run("vq", "train", *images, "-o", codebook, "--k", 32, "--samples", 3000, "--iterations", 10, "--metrics", m_train)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(m_train.read_text())
+    assert summary["samples"] == 3000 and summary["k"] == 32 and 0 < summary["inertia"] and summary["codes_used"] == 32
+    assert (tmp_path / "book-grid.png").exists()
+
+    out, m_compress = tmp_path / "vq.png", tmp_path / "compress.json"
+    result = run("vq", "compress", SAMPLES / "coffee.png", "--codebook", codebook, "-o", out, "--metrics", m_compress)
+    assert result.exit_code == 0, result.output
+    compressed = json.loads(m_compress.read_text())
+    assert compressed["size"] == [256, 168] and compressed["bits_per_pixel"] == pytest.approx(5 / 64)
+    assert 15 < compressed["psnr"] < 40 and (tmp_path / "vq-side.png").exists()
+
+    outdir = tmp_path / "groups"
+    result = run("vq", "cluster", *images, SAMPLES / "chelsea.png", "--codebook", codebook, "--clusters", 2, "-o", outdir)
+    assert result.exit_code == 0, result.output
+    with open(outdir / "clusters.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [Path(r["image"]).name for r in rows] == ["brick.png", "astronaut.png", "coffee.png", "chelsea.png"]
+    assert {r["cluster"] for r in rows} == {"1", "2"}
+    assert (outdir / "dendrogram.png").exists() and (outdir / "cluster-1.png").exists()
+
+
+@pytest.mark.parametrize("case", ["k", "patch", "empty"])
+def test_vq_errors_are_one_line(tmp_path, case):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = {"k": [SAMPLES / "brick.png", "--k", 5000, "--samples", 4000],
+            "patch": [SAMPLES / "coffee.png", "--patch", 200],
+            "empty": [empty]}[case]
+    result = run("vq", "train", *args, "-o", tmp_path / "book.npz")
+    expected = {"k": "--k 5000 is larger than the number of patches (3969)", "patch": "--patch 200 is larger than",
+                "empty": "no images given"}[case]
+    assert_one_line_error(result, expected)
+    assert not (tmp_path / "book.npz").exists()

@@ -37,7 +37,7 @@ def main_options(
 
 
 def register() -> None:
-    from jaxmosaic.cli import features, hybrid, mosaic, style, texture, weights
+    from jaxmosaic.cli import features, hybrid, mosaic, style, texture, vq, weights
 
     app.command(name="mosaic")(mosaic.mosaic)
     app.add_typer(mosaic.tiles_app, name="tiles")
@@ -45,6 +45,7 @@ def register() -> None:
     app.command(name="hybrid")(hybrid.hybrid)
     app.command(name="style")(style.style)
     app.command(name="texture")(texture.texture)
+    app.add_typer(vq.app, name="vq")
     app.command(name="features")(features.features)
     app.add_typer(weights.app, name="weights")
 
