@@ -22,11 +22,10 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, timeit, write_results  # noqa: E402
+from common import markdown_table, timeit, torch_features, write_results  # noqa: E402
 
 from jaxmosaic import load_image, resize  # noqa: E402
 from jaxmosaic.techniques.style import STYLE_LAYERS, style_targets, style_transfer, style_transfer_loss  # noqa: E402
-from jaxmosaic.vgg import VGG19_LAYERS  # noqa: E402
 from jaxmosaic.weights import random_vgg19  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -36,31 +35,7 @@ WEIGHTS = {name: 1 / len(STYLE_LAYERS) for name in STYLE_LAYERS}
 def torch_step_seconds(params, x, content, style, repeats):
     import torch
 
-    layers, convs = [], iter(n for n in VGG19_LAYERS if n.startswith("conv"))
-    for name in VGG19_LAYERS[: VGG19_LAYERS.index("relu5_1") + 1]:
-        if name.startswith("conv"):
-            p = params[next(convs)]
-            conv = torch.nn.Conv2d(p["kernel"].shape[2], p["kernel"].shape[3], 3, padding=1)
-            with torch.no_grad():
-                conv.weight.copy_(torch.from_numpy(np.asarray(p["kernel"]).transpose(3, 2, 0, 1).copy()))
-                conv.bias.copy_(torch.from_numpy(np.array(p["bias"])))
-            layers.append((name, conv))
-        elif name.startswith("relu"):
-            layers.append((name, torch.nn.ReLU()))
-        else:
-            layers.append((name, torch.nn.MaxPool2d(2, 2)))
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    wanted = {"relu4_2", *STYLE_LAYERS}
-
-    def features(image):
-        h = (image.permute(2, 0, 1)[None] - mean) / std
-        out = {}
-        for name, module in layers:
-            h = module(h)
-            if name in wanted:
-                out[name] = h[0]
-        return out
+    features = torch_features(params, {"relu4_2", *STYLE_LAYERS})
 
     def gram(f):
         flat = f.reshape(f.shape[0], -1)

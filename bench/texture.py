@@ -21,11 +21,10 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, timeit, write_results  # noqa: E402
+from common import markdown_table, timeit, torch_features, write_results  # noqa: E402
 
 from jaxmosaic import load_image, resize  # noqa: E402
 from jaxmosaic.techniques.texture import TEXTURE_LAYERS, synthesize_texture, texture_loss, texture_targets  # noqa: E402
-from jaxmosaic.vgg import VGG19_LAYERS  # noqa: E402
 from jaxmosaic.weights import random_vgg19  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -37,36 +36,13 @@ def torch_step_seconds(params, x, exemplar, repeats):
     """The seed's loop in PyTorch: VGG19 features, Gram loss, spectrum projection, backward."""
     import torch
 
-    layers, convs = [], iter(n for n in VGG19_LAYERS if n.startswith("conv"))
-    for name in VGG19_LAYERS[: VGG19_LAYERS.index("pool4") + 1]:
-        if name.startswith("conv"):
-            p = params[next(convs)]
-            conv = torch.nn.Conv2d(p["kernel"].shape[2], p["kernel"].shape[3], 3, padding=1)
-            with torch.no_grad():
-                conv.weight.copy_(torch.from_numpy(np.asarray(p["kernel"]).transpose(3, 2, 0, 1).copy()))
-                conv.bias.copy_(torch.from_numpy(np.array(p["bias"])))
-            layers.append((name, conv))
-        elif name.startswith("relu"):
-            layers.append((name, torch.nn.ReLU()))
-        else:
-            layers.append((name, torch.nn.AvgPool2d(2, 2)))
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-    def features(image):
-        h = (image.permute(2, 0, 1)[None] - mean) / std
-        out = {}
-        for name, module in layers:
-            h = module(h)
-            if name in WEIGHTS:
-                out[name] = h[0]
-        return out
+    features = torch_features(params, WEIGHTS, pooling="avg")
 
     def gram(f):
         flat = f.reshape(f.shape[0], -1)
         return flat @ flat.T
 
-    u = torch.from_numpy(exemplar)
+    u = torch.from_numpy(exemplar.copy())
     u_hat = torch.fft.fft2(u, dim=(0, 1))
     with torch.no_grad():
         targets = {n: gram(f) for n, f in features(u).items()}
