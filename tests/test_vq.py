@@ -181,7 +181,9 @@ def test_clustering_recovers_two_groups_of_crops():
 
 @pytest.mark.parametrize("direct", [True, False])
 def test_nearest_centers_equals_brute_force(monkeypatch, direct):
-    import jaxmosaic.kmeans as km
+    import sys
+
+    km = sys.modules["jaxmosaic.kmeans"]  # (the package's `kmeans` attribute is the function)
 
     if not direct:  # the match_tiles path for large codebooks
         monkeypatch.setattr(km, "_DIRECT", 16)
