@@ -113,3 +113,14 @@ def torch_features(params, wanted, *, pooling: str = "max"):
         return out
 
     return features
+
+
+def jit_and_eager_seconds(fn: Callable, args: tuple, repeats: int) -> dict:
+    """`fn(*args)` jitted (first call, then min over repeats) and op by op under `disable_jit`."""
+    jitted = jax.jit(fn)
+    compile_seconds = first_call_seconds(lambda: jax.block_until_ready(jitted(*args)))
+    jit_seconds = timeit(lambda: jax.block_until_ready(jitted(*args)), repeats=repeats)["min"]
+    with jax.disable_jit():
+        eager_seconds = timeit(lambda: jax.block_until_ready(fn(*args)), repeats=max(1, repeats - 1))["min"]
+    return {"jit s/iter": jit_seconds, "eager s/iter": eager_seconds, "eager / jit": eager_seconds / jit_seconds,
+            "first call s": compile_seconds}

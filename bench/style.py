@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, timeit, torch_features, write_results  # noqa: E402
+from common import jit_and_eager_seconds, markdown_table, timeit, torch_features, write_results  # noqa: E402
 
 from jaxmosaic import load_image, resize  # noqa: E402
 from jaxmosaic.techniques.style import STYLE_LAYERS, style_targets, style_transfer, style_transfer_loss  # noqa: E402
@@ -79,16 +78,9 @@ def main() -> None:
         def loss(pixels, t, p):
             return style_transfer_loss(pixels, t, p, style_weights=WEIGHTS)[0]
 
-        grad_fn = jax.value_and_grad(loss)
-        jitted = jax.jit(grad_fn)
-        start = time.perf_counter()
-        jax.block_until_ready(jitted(x, targets, params))
-        compile_seconds = time.perf_counter() - start
-        jit_seconds = timeit(lambda: jax.block_until_ready(jitted(x, targets, params)), repeats=args.repeats)["min"]
-        with jax.disable_jit():
-            eager_seconds = timeit(lambda: jax.block_until_ready(grad_fn(x, targets, params)), repeats=max(1, args.repeats - 1))["min"]
-        row = {"size": size, "jit s/iter": jit_seconds, "eager s/iter": eager_seconds, "eager / jit": eager_seconds / jit_seconds,
-               "first call s": compile_seconds}
+        timing = jit_and_eager_seconds(jax.value_and_grad(loss), (x, targets, params), args.repeats)
+        jit_seconds = timing["jit s/iter"]
+        row = {"size": size, **timing}
         if not args.no_torch:
             try:
                 torch_seconds, threads = torch_step_seconds(params, x, content, style, args.repeats)

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, timeit, torch_features, write_results  # noqa: E402
+from common import jit_and_eager_seconds, markdown_table, timeit, torch_features, write_results  # noqa: E402
 
 from jaxmosaic import load_image, resize  # noqa: E402
 from jaxmosaic.techniques.texture import TEXTURE_LAYERS, synthesize_texture, texture_loss, texture_targets  # noqa: E402
@@ -81,20 +80,13 @@ def main() -> None:
         def loss(pixels, t, p):
             return texture_loss(pixels, t, p, layer_weights=WEIGHTS, spectrum_weight=BETA)[0]
 
-        grad_fn = jax.value_and_grad(loss)
-        jitted = jax.jit(grad_fn)
-        start = time.perf_counter()
-        jax.block_until_ready(jitted(x, targets, params))
-        compile_seconds = time.perf_counter() - start
-        jit_seconds = timeit(lambda: jax.block_until_ready(jitted(x, targets, params)), repeats=args.repeats)["min"]
-        with jax.disable_jit():
-            eager_seconds = timeit(lambda: jax.block_until_ready(grad_fn(x, targets, params)), repeats=max(1, args.repeats - 1))["min"]
+        timing = jit_and_eager_seconds(jax.value_and_grad(loss), (x, targets, params), args.repeats)
+        jit_seconds = timing["jit s/iter"]
         run = synthesize_texture(params, exemplar, spectrum_weight=BETA, steps=args.steps, chunk=args.steps)
         adam = {"optimizer": "adam", "learning_rate": 0.02, "spectrum_weight": BETA, "steps": args.steps, "chunk": args.steps}
         adam_one = synthesize_texture(params, exemplar, **adam)
         adam_four = synthesize_texture(params, exemplar, variations=4, **adam)
-        row = {"size": size, "jit s/iter": jit_seconds, "eager s/iter": eager_seconds, "eager / jit": eager_seconds / jit_seconds,
-               "first call s": compile_seconds, "L-BFGS s/step": run.seconds / args.steps,
+        row = {"size": size, **timing, "L-BFGS s/step": run.seconds / args.steps,
                "adam s/step": adam_one.seconds / args.steps, "adam 4 variations s/step": adam_four.seconds / args.steps,
                "4 separate / 4 vmapped": 4 * adam_one.seconds / adam_four.seconds}
         if not args.no_torch:

@@ -25,6 +25,8 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ImageWarning",
     "load_image",
+    "image_size",
+    "side_by_side",
     "save_image",
     "save_gif",
     "resize",
@@ -134,6 +136,27 @@ def load_image(
             reason = "truncated image data" if "truncated" in str(err) else f"corrupt image data ({err})"
             raise ImageError(f"{path}: {reason}") from None
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def image_size(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding the pixels; the same checks and
+    one-line errors as `load_image`."""
+    with _open(Path(path), max_pixels) as image:
+        return image.size
+
+
+def side_by_side(images, *, gap: int = 8) -> np.ndarray:
+    """Images of the same height in a row, `gap` white columns apart. Grey (one channel) images
+    are shown in three channels when the row mixes grey and colour. HWC float32."""
+    images = [np.asarray(image, np.float32) for image in images]
+    channels = max(image.shape[-1] for image in images)
+    images = [np.repeat(image, channels, axis=-1) if image.shape[-1] < channels else image for image in images]
+    pieces = []
+    for image in images:
+        if pieces:
+            pieces.append(np.ones((image.shape[0], gap, channels), np.float32))
+        pieces.append(image)
+    return np.concatenate(pieces, axis=1)
 
 
 def _to_uint8(image) -> np.ndarray:

@@ -120,3 +120,36 @@ def output_name(out, tag: str, suffix: str | None = None):
     """OUT.png -> OUT-tag.png (or with another suffix)."""
     out = Path(out)
     return out.with_name(f"{out.stem}-{tag}{suffix if suffix is not None else out.suffix}")
+
+
+class FrameRecorder:
+    """What an optimisation leaves to look at: GIF frames (the current images side by side, kept
+    in memory) and PNG frames written into a folder every `save_every` steps."""
+
+    def __init__(self, gif_path, frames_dir, save_every: int, tags, inputs):
+        self.gif_path, self.frames_dir, self.save_every = gif_path, frames_dir, save_every
+        self.tags, self.inputs = list(tags), list(inputs)  # tags: a file-name suffix per image
+        self.frames: list = []
+        if frames_dir:
+            Path(frames_dir).mkdir(exist_ok=True)
+
+    def record(self, step: int, images, prefix: str = "") -> None:
+        """After a chunk: `images` (N, H, W, C) in [0, 1] at `step`."""
+        import numpy as np
+
+        from jaxmosaic.image import save_image
+
+        if self.gif_path:
+            self.frames.append(np.concatenate(list(images), axis=1))
+        if self.frames_dir and step % self.save_every == 0:
+            for tag, image in zip(self.tags, images):
+                save_image(Path(self.frames_dir) / f"{prefix}step{step:05d}{tag}.png", image, inputs=self.inputs)
+
+    def write_gif(self) -> list[str]:
+        """Write the GIF (when asked for and there are frames); the paths written."""
+        from jaxmosaic.image import save_gif
+
+        if not (self.gif_path and self.frames):
+            return []
+        save_gif(self.gif_path, self.frames, inputs=self.inputs)
+        return [str(self.gif_path)]

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from jaxmosaic.cli._common import echo, error_line, guarded, loss_progress, output_name
+from jaxmosaic.cli._common import FrameRecorder, echo, error_line, guarded, loss_progress, output_name
 
 
 class Method(str, Enum):
@@ -72,7 +72,7 @@ def hybrid(
     import numpy as np
 
     from jaxmosaic.files import check_outputs, write_json
-    from jaxmosaic.image import center_crop, fit_shape, load_image, resize, save_gif, save_image
+    from jaxmosaic.image import center_crop, fit_shape, load_image, resize, save_image
     from jaxmosaic.resources import check_memory
     from jaxmosaic.filters import gaussian_kernel1d
     from jaxmosaic.techniques.hybrid import distance_preview, hybrid_fourier, hybrid_loss, hybrid_optimize
@@ -132,23 +132,15 @@ def hybrid(
         images, summary = [image], {"steps": 0, "seconds": seconds, "compile_seconds": 0.0, "loss": loss}
         settings["sigma_high"] = sigma_high or sigma
     else:
-        frames: list[np.ndarray] = []
         chunk = save_every or (max(1, steps // 40) if gif else max(1, min(20, steps // 10)))
-        if frames_dir:
-            frames_dir.mkdir(exist_ok=True)
+        recorder = FrameRecorder(gif_path, frames_dir, save_every, [f"-ratio{r:g}" if len(ratios) > 1 else "" for r in ratios], inputs)
 
         with loss_progress(steps, "hybrid") as update:
 
             def on_chunk(progress) -> None:
                 first = progress.loss[0]
                 update(progress.step, f"loss {first['total']:.5g} (precise {first['precise']:.4g}, blurred {first['blurred']:.4g})")
-                current = np.asarray(progress.images)
-                if gif:
-                    frames.append(np.concatenate(list(current), axis=1))
-                if frames_dir and progress.step % save_every == 0:
-                    for i, image in enumerate(current):
-                        tag = f"-ratio{ratios[i]:g}" if len(ratios) > 1 else ""
-                        save_image(frames_dir / f"step{progress.step:05d}{tag}.png", image, inputs=inputs)
+                recorder.record(progress.step, np.asarray(progress.images))
 
             result = hybrid_optimize(
                 near_image, far_image, ratios=ratios, steps=steps, kernel_size=kernel, sigma=sigma, learning_rate=lr,
@@ -157,9 +149,7 @@ def hybrid(
         images = list(result.images)
         loss = result.loss[0] if len(ratios) == 1 else {f"ratio{r:g}": l for r, l in zip(ratios, result.loss)}
         summary = {"steps": result.steps, "seconds": result.seconds, "compile_seconds": result.compile_seconds, "loss": loss}
-        if gif_path:
-            save_gif(gif_path, frames, inputs=inputs)
-            written.append(str(gif_path))
+        written += recorder.write_gif()
     for path, image in zip(outputs, images):
         save_image(path, image, inputs=inputs)
         written.append(str(path))

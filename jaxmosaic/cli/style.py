@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from jaxmosaic.cli._common import echo, error_line, guarded, loss_progress, output_name, vgg_params
+from jaxmosaic.cli._common import FrameRecorder, echo, error_line, guarded, loss_progress, output_name, vgg_params
 
 
 class Optimizer(str, Enum):
@@ -73,7 +73,7 @@ def style(
 
     from jaxmosaic.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
     from jaxmosaic.files import check_outputs, write_json
-    from jaxmosaic.image import fit_shape, load_image, save_gif, save_image
+    from jaxmosaic.image import fit_shape, load_image, save_image
     from jaxmosaic.optimize import make_optimizer
     from jaxmosaic.resources import check_memory
     from jaxmosaic.techniques.style import INITS, Resume, check_settings, memory_estimate, style_transfer
@@ -132,12 +132,10 @@ def style(
         resume_from = Resume(scale, meta["step"], state["images"], state["opt_state"])
         echo(f"resuming from {checkpoint}: scale {sizes[scale]}, step {meta['step']}")
 
-    frames: list[np.ndarray] = []
     last: dict = {}
     # the callback runs after each chunk: often enough for every frame, checkpoint and GIF frame asked for
     chunk = min([20, *([save_every] if save_every else []), *([checkpoint_every] if checkpoint else [])])
-    if frames_dir:
-        frames_dir.mkdir(exist_ok=True)
+    recorder = FrameRecorder(gif_path, frames_dir, save_every, [f"-style{i + 1}" if batch else "" for i in range(count)], inputs)
 
     def save_state(progress) -> None:
         save_checkpoint(checkpoint, {"images": progress.images, "opt_state": progress.opt_state},
@@ -153,13 +151,7 @@ def style(
                 losses = np.asarray(progress.losses)
                 current = float(losses.reshape(len(losses), -1)[-1, 0])
                 update(done_before[progress.scale] + progress.step, f"{progress.size[1]}x{progress.size[0]} loss {current:.5g}")
-                images = np.clip(np.asarray(progress.images), 0, 1)
-                if gif:
-                    frames.append(np.concatenate(list(images), axis=1))
-                if frames_dir and progress.step % save_every == 0:
-                    for i, image in enumerate(images):
-                        tag = f"-style{i + 1}" if batch else ""
-                        save_image(frames_dir / f"scale{progress.scale}-step{progress.step:05d}{tag}.png", image, inputs=inputs)
+                recorder.record(progress.step, np.clip(np.asarray(progress.images), 0, 1), prefix=f"scale{progress.scale}-")
                 if checkpoint and progress.step % checkpoint_every == 0:
                     save_state(progress)
 
@@ -191,9 +183,7 @@ def style(
     for path, image in zip(outputs, result.images):
         save_image(path, image, inputs=inputs)
         written.append(str(path))
-    if gif_path and frames:
-        save_gif(gif_path, frames, inputs=inputs)
-        written.append(str(gif_path))
+    written += recorder.write_gif()
     if frames_dir:
         written.append(str(frames_dir))
     if checkpoint and last.get("progress") is not None:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from jaxmosaic.cli._common import echo, error_line, guarded, loss_progress, output_name, vgg_params
+from jaxmosaic.cli._common import FrameRecorder, echo, error_line, guarded, loss_progress, output_name, vgg_params
 from jaxmosaic.cli.style import Optimizer, Pooling, names, parse_list
 
 
@@ -61,7 +61,7 @@ def texture(
     import numpy as np
 
     from jaxmosaic.files import check_outputs, write_json
-    from jaxmosaic.image import load_image, resize, save_gif, save_image
+    from jaxmosaic.image import load_image, resize, save_image, side_by_side
     from jaxmosaic.resources import check_memory
     from jaxmosaic.techniques.style import memory_estimate
     from jaxmosaic.techniques.texture import check_texture_settings, is_gray, synthesize_texture
@@ -99,11 +99,9 @@ def texture(
                  + (f" for {variations} variations" if variations > 1 else ""))
     params = vgg_params(weights, seed)
 
-    frames: list[np.ndarray] = []
     last: dict = {}
     chunk = min([20, *([save_every] if save_every else [])])
-    if frames_dir:
-        frames_dir.mkdir(exist_ok=True)
+    recorder = FrameRecorder(gif_path, frames_dir, save_every, [f"-{i + 1}" if variations > 1 else "" for i in range(variations)], inputs)
 
     def write_all(images) -> list[str]:
         for path, picture in zip(outputs, images):
@@ -117,13 +115,7 @@ def texture(
                 last["progress"] = progress
                 losses = np.asarray(progress.losses)
                 update(progress.step, f"loss {float(losses.reshape(len(losses), -1)[-1, 0]):.5g}")
-                images = np.clip(np.asarray(progress.images), 0, 1)
-                if gif:
-                    frames.append(np.concatenate(list(images), axis=1))
-                if frames_dir and progress.step % save_every == 0:
-                    for i, picture in enumerate(images):
-                        tag = f"-{i + 1}" if variations > 1 else ""
-                        save_image(frames_dir / f"step{progress.step:05d}{tag}.png", picture, inputs=inputs)
+                recorder.record(progress.step, np.clip(np.asarray(progress.images), 0, 1))
 
             result = synthesize_texture(
                 params, image, size=shape, layers=layer_names, layer_weights=w_layers, spectrum_weight=beta,
@@ -141,18 +133,12 @@ def texture(
     written = write_all(result.images)
     height = result.images.shape[1]
     shown = np.asarray(resize(image, height, max(1, round(image.shape[1] * height / image.shape[0]))))
-    gap = np.ones((height, 8, image.shape[-1]), np.float32)
-    pieces = [shown]
-    for picture in result.images:
-        pieces += [gap, picture]
-    save_image(side, np.concatenate(pieces, axis=1), inputs=inputs)
+    save_image(side, side_by_side([shown, *result.images]), inputs=inputs)
     written.append(str(side))
     if tiled:
         save_image(tiled, np.tile(result.images[0], (2, 2, 1)), inputs=inputs)
         written.append(str(tiled))
-    if gif_path and frames:
-        save_gif(gif_path, frames, inputs=inputs)
-        written.append(str(gif_path))
+    written += recorder.write_gif()
     if frames_dir:
         written.append(str(frames_dir))
     for path, loss in zip(outputs, result.loss):

@@ -41,18 +41,10 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 def check_patch_fits(files: list[Path], size: int) -> None:
     """Every image is at least one patch wide and high (headers only, before any decoding)."""
-    from PIL import Image, UnidentifiedImageError
-
-    from jaxmosaic.errors import ImageError
+    from jaxmosaic.image import image_size
 
     for path in files:
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-        except FileNotFoundError:
-            raise ImageError(f"{path}: no such file") from None
-        except (UnidentifiedImageError, OSError):
-            raise ImageError(f"{path}: not an image file, or a format Pillow cannot read") from None
+        width, height = image_size(path)
         if min(width, height) < size:
             raise ValueError(f"--patch {size} is larger than {path} ({width}x{height})")
 
@@ -132,7 +124,7 @@ def compress(
     import numpy as np
 
     from jaxmosaic.files import check_outputs, write_json
-    from jaxmosaic.image import load_image, save_image
+    from jaxmosaic.image import load_image, save_image, side_by_side
     from jaxmosaic.techniques.vq import load_codebook, vq_decode, vq_encode
 
     side = output_name(out, "side")
@@ -154,8 +146,7 @@ def compress(
     mse = float(np.mean((rebuilt - reference) ** 2))
     psnr = 10 * math.log10(1.0 / max(mse, 1e-12))
     save_image(out, rebuilt, inputs=[image, codebook])
-    shown = np.repeat(rebuilt, 3, axis=-1) if rebuilt.shape[-1] == 1 else rebuilt
-    save_image(side, np.concatenate([original, np.ones((covered_h, 8, 3), np.float32), shown], axis=1), inputs=[image, codebook])
+    save_image(side, side_by_side([original, rebuilt]), inputs=[image, codebook])
     codes = np.asarray(encoded.codes)
     bits = math.log2(len(book.centers)) / (step * step)
     echo(f"wrote {out} ({covered_w}x{covered_h}) and {side}: PSNR {psnr:.2f} dB, {len(np.unique(codes))} distinct codes, "

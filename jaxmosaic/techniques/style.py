@@ -21,7 +21,7 @@ from jaxmosaic.color import rgb_to_yiq, yiq_to_rgb
 from jaxmosaic.image import fit_shape, resize
 from jaxmosaic.losses import content_loss, style_loss, tv_loss
 from jaxmosaic.optimize import ChunkReport, minimize
-from jaxmosaic.techniques.texture import gram_targets
+from jaxmosaic.techniques.texture import gram_targets, weighted_layers
 from jaxmosaic.vgg import VGG19_LAYERS, check_layers, layer_channels, layer_stride, vgg19_features
 
 __all__ = [
@@ -70,10 +70,7 @@ def check_settings(
     """Validate `style_transfer`'s settings for `styles` style images (before any work starts);
     the messages name the command-line options."""
     content_layers = check_layers(tuple(content_layers), "--content-layers")
-    style_layers = check_layers(tuple(style_layers), "--style-layers")
-    weights = layer_weights if layer_weights is not None else [1.0 / len(style_layers)] * len(style_layers)
-    if len(weights) != len(style_layers):
-        raise ValueError(f"--layer-weights has {len(weights)} values for {len(style_layers)} style layers")
+    style_weights = weighted_layers(style_layers, layer_weights, "--style-layers")
     if styles < 1:
         raise ValueError("at least one style image is needed")
     if blend is not None and len(blend) != styles:
@@ -87,7 +84,7 @@ def check_settings(
         raise ValueError(f"--steps has {len(step_counts)} counts for {len(sizes)} scales")
     if any(s < 1 for s in step_counts) or any(s < 16 for s in sizes):
         raise ValueError("every scale needs at least 1 step (--steps) and a size of at least 16 pixels (--size/--scales)")
-    return StyleSettings(content_layers, dict(zip(style_layers, (float(w) for w in weights))), step_counts)
+    return StyleSettings(content_layers, style_weights, step_counts)
 
 
 def style_targets(

@@ -172,13 +172,21 @@ def is_gray(image: np.ndarray, tolerance: float = 0.5 / 255) -> bool:
     return image.shape[-1] == 1 or bool(np.all(np.abs(image - image[..., :1]) <= tolerance))
 
 
+def weighted_layers(layers: Sequence[str], layer_weights: Sequence[float] | None, option: str) -> dict:
+    """{layer: w_l}: the given weights, or 1 / number of layers each; the layers checked (errors
+    name `option` and --layer-weights)."""
+    layers = check_layers(tuple(layers), option)
+    weights = layer_weights if layer_weights is not None else [1.0 / len(layers)] * len(layers)
+    if len(weights) != len(layers):
+        raise ValueError(f"--layer-weights has {len(weights)} values for {len(layers)} {option.strip('-').replace('-', ' ')}")
+    return dict(zip(layers, (float(w) for w in weights)))
+
+
 def check_texture_settings(exemplar_shape, size: tuple[int, int], layers: Sequence[str], layer_weights, steps: int,
                            variations: int) -> dict:
     """Validate the settings before any work; returns {layer: w_l}. Messages name the CLI options."""
-    layers = check_layers(tuple(layers), "--layers")
-    weights = layer_weights if layer_weights is not None else [1.0 / len(layers)] * len(layers)
-    if len(weights) != len(layers):
-        raise ValueError(f"--layer-weights has {len(weights)} values for {len(layers)} layers")
+    weights = weighted_layers(layers, layer_weights, "--layers")
+    layers = tuple(weights)
     smallest = minimum_size(layers)
     if min(exemplar_shape[:2]) < smallest:
         raise ValueError(f"the exemplar is {exemplar_shape[1]}x{exemplar_shape[0]}; the layers up to "
@@ -187,7 +195,7 @@ def check_texture_settings(exemplar_shape, size: tuple[int, int], layers: Sequen
         raise ValueError(f"--size {size[1]}x{size[0]} is too small: the layers need at least {smallest} pixels a side")
     if steps < 1 or variations < 1:
         raise ValueError("--steps and --variations must be at least 1")
-    return dict(zip(layers, (float(w) for w in weights)))
+    return weights
 
 
 def synthesize_texture(
