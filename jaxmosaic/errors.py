@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["JaxmosaicError", "ImageError", "WeightsError", "UnsafeCheckpointError"]
+__all__ = ["JaxmosaicError", "ImageError", "WeightsError", "UnsafeCheckpointError", "ConfigError"]
 
 
 class JaxmosaicError(Exception):
@@ -19,3 +19,12 @@ class WeightsError(JaxmosaicError):
 
 class UnsafeCheckpointError(WeightsError):
     """A checkpoint's pickle asked for something a tensor state dict never needs."""
+
+
+class ConfigError(JaxmosaicError, ValueError):
+    """A setting is out of range or malformed; `field` names it in Python terms (the command line
+    names the flag instead)."""
+
+    def __init__(self, field: str, reason: str):
+        self.field, self.reason = field, reason
+        super().__init__(f"{field}: {reason}")

@@ -5,21 +5,30 @@ Images are float arrays, channels last: HWC or NHWC. Kernel sizes are static; si
 
 from __future__ import annotations
 
+import enum
 import math
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["gaussian_kernel1d", "separable_blur", "gaussian_blur", "fft_gaussian_blur", "gabor_kernel", "PADDING_MODES"]
+__all__ = ["Padding", "gaussian_kernel1d", "separable_blur", "gaussian_blur", "fft_gaussian_blur", "gabor_kernel"]
 
-# our name -> numpy/jnp.pad mode; "reflect" is scipy.ndimage's (edge sample repeated: d c b a | a b c d)
-PADDING_MODES = {"reflect": "symmetric", "zeros": "constant", "wrap": "wrap"}
+
+class Padding(enum.StrEnum):
+    """How a blur sees beyond the image's edges."""
+
+    zeros = "zeros"
+    reflect = "reflect"  # scipy.ndimage's "reflect": the edge sample repeated, d c b a | a b c d
+    wrap = "wrap"  # periodic
+
+
+_PAD_MODES = {Padding.reflect: "symmetric", Padding.zeros: "constant", Padding.wrap: "wrap"}  # -> jnp.pad's mode
 
 
 def gaussian_kernel1d(size: int, sigma, *, dtype=jnp.float32) -> jax.Array:
     """The normalised 1-D Gaussian k[i] = exp(-(c - i)^2 / (2 sigma^2)) / sum, c = (size - 1) // 2.
 
-    The hybrid-image seed's kernel: `gaussian_kernel1d(11, 2)` is 0.00881223, 0.02714358, ...,
+    The hybrid-image article's kernel: `gaussian_kernel1d(11, 2)` is 0.00881223, 0.02714358, ...,
     0.20056541, ... For odd sizes it equals scipy.ndimage's Gaussian of radius (size - 1) / 2.
 
     Args:
@@ -56,7 +65,7 @@ def _blur_axis(images: jax.Array, kernel: jax.Array, axis: int, padding: str) ->
     blocks = -(-length // block)
     pad = [(0, 0)] * 4
     pad[axis] = (before, size - 1 - before)
-    padded = jnp.pad(images, pad, mode=PADDING_MODES[padding])
+    padded = jnp.pad(images, pad, mode=_PAD_MODES[padding])
     pad[axis] = (0, (blocks + 1) * block - padded.shape[axis])
     rows = jnp.moveaxis(jnp.pad(padded, pad), axis, 0)
     head = rows[: blocks * block].reshape(blocks, block, *rows.shape[1:])
@@ -82,8 +91,8 @@ def separable_blur(images: jax.Array, kernel: jax.Array, *, padding: str = "refl
     Returns:
       Blurred images, same shape and dtype.
     """
-    if padding not in PADDING_MODES:
-        raise ValueError(f"padding must be one of {', '.join(PADDING_MODES)}, got {padding!r}")
+    if padding not in _PAD_MODES:
+        raise ValueError(f"padding must be one of {', '.join(Padding)}, got {padding!r}")
     images = jnp.asarray(images)
     single = images.ndim == 3
     batch = images[None] if single else images
@@ -115,7 +124,8 @@ def fft_gaussian_blur(images, sigma: float):
     fy = jnp.fft.fftfreq(rows)[:, None]
     fx = jnp.fft.rfftfreq(cols)[None, :]
     transfer = jnp.exp(-2 * (jnp.pi * sigma) ** 2 * (fy**2 + fx**2))[..., None]
-    spectrum = jnp.fft.rfft2(padded, axes=(-3, -2)) * transfer
+    spectrum = jnp.fft.rfft2(padded, axes=(-3, -2))
+    spectrum = spectrum * transfer.astype(spectrum.dtype)
     out = jnp.fft.irfft2(spectrum, s=(rows, cols), axes=(-3, -2)).astype(images.dtype)
     return out[..., pad_h : pad_h + height, pad_w : pad_w + width, :]
 

@@ -12,12 +12,14 @@ All functions are pure and work under `jit`, `grad` and `vmap`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["gram_matrix", "content_loss", "style_layer_loss", "style_loss", "tv_loss"]
+from jaxmosaic.vgg import check_layers, layer_stride, vgg19_features
+
+__all__ = ["gram_matrix", "gram_targets", "content_loss", "style_layer_loss", "style_loss", "tv_loss"]
 
 
 def gram_matrix(features: jax.Array) -> jax.Array:
@@ -25,6 +27,25 @@ def gram_matrix(features: jax.Array) -> jax.Array:
     features = jnp.asarray(features)
     flat = features.reshape(*features.shape[:-3], -1, features.shape[-1])
     return jnp.einsum("...mc,...md->...cd", flat, flat)
+
+
+def _positions(height: int, width: int, layer: str) -> int:
+    stride = layer_stride(layer)
+    return (height // stride) * (width // stride)
+
+
+def gram_targets(params, image: jax.Array, layers: Sequence[str], *, size: tuple[int, int] | None = None,
+                 pooling: str = "max", padding: str = "zeros") -> dict:
+    """The Gram matrices A^l of an RGB HWC image's VGG19 features, scaled to the number of
+    positions of an output of `size` (height, width): A^l * M_l(output) / M_l(image), so E_l
+    compares Gram matrices per position whatever the two sizes are (for equal sizes this is A^l
+    exactly, the paper's target)."""
+    layers = check_layers(tuple(layers))
+    image = jnp.asarray(image)
+    height, width = size or image.shape[:2]
+    features = vgg19_features(params, image[None], layers, pooling=pooling, padding=padding)
+    return {name: gram_matrix(features[name][0]) * (_positions(height, width, name) / _positions(*image.shape[:2], name))
+            for name in layers}
 
 
 def content_loss(features: jax.Array, target: jax.Array) -> jax.Array:

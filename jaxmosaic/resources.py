@@ -7,8 +7,9 @@ import os
 import jax
 
 from jaxmosaic.errors import JaxmosaicError
+from jaxmosaic.vgg import activation_floats
 
-__all__ = ["available_bytes", "check_memory"]
+__all__ = ["available_bytes", "check_memory", "optimisation_bytes", "activation_bytes"]
 
 
 def available_bytes() -> int | None:
@@ -30,5 +31,16 @@ def check_memory(needed: int, what: str) -> None:
     if free is not None and needed > free:
         raise JaxmosaicError(
             f"{what} needs about {needed / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free; "
-            "use a smaller --size or fewer images at once"
+            "use a smaller size or fewer images at once"
         )
+
+
+def activation_bytes(height: int, width: int, layers, batch: int = 1) -> int:
+    """float32 bytes of the VGG19 activations of `batch` images up to the deepest of `layers`."""
+    return batch * activation_floats(height, width, layers) * 4
+
+
+def optimisation_bytes(height: int, width: int, layers, batch: int = 1, channels: int = 3) -> int:
+    """Bytes one L-BFGS step through VGG19 holds at its peak: every activation up to the deepest
+    layer twice (forward and its gradient, float32) plus the optimiser's image-sized buffers."""
+    return 2 * activation_bytes(height, width, layers, batch) + batch * 30 * height * width * channels * 4 + 200 * 2**20

@@ -2,7 +2,7 @@
 
 A dictionary is an (n, t) array: one L2-normalised feature row per tile. Queries are (q, t).
 The score of a query against a tile is their inner product (the cosine, for unit rows); the
-photomosaic seed's MRF rule takes its absolute value (`absolute=True`).
+original photomosaic's MRF rule takes its absolute value (`absolute=True`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def svd_compress(
 ) -> Compressed:
     """Keep the k leading right singular vectors of `dictionary` (D = U S V^T).
 
-    Rows of D V_k are re-normalised (the seed did not): a tile whose features lie partly outside
+    Rows of D V_k are re-normalised (the original article did not): a tile whose features lie partly outside
     the k-dimensional subspace gets a shorter projection, and without re-normalising its score
     would shrink with it, so tiles would be ranked by how well the subspace represents them
     rather than by how well they match. Re-normalised, the score is the cosine within the subspace.
@@ -136,7 +136,7 @@ def match_tiles(
       dictionary: (n, t); for compressed matching, `Compressed.dictionary` with
         `compress_queries(queries, compressed)` as the queries.
       top_k: candidates per query (<= n).
-      absolute: rank by |<query, tile>| (the seed's MRF rule) instead of the signed product.
+      absolute: rank by |<query, tile>| (the original article's MRF rule) instead of the signed product.
 
     Returns:
       (scores, indices): (q, top_k) float and (q, top_k) int32.

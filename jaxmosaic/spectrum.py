@@ -56,7 +56,7 @@ def spectrum_projection(x: jax.Array, exemplar: jax.Array) -> jax.Array:
     phi = jnp.sum(x_hat * jnp.conj(u_hat), axis=-1, keepdims=True)
     nonzero = jnp.abs(phi) > 0
     safe = jnp.where(nonzero, phi, 1.0)  # keeps the gradient of |phi| finite where phi = 0
-    phase = jnp.where(nonzero, safe / jnp.abs(safe), 1.0)
+    phase = jnp.where(nonzero, safe / jnp.abs(safe).astype(safe.dtype), 1.0)
     return _ifft(phase * u_hat, x.shape).astype(x.dtype)
 
 
@@ -97,7 +97,8 @@ def periodic_component(image: jax.Array) -> jax.Array:
     r = jnp.arange(width // 2 + 1, dtype=image.dtype).reshape(1, -1)
     denominator = 2 * jnp.cos(2 * jnp.pi * q / height) + 2 * jnp.cos(2 * jnp.pi * r / width) - 4
     denominator = denominator.at[0, 0].set(1.0).reshape((1,) * (image.ndim - 3) + (height, width // 2 + 1, 1))
-    s_hat = _fft(v) / denominator
+    v_hat = _fft(v)
+    s_hat = v_hat / denominator.astype(v_hat.dtype)
     s_hat = s_hat.at[..., 0, 0, :].set(0.0)  # s has mean 0, so p keeps u's mean
     return image - _ifft(s_hat, image.shape).astype(image.dtype)
 
@@ -144,6 +145,6 @@ def radial_power_spectrum(image: jax.Array, bins: int = 32) -> jax.Array:
     radius = np.sqrt(fy**2 + fx**2) / 0.5  # 1 at Nyquist along an axis
     ring = np.minimum((radius * bins).astype(int), bins)  # corners beyond Nyquist fall in a last ring
     inside = (ring < bins) & (radius > 0)
-    sums = jnp.zeros(bins + 1).at[ring.ravel()].add(jnp.where(inside, power, 0).ravel())
+    sums = jnp.zeros(bins + 1, power.dtype).at[ring.ravel()].add(jnp.where(inside, power, 0).ravel())
     counts = np.bincount(ring.ravel()[inside.ravel()], minlength=bins + 1)
-    return jnp.log10(sums[:bins] / np.maximum(counts[:bins], 1) + 1e-12)
+    return jnp.log10(sums[:bins] / np.maximum(counts[:bins], 1).astype(power.dtype) + 1e-12)

@@ -7,11 +7,14 @@ normalisation happens inside. Parameters are the pytree `{"conv1_1": {"kernel": 
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxmosaic.errors import ConfigError
 
 __all__ = [
     "VGG19",
@@ -19,12 +22,23 @@ __all__ = [
     "VGG19_CONVS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "Pooling",
     "vgg19_features",
     "layer_channels",
     "layer_stride",
+    "smallest_side",
+    "activation_floats",
     "check_layers",
     "conv3x3",
 ]
+
+
+class Pooling(enum.StrEnum):
+    """VGG19's 2x2 pooling: "max" (as trained) or "avg" (smoother gradients, better for synthesis)."""
+
+    max = "max"
+    avg = "avg"
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,18 +77,35 @@ def layer_stride(name: str) -> int:
     return 2 ** sum(1 for kind, _, _ in _SEQUENCE[: index + 1] if kind == "pool")
 
 
-def check_layers(layers: Sequence[str], option: str | None = None) -> tuple[str, ...]:
-    """`layers` as a tuple, or a ValueError naming the unknown ones (prefixed by `option`, e.g.
-    "--style-layers") and listing the valid names."""
+def check_layers(layers: Sequence[str], field: str | None = None) -> tuple[str, ...]:
+    """`layers` as a tuple, or an error naming the unknown ones and listing the valid names: a
+    `ConfigError` for the setting `field` when one is named, else a ValueError."""
     if isinstance(layers, str):
         layers = (layers,)
-    prefix = f"{option}: " if option else ""
     unknown = [name for name in layers if name not in _INDEX]
+    reason = None
     if unknown:
-        raise ValueError(f"{prefix}unknown VGG19 layer(s) {', '.join(unknown)}; valid names: {', '.join(VGG19_LAYERS)}")
-    if not layers:
-        raise ValueError(f"{prefix}no VGG19 layer requested")
+        reason = f"unknown VGG19 layer(s) {', '.join(unknown)}; valid names: {', '.join(VGG19_LAYERS)}"
+    elif not layers:
+        reason = "no VGG19 layer requested"
+    if reason is not None:
+        raise ConfigError(field, reason) if field else ValueError(reason)
     return tuple(layers)
+
+
+def smallest_side(layers: Sequence[str]) -> int:
+    """The smallest image side for which every one of `layers` keeps at least one position."""
+    return max(layer_stride(name) for name in check_layers(tuple(layers)))
+
+
+def activation_floats(height: int, width: int, layers: Sequence[str]) -> int:
+    """How many floats one image's activations hold, every layer up to the deepest of `layers`."""
+    deepest = max(_INDEX[name] for name in check_layers(tuple(layers)))
+    total = 0
+    for name in VGG19_LAYERS[: deepest + 1]:
+        stride = layer_stride(name)
+        total += (height // stride) * (width // stride) * _CHANNELS[name]
+    return total
 
 
 def _pool_2x2(x: jax.Array, pooling: str) -> jax.Array:
@@ -199,7 +230,12 @@ def vgg19_features(
       A dict from each requested name to its activation, NHWC (HWC for an HWC input). Max and
       average pooling floor odd sizes, as PyTorch's `MaxPool2d(2, 2)` and `avg_pool2d` do.
     """
-    module = VGG19(layers=check_layers(layers), pooling=pooling, padding=padding)
+    layers = check_layers(layers)
+    deepest = max(layers, key=_INDEX.__getitem__)
+    missing = [name for kind, name, _ in _SEQUENCE[: _INDEX[deepest] + 1] if kind == "conv" and name not in params]
+    if missing:
+        raise ValueError(f"the VGG19 params have no {missing[0]}, which {deepest} needs")
+    module = VGG19(layers=layers, pooling=pooling, padding=padding)
     images = jnp.asarray(images)
     if images.ndim == 3:
         return {name: value[0] for name, value in module.apply({"params": params}, images[None]).items()}

@@ -28,9 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmosaic import __version__
+from jaxmosaic._version import __version__
 from jaxmosaic._pth import read_state_dict
 from jaxmosaic.errors import WeightsError
+from jaxmosaic.io.checkpoints import save_tree
 from jaxmosaic.vgg import VGG19, VGG19_CONVS, layer_channels
 
 __all__ = [
@@ -129,8 +130,6 @@ def params_from_state_dict(state_dict: dict[str, np.ndarray], *, source: str = "
 
 def save_params(params: dict, directory: str | os.PathLike, source: dict) -> Path:
     """Write params as an Orbax checkpoint plus `source.json`, atomically (a temporary folder, renamed)."""
-    from jaxmosaic.checkpoint import save_tree
-
     return save_tree(directory, params, name="params", sidecars={"source.json": source})
 
 

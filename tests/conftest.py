@@ -1,4 +1,5 @@
-"""Shared fixtures: strict JAX settings, the compilation cache, and a torchvision-layout VGG19."""
+"""Shared fixtures: strict JAX settings, the compilation cache, a torchvision-layout VGG19, and
+the plain / jit / vmap variants every pure function is checked under."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -13,11 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_compilation_cache_dir", str(ROOT / ".cache" / "xla"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-# The same layout as torchvision.models.vgg19 (configuration "E").
-VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
 
 
 @pytest.fixture(autouse=True)
@@ -30,39 +30,38 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("JAXMOSAIC_WEIGHTS", raising=False)
 
 
-def torch_vgg19():
-    """torchvision's VGG19 built with plain torch.nn: `features` as in torchvision, a small classifier.
+class Variant:
+    """Runs a pure function plain, under `jax.jit`, or under `jax.vmap` over a batch of two
+    copies of its arguments (both results must agree; the first is returned)."""
 
-    The classifier keeps torchvision's names (classifier.0/3/6) but not its 120M parameters,
-    which the converter drops anyway; it keeps the test checkpoint small.
-    """
-    torch = pytest.importorskip("torch", reason="PyTorch parity tests need torch (pip install torch)")
-    layers, channels = [], 3
-    for item in VGG19_CFG:
-        if item == "M":
-            layers.append(torch.nn.MaxPool2d(kernel_size=2, stride=2))
-        else:
-            layers += [torch.nn.Conv2d(channels, item, kernel_size=3, padding=1), torch.nn.ReLU(inplace=True)]
-            channels = item
-    model = torch.nn.Module()
-    model.features = torch.nn.Sequential(*layers)
-    model.avgpool = torch.nn.AdaptiveAvgPool2d((7, 7))
-    model.classifier = torch.nn.Sequential(
-        torch.nn.Linear(512, 16), torch.nn.ReLU(True), torch.nn.Dropout(), torch.nn.Linear(16, 16),
-        torch.nn.ReLU(True), torch.nn.Dropout(), torch.nn.Linear(16, 10),
-    )
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in model.features:
-            if isinstance(module, torch.nn.Conv2d):
-                fan_in = module.in_channels * 9
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
-                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.05)
-    return model.eval()
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, function, *args):
+        if self.name == "plain":
+            return function(*args)
+        if self.name == "jit":
+            return jax.jit(function)(*args)
+        out = jax.vmap(function)(*(jnp.stack([jnp.asarray(a), jnp.asarray(a)]) for a in args))
+        first, second = jax.tree_util.tree_map(lambda x: x[0], out), jax.tree_util.tree_map(lambda x: x[1], out)
+        for a, b in zip(jax.tree_util.tree_leaves(first), jax.tree_util.tree_leaves(second)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        return first
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@pytest.fixture(params=["plain", "jit", "vmap"])
+def variant(request) -> Variant:
+    return Variant(request.param)
 
 
 @pytest.fixture(scope="session")
 def torch_model():
+    pytest.importorskip("torch", reason="PyTorch parity tests need torch (pip install torch)")
+    from torch_reference import torch_vgg19
+
     return torch_vgg19()
 
 

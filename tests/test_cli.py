@@ -140,7 +140,7 @@ def test_mosaic_with_gabor_tiles(tmp_path):
     assert stats["max_uses"] <= 4 and 1 <= stats["k"] < stats["features"]
     assert 0 < stats["energy_kept"] <= 1 and stats["mean_score"] <= stats["unconstrained_mean_score"]
     assert summary["outputs"] == [str(out), str(tmp_path / "m-preview.png")]
-    from jaxmosaic.image import load_image
+    from jaxmosaic.io.images import load_image
 
     assert load_image(out).shape == (8 * 10, 12 * 10, 3)
 
@@ -194,7 +194,7 @@ def test_mosaic_errors_are_one_line_and_write_nothing(tmp_path, case):
     out = tmp_path / "out.png"
     result = run("mosaic", SAMPLES / "coffee.png", "-o", out, "--metrics", tmp_path / "m.json", *args)
     expected = {"empty": "no image files", "non-images": "none of the 3 image files", "patch": "larger than the target",
-                "k": "--svd-k 65 is larger than"}[case]
+                "k": "--svd-k: 65 is larger than"}[case]
     assert_one_line_error(result, expected)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"]
 
@@ -203,7 +203,7 @@ STYLE_FAST = ["--weights", "random", "--size", 48, "--content-layers", "relu2_2"
 
 
 def test_style_checkpoint_resume_matches_one_run(tmp_path):
-    from jaxmosaic.image import load_image
+    from jaxmosaic.io.images import load_image
 
     content, style = SAMPLES / "astronaut.png", SAMPLES / "brick.png"
     whole = run("style", content, style, "-o", tmp_path / "whole.png", "--steps", 40, *STYLE_FAST)
@@ -226,12 +226,21 @@ def test_style_checkpoint_resume_matches_one_run(tmp_path):
     assert_one_line_error(changed, "other settings", "tv_weight")
 
 
-def test_style_batch_writes_one_output_per_style(tmp_path):
+def test_style_batch_writes_one_output_per_style_with_the_content_colours(tmp_path):
+    from jaxmosaic.color import rgb_to_yiq
+    from jaxmosaic.image import resize
+    from jaxmosaic.io.images import load_image
+
     out = tmp_path / "b.png"
     result = run("style", SAMPLES / "astronaut.png", SAMPLES / "brick.png", SAMPLES / "coffee.png", "-o", out,
                  "--batch", "--steps", 5, "--original-colors", *STYLE_FAST)
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "b-style1.png").exists() and (tmp_path / "b-style2.png").exists() and not out.exists()
+    assert not out.exists()
+    content_chroma = np.asarray(rgb_to_yiq(resize(load_image(SAMPLES / "astronaut.png"), 48, 48)))[..., 1:]
+    outputs = [load_image(tmp_path / f"b-style{i}.png") for i in (1, 2)]
+    for image in outputs:  # the content's I and Q, up to the 8-bit rounding of the saved file
+        assert np.abs(np.asarray(rgb_to_yiq(image))[..., 1:] - content_chroma).max() <= 4 / 255
+    assert np.abs(outputs[0] - outputs[1]).mean() > 0.01
 
 
 @pytest.mark.parametrize("case", ["missing", "blend", "layer", "memory"])
@@ -267,15 +276,16 @@ def test_texture_writes_grey_variations_side_by_side_and_metrics(tmp_path):
         assert tiled.size == (96, 96)
     assert (tmp_path / "t.gif").exists() and not out.exists()
     summary = json.loads(metrics.read_text())
-    assert summary["technique"] == "texture" and summary["iterations"] == 8 and summary["seconds"] > 0
-    assert set(summary["loss"]) == {"1", "2"}
-    for loss in summary["loss"].values():
+    assert summary["technique"] == "texture" and summary["steps"] == 8 and summary["seconds"] > 0
+    assert summary["outputs"][:2] == [str(tmp_path / "t-1.png"), str(tmp_path / "t-2.png")]
+    assert len(summary["loss"]) == 2 and summary["texture"]["gray"] is True
+    for loss in summary["loss"]:
         assert set(loss) == {"gram", "spectrum", "total"}
-        assert loss["total"] == pytest.approx(loss["gram"] + summary["settings"]["spectrum_weight"] * loss["spectrum"], rel=1e-4)
+        assert loss["total"] == pytest.approx(loss["gram"] + summary["texture"]["spectrum_weight"] * loss["spectrum"], rel=1e-4)
 
 
 def test_texture_continue_from_an_earlier_result(tmp_path):
-    from jaxmosaic.image import load_image
+    from jaxmosaic.io.images import load_image
 
     first, metrics = tmp_path / "a.png", tmp_path / "m.json"
     args = ["--spectrum-weight", 0, *TEXTURE_FAST]
@@ -293,7 +303,7 @@ def test_texture_continue_from_an_earlier_result(tmp_path):
 
 @pytest.mark.parametrize("case", ["small", "not-image", "layer", "size", "beta"])
 def test_texture_errors_are_one_line_and_write_nothing(tmp_path, case):
-    from jaxmosaic.image import save_image
+    from jaxmosaic.io.images import save_image
 
     exemplar = SAMPLES / "brick.png"
     extra = {"layer": ["--layers", "relu1_1,pool7"], "size": ["--size", "big"], "beta": ["--spectrum-weight", "-1"]}.get(case, [])
@@ -308,36 +318,66 @@ def test_texture_errors_are_one_line_and_write_nothing(tmp_path, case):
     outdir.mkdir()
     result = run("texture", exemplar, "-o", outdir / "t.png", "--weights", "random", "--metrics", outdir / "m.json", *extra)
     expected = {"small": "at least 16x16 pixels", "not-image": "notes.png: not an image", "layer": "pool7",
-                "size": "--size 'big'", "beta": "--spectrum-weight"}[case]
+                "size": "--size: 'big': expected 512 or 640x480", "beta": "--spectrum-weight"}[case]
     assert_one_line_error(result, expected)
     assert list(outdir.iterdir()) == []
 
 
+def numpy_codes(codebook, image, size, stride):
+    """Each grey patch's nearest centre by brute force in numpy (float64)."""
+    grey = image.mean(axis=-1).astype(np.float64)
+    rows = range(0, grey.shape[0] - size + 1, stride)
+    cols = range(0, grey.shape[1] - size + 1, stride)
+    patches = np.array([grey[y : y + size, x : x + size].ravel() for y in rows for x in cols])
+    distances = ((patches[:, None, :] - codebook[None].astype(np.float64)) ** 2).sum(-1)
+    return distances.argmin(1), len(rows), len(cols)
+
+
 def test_vq_train_compress_and_cluster(tmp_path):
     import csv
+
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import pdist
+
+    from jaxmosaic.io.images import load_image
+    from jaxmosaic.techniques.vq import load_codebook
 
     codebook, m_train = tmp_path / "book.npz", tmp_path / "train.json"
     images = [SAMPLES / name for name in ("brick.png", "astronaut.png", "coffee.png")]
     result = run("vq", "train", *images, "-o", codebook, "--k", 32, "--samples", 3000, "--iterations", 10, "--metrics", m_train)
     assert result.exit_code == 0, result.output
     summary = json.loads(m_train.read_text())
-    assert summary["samples"] == 3000 and summary["k"] == 32 and 0 < summary["inertia"] and summary["codes_used"] == 32
-    assert (tmp_path / "book-grid.png").exists()
+    book = summary["codebook"]
+    assert book["samples"] == 3000 and book["k"] == 32 and book["codes_used"] == 32 and summary["loss"]["total"] > 0
+    assert summary["steps"] == book["iterations"] <= 10 and (tmp_path / "book-grid.png").exists()
+    centers = load_codebook(codebook).centers
 
     out, m_compress = tmp_path / "vq.png", tmp_path / "compress.json"
     result = run("vq", "compress", SAMPLES / "coffee.png", "--codebook", codebook, "-o", out, "--metrics", m_compress)
     assert result.exit_code == 0, result.output
-    compressed = json.loads(m_compress.read_text())
+    compressed = json.loads(m_compress.read_text())["compression"]
     assert compressed["size"] == [256, 168] and compressed["bits_per_pixel"] == pytest.approx(5 / 64)
-    assert 15 < compressed["psnr"] < 40 and (tmp_path / "vq-side.png").exists()
+    coffee = load_image(SAMPLES / "coffee.png")
+    codes, rows, cols = numpy_codes(centers, coffee, 8, 8)
+    rebuilt = centers[codes].reshape(rows, cols, 8, 8).transpose(0, 2, 1, 3).reshape(rows * 8, cols * 8).clip(0, 1)
+    expected_psnr = 10 * np.log10(1 / np.mean((rebuilt - coffee[: rows * 8, : cols * 8].mean(axis=-1)) ** 2))
+    assert compressed["psnr"] == pytest.approx(expected_psnr, abs=0.01)
+    np.testing.assert_allclose(load_image(out)[..., 0], rebuilt, atol=0.5 / 255 + 1e-6)
+    assert (tmp_path / "vq-side.png").exists()
 
     outdir = tmp_path / "groups"
-    result = run("vq", "cluster", *images, SAMPLES / "chelsea.png", "--codebook", codebook, "--clusters", 2, "-o", outdir)
+    all_images = [*images, SAMPLES / "chelsea.png"]
+    result = run("vq", "cluster", *all_images, "--codebook", codebook, "--clusters", 2, "-o", outdir)
     assert result.exit_code == 0, result.output
     with open(outdir / "clusters.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert [Path(r["image"]).name for r in rows] == ["brick.png", "astronaut.png", "coffee.png", "chelsea.png"]
-    assert {r["cluster"] for r in rows} == {"1", "2"}
+        rows_read = list(csv.DictReader(handle))
+    assert [Path(r["image"]).name for r in rows_read] == ["brick.png", "astronaut.png", "coffee.png", "chelsea.png"]
+    # the same partition as SciPy's average linkage on numpy histograms of brute-force codes
+    histograms = np.stack([np.bincount(numpy_codes(centers, load_image(path), 8, 4)[0], minlength=32) for path in all_images])
+    expected = fcluster(linkage(pdist(histograms, "cosine"), "average"), 2, "maxclust")
+    ours = np.array([int(r["cluster"]) for r in rows_read])
+    assert len(set(ours)) == 2
+    assert all((ours[i] == ours[j]) == (expected[i] == expected[j]) for i in range(4) for j in range(4))
     assert (outdir / "dendrogram.png").exists() and (outdir / "cluster-1.png").exists()
 
 
@@ -349,7 +389,7 @@ def test_vq_errors_are_one_line(tmp_path, case):
             "patch": [SAMPLES / "coffee.png", "--patch", 200],
             "empty": [empty]}[case]
     result = run("vq", "train", *args, "-o", tmp_path / "book.npz")
-    expected = {"k": "--k 5000 is larger than the number of patches (3969)", "patch": "--patch 200 is larger than",
+    expected = {"k": "--k: 5000 is larger than the number of patches (3969)", "patch": "--patch: 200 is larger than",
                 "empty": "no images given"}[case]
     assert_one_line_error(result, expected)
     assert not (tmp_path / "book.npz").exists()

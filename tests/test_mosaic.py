@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,26 +13,29 @@ from PIL import Image
 from conftest import SAMPLES
 from jaxmosaic.color import rgb_to_lab, rgb_to_yiq, yiq_to_rgb
 from jaxmosaic.filters import gabor_kernel
-from jaxmosaic.image import load_image, resize
+from jaxmosaic.image import resize
+from jaxmosaic.io.images import load_image
 from jaxmosaic.search import compress_queries, match_tiles, svd_compress
 from jaxmosaic.techniques.mosaic import (
+    ColorMode,
+    FeatureConfig,
+    MosaicConfig,
     assemble_cells,
     assign_tiles,
+    auto_svd_k,
     batched_features,
+    build_library,
     color_features,
     colorize,
     feature_function,
-    make_mosaic,
-    mosaic_grid,
-    split_cells,
-)
-from jaxmosaic.tile_library import (
-    auto_svd_k,
-    build_library,
-    feature_settings,
     is_current,
     load_library,
+    load_tile,
+    make_mosaic,
+    mosaic_grid,
     save_library,
+    split_cells,
+    with_svd,
 )
 
 
@@ -63,12 +65,13 @@ def test_gabor_kernel_matches_opencv(params):
         np.testing.assert_allclose(ours, cv2.getGaborKernel((size, size), *rest, ktype=cv2.CV_64F), atol=2e-6)
 
 
-def test_lab_and_yiq_reference_values():
+def test_lab_and_yiq_reference_values(variant):
     colours = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [0, 0, 0], [0.5, 0.5, 0.5]], np.float32)
     expected = np.array([[53.24, 80.09, 67.20], [87.73, -86.18, 83.18], [32.30, 79.19, -107.86], [100, 0, 0], [0, 0, 0], [53.39, 0, 0]])
-    np.testing.assert_allclose(np.asarray(rgb_to_lab(colours)), expected, atol=0.02)
-    yiq = rgb_to_yiq(colours)
-    np.testing.assert_allclose(np.asarray(yiq_to_rgb(yiq)), colours, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(variant(rgb_to_lab, colours)), expected, atol=0.02)
+    yiq = variant(rgb_to_yiq, colours)
+    np.testing.assert_allclose(np.asarray(yiq)[:, 0], colours @ np.array([0.299, 0.587, 0.114]), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(variant(yiq_to_rgb, yiq)), colours, atol=1e-5)
     np.testing.assert_allclose(np.asarray(yiq)[3:, 1:], 0, atol=1e-5)
 
 
@@ -100,20 +103,26 @@ def test_mosaic_grid():
         mosaic_grid(10, 200, 16)
 
 
-def test_colorize_modes():
+@pytest.mark.parametrize("mode", ["multiply", "transfer", "blend", "none"])
+def test_colorize_modes(mode, variant):
     rng = np.random.default_rng(0)
     tiles = rng.uniform(0.3, 0.7, size=(5, 8, 8, 3)).astype(np.float32)
     patches = rng.uniform(0.3, 0.6, size=(5, 8, 8, 3)).astype(np.float32)
-    grey = np.repeat(tiles[..., :1], 3, axis=-1)
-    multiplied = np.asarray(colorize(grey, patches, "multiply"))
-    np.testing.assert_allclose(multiplied.mean(axis=(1, 2)), patches.mean(axis=(1, 2)), rtol=1e-5)
-    transferred = np.asarray(colorize(tiles, patches, "transfer"))
-    np.testing.assert_allclose(transferred.mean(axis=(1, 2)), patches.mean(axis=(1, 2)), atol=2e-3)
-    np.testing.assert_allclose(transferred.std(axis=(1, 2)), patches.std(axis=(1, 2)), atol=2e-3)
-    np.testing.assert_allclose(np.asarray(colorize(tiles, patches, "blend", 0.25)), 0.75 * tiles + 0.25 * patches, atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(colorize(tiles, patches, "none")), tiles)
-    batched = jax.jit(jax.vmap(lambda t, p: colorize(t, p, "transfer")))(tiles[None], patches[None])
-    np.testing.assert_allclose(np.asarray(batched[0]), transferred, atol=1e-6)
+    if mode == "multiply":
+        grey = np.repeat(tiles[..., :1], 3, axis=-1)
+        multiplied = np.asarray(variant(lambda t, p: colorize(t, p, "multiply"), grey, patches))
+        np.testing.assert_allclose(multiplied.mean(axis=(1, 2)), patches.mean(axis=(1, 2)), rtol=1e-5)
+        np.testing.assert_allclose(multiplied / multiplied.mean(axis=(1, 2), keepdims=True),
+                                   grey / grey.mean(axis=(1, 2), keepdims=True), rtol=1e-5)
+    elif mode == "transfer":
+        transferred = np.asarray(variant(lambda t, p: colorize(t, p, "transfer"), tiles, patches))
+        np.testing.assert_allclose(transferred.mean(axis=(1, 2)), patches.mean(axis=(1, 2)), atol=2e-3)
+        np.testing.assert_allclose(transferred.std(axis=(1, 2)), patches.std(axis=(1, 2)), atol=2e-3)
+    elif mode == "blend":
+        blended = variant(lambda t, p: colorize(t, p, "blend", 0.25), tiles, patches)
+        np.testing.assert_allclose(np.asarray(blended), 0.75 * tiles + 0.25 * patches, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(np.asarray(variant(lambda t, p: colorize(t, p, "none"), tiles, patches)), tiles)
 
 
 def grid_distances(tiles_grid, min_distance):
@@ -167,8 +176,7 @@ def test_svd_recall_on_a_library_of_sample_patches(record_property):
     """Recall@1 of the default compressed matching against exact matching, on real image patches."""
     tiles = np.concatenate([sample_patches(n) for n in ("chelsea.png", "coffee.png", "rocket.jpg", "brick.png")])
     queries = sample_patches("astronaut.png")
-    settings = feature_settings("color", "none")
-    fn = feature_function(settings)
+    fn = feature_function(FeatureConfig.color("none"))
     dictionary, query_features = batched_features(fn, tiles), batched_features(fn, queries)
     k = auto_svd_k(dictionary)
     exact = np.asarray(match_tiles(query_features, dictionary)[1])[:, 0]
@@ -197,8 +205,8 @@ def tile_folder(tmp_path):
 
 
 def test_folder_library_skips_bad_files_and_reindexes_on_change(tile_folder, tmp_path):
-    settings = feature_settings("color", "none")
-    library = build_library(str(tile_folder), settings)
+    settings = FeatureConfig.color("none")
+    library = build_library(str(tile_folder), settings, ColorMode.none)
     assert len(library) == 60 and library.skipped == ["broken.jpg"]
     assert library.entries[0] == "chelsea/00.png"
     path = tmp_path / "lib.npz"
@@ -206,7 +214,7 @@ def test_folder_library_skips_bad_files_and_reindexes_on_change(tile_folder, tmp
     loaded = load_library(path)
     np.testing.assert_array_equal(loaded.features, library.features)
     assert loaded.entries == library.entries and is_current(loaded, settings)
-    assert not is_current(loaded, feature_settings("color", "multiply"))
+    assert not is_current(loaded, FeatureConfig.color("multiply"))
     (tile_folder / "chelsea" / "00.png").touch()
     os.utime(tile_folder / "chelsea" / "00.png", ns=(1, 1))
     assert not is_current(loaded, settings)
@@ -217,8 +225,8 @@ def test_folder_library_skips_bad_files_and_reindexes_on_change(tile_folder, tmp
 
 def test_mosaic_cells_show_one_tile_each_and_respect_the_rules(tile_folder):
     target = load_image(SAMPLES / "astronaut.png")
-    library = build_library(str(tile_folder), feature_settings("color", "none"))
-    result = make_mosaic(target, library, patch=32, render=24, color="none", svd_k=8, max_reuse=3, min_distance=2.0)
+    library = with_svd(build_library(str(tile_folder), FeatureConfig.color("none"), ColorMode.none), 8)
+    result = make_mosaic(MosaicConfig(patch=32, render=24, max_reuse=3, min_distance=2.0), target, library)
     rows, cols = result.tiles.shape
     assert (rows, cols) == (8, 8) and result.image.shape == (8 * 24, 8 * 24, 3)
     cells = np.asarray(split_cells(result.image, rows, cols))
@@ -233,27 +241,37 @@ def test_mosaic_cells_show_one_tile_each_and_respect_the_rules(tile_folder):
 
 def test_gabor_mosaic_multiply_keeps_patch_colours():
     target = np.asarray(resize(load_image(SAMPLES / "coffee.png"), 64, 96))
-    library = build_library("gabor", feature_settings("color", "multiply"))
+    library = build_library("gabor", FeatureConfig.color("multiply"), ColorMode.multiply)
     assert len(library) == 384
-    result = make_mosaic(target, library, patch=8, render=8, color="multiply")
+    result = make_mosaic(MosaicConfig(patch=8, render=8), target, library)
     cells = np.asarray(split_cells(result.image, 8, 12))
     patches = np.asarray(split_cells(target, 8, 12))
     unclipped = cells.max(axis=(1, 2, 3)) < 1
     np.testing.assert_allclose(cells.mean(axis=(1, 2))[unclipped], patches.mean(axis=(1, 2))[unclipped], atol=2e-3)
     # exact matching (k = 0) picks each patch's best tile by brute force
     fn = feature_function(library.settings)
-    queries = batched_features(fn, np.asarray(resize(jnp.asarray(patches), 16, 16)))
+    queries = batched_features(fn, patches)
     best = np.argmax(queries @ library.features.T, axis=1)
     scores = queries @ library.features.T
     chosen = result.tiles.reshape(-1)
     np.testing.assert_allclose(scores[np.arange(len(chosen)), chosen], scores[np.arange(len(best)), best], atol=1e-5)
 
 
-def test_vgg_feature_library(random_params, tile_folder):
-    settings = feature_settings("vgg", "none", layer="relu3_1", size=32, weights_id="random0")
-    library = build_library(str(tile_folder), settings, params=random_params)
+def test_vgg_feature_library_equals_pytorch_features(torch_model, torch_params, tile_folder):
+    import torch
+    from torch_reference import features
+
+    settings = FeatureConfig.vgg("none", layer="relu3_1", size=32, weights="test")
+    library = build_library(str(tile_folder), settings, ColorMode.none, params=torch_params)
     assert library.features.shape == (60, 256)
-    np.testing.assert_allclose(np.linalg.norm(library.features, axis=1), 1, rtol=1e-5)
+    tiles = np.stack([load_tile(tile_folder / entry, 32) for entry in library.entries])
+    maps = features(torch_model, tiles, ("relu3_1",), dtype=torch.float64)["relu3_1"].mean(dim=(2, 3)).numpy()
+    expected = maps / np.linalg.norm(maps, axis=1, keepdims=True)
+    np.testing.assert_allclose(library.features, expected, atol=1e-5)
     target = load_image(SAMPLES / "chelsea.png")
-    result = make_mosaic(target, library, patch=32, color="none", params=random_params)
+    result = make_mosaic(MosaicConfig(patch=32), target, library, torch_params)
     assert result.image.shape == (5 * 32, 8 * 32, 3)
+    cells = np.asarray(split_cells(np.asarray(resize(target, 5 * 32, 8 * 32)), 5, 8))
+    patch_maps = features(torch_model, cells, ("relu3_1",), dtype=torch.float64)["relu3_1"].mean(dim=(2, 3)).numpy()
+    best = np.argmax(patch_maps @ expected.T, axis=1)  # the normalised patch's ranking is its raw ranking
+    np.testing.assert_array_equal(result.tiles.reshape(-1), best)

@@ -10,32 +10,17 @@ import pytest
 from jaxmosaic import VGG19_LAYERS, layer_channels, layer_stride, vgg19_features
 
 
-def torch_features(model, images: np.ndarray, pooling: str) -> dict[str, np.ndarray]:
-    """Run torchvision's `features` module by module, naming each output as jaxmosaic does."""
-    import torch
-    import torch.nn.functional as F
-
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    x = (torch.from_numpy(images).permute(0, 3, 1, 2) - mean) / std
-    outputs = {}
-    names = iter(VGG19_LAYERS)
-    with torch.no_grad():
-        for module in model.features:
-            if isinstance(module, torch.nn.MaxPool2d) and pooling == "avg":
-                x = F.avg_pool2d(x, kernel_size=2, stride=2)
-            elif isinstance(module, torch.nn.ReLU):
-                x = torch.relu(x)  # not in place: the conv output is kept too
-            else:
-                x = module(x)
-            outputs[next(names)] = x.permute(0, 2, 3, 1).numpy().copy()
-    return outputs
+def nhwc(tensors: dict) -> dict:
+    return {name: value.detach().permute(0, 2, 3, 1).numpy() for name, value in tensors.items()}
 
 
 @pytest.mark.parametrize("pooling", ["max", "avg"])
 def test_all_37_layers_match_pytorch(torch_model, torch_params, pooling):
+    import torch
+    from torch_reference import features
+
     images = np.random.default_rng(3).random((2, 64, 80, 3)).astype(np.float32)
-    expected = torch_features(torch_model, images, pooling)
+    expected = nhwc(features(torch_model, images, VGG19_LAYERS, pooling=pooling, dtype=torch.float32))
     ours = jax.jit(vgg19_features, static_argnames=("layers", "pooling"))(
         torch_params, images, layers=VGG19_LAYERS, pooling=pooling
     )
@@ -68,7 +53,7 @@ def test_nothing_past_the_deepest_layer_is_computed(random_params):
     out = vgg19_features(shallow, images, layers=("relu1_1", "relu2_1"))
     full = vgg19_features(random_params, images, layers=("relu1_1", "relu2_1"))
     np.testing.assert_allclose(out["relu2_1"], full["relu2_1"])
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="no conv2_2"):
         vgg19_features(shallow, images, layers=("relu2_2",))
     jaxpr = jax.make_jaxpr(lambda x: vgg19_features(random_params, x, layers=("relu1_1",)))(images)
     assert str(jaxpr).count("conv_general_dilated") == 1
@@ -96,24 +81,12 @@ def test_input_gradient_matches_pytorch(torch_model, torch_params, pooling):
     The reference is float64 because PyTorch's own float32 CPU backward drifts by up to ~1e-2
     (relative to the largest gradient) from it at relu5_1, while ours stays within ~1e-6.
     """
-    import copy
-
     import torch
-    import torch.nn.functional as F
+    from torch_reference import features
 
     images = np.random.default_rng(5).random((2, 48, 40, 3))
-    depth = VGG19_LAYERS.index("relu5_1") + 1
-    model = copy.deepcopy(torch_model).double()
-    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
     pixels = torch.from_numpy(images).requires_grad_(True)
-    x = (pixels.permute(0, 3, 1, 2) - mean) / std
-    for module in list(model.features)[:depth]:
-        if isinstance(module, torch.nn.MaxPool2d) and pooling == "avg":
-            x = F.avg_pool2d(x, 2, 2)
-        else:
-            x = torch.relu(x) if isinstance(module, torch.nn.ReLU) else module(x)
-    (x**2).mean().backward()
+    (features(torch_model, pixels, ("relu5_1",), pooling=pooling)["relu5_1"] ** 2).mean().backward()
     expected = pixels.grad.numpy()
 
     def loss(batch):
@@ -174,17 +147,24 @@ def test_conv3x3_gradients_equal_autodiff_of_lax_conv(mode):
 
 def test_circular_padding_matches_pytorch(torch_model, torch_params):
     import torch
+    from torch_reference import features
 
     images = np.random.default_rng(3).random((1, 20, 24, 3)).astype(np.float32)
     ours = vgg19_features(torch_params, images, layers=("relu2_1",), padding="circular")["relu2_1"]
-    conv_a, conv_b, conv_c = (torch.nn.Conv2d(m.in_channels, m.out_channels, 3, padding=1, padding_mode="circular")
-                              for m in [torch_model.features[i] for i in (0, 2, 5)])
-    for new, old in zip((conv_a, conv_b, conv_c), (torch_model.features[i] for i in (0, 2, 5))):
-        new.load_state_dict(old.state_dict())
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    with torch.no_grad():
-        x = (torch.from_numpy(images).permute(0, 3, 1, 2) - mean) / std
-        x = torch.relu(conv_b(torch.relu(conv_a(x))))
-        x = torch.relu(conv_c(torch.nn.functional.max_pool2d(x, 2, 2)))
-    np.testing.assert_allclose(ours, x.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
+    expected = nhwc(features(torch_model, images, ("relu2_1",), padding="circular", dtype=torch.float32))["relu2_1"]
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
+    zeros = vgg19_features(torch_params, images, layers=("relu2_1",))["relu2_1"]
+    assert np.abs(np.asarray(zeros) - expected).max() > 1e-2  # the padding made a difference
+
+
+def test_features_under_plain_jit_and_vmap_match_pytorch(torch_model, torch_params, variant):
+    import torch
+    from torch_reference import features
+
+    image = np.random.default_rng(8).random((20, 28, 3)).astype(np.float32)
+    expected = features(torch_model, image, ("relu2_1", "pool2"), dtype=torch.float32)
+    ours = variant(lambda x: vgg19_features(torch_params, x, ("relu2_1", "pool2")), image)
+    for name in ("relu2_1", "pool2"):
+        reference = expected[name].permute(1, 2, 0).numpy()
+        assert ours[name].shape == reference.shape
+        np.testing.assert_allclose(np.asarray(ours[name]), reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLES
-from jaxmosaic.image import load_image, resize
-from jaxmosaic.kmeans import kmeans, kmeans_plusplus, nearest_centers
+import jaxmosaic.clustering
+from jaxmosaic.clustering import kmeans, kmeans_plusplus, nearest_centers
+from jaxmosaic.image import resize
+from jaxmosaic.io.images import load_image
 from jaxmosaic.techniques.vq import (
     cluster_images,
     code_histograms,
@@ -23,7 +25,7 @@ from jaxmosaic.techniques.vq import (
 
 
 def numpy_patches(image, size, stride, normalize):
-    """The seed's double loop, with the last positions included (range up to h - size inclusive)."""
+    """The original article's double loop, with the last positions included (range up to h - size inclusive)."""
     h, w = image.shape[:2]
     rows = []
     for y in range(0, h - size + 1, stride):
@@ -42,19 +44,12 @@ def numpy_patches(image, size, stride, normalize):
 
 
 @pytest.mark.parametrize("normalize", ["gray", "rgb", "center", "contrast"])
-@pytest.mark.parametrize("mode", ["plain", "jit", "vmap"])
-def test_extract_patches_equals_a_numpy_loop(normalize, mode):
+def test_extract_patches_equals_a_numpy_loop(normalize, variant):
     images = np.random.default_rng(0).random((2, 13, 17, 3)).astype(np.float32)
     images[1, :6] = 0.5  # flat patches: "contrast" must not divide by ~0
     expected = np.stack([numpy_patches(image, 4, 3, normalize) for image in images])
     assert expected.shape[1:3] == (4, 5)  # y in 0, 3, 6, 9 = 13 - 4: the last row of positions is in
-    function = lambda x: extract_patches(x, 4, 3, normalize=normalize)  # noqa: E731
-    if mode == "vmap":
-        ours = jax.vmap(function)(images)
-    elif mode == "jit":
-        ours = jax.jit(function)(images)  # NHWC directly
-    else:
-        ours = np.stack([function(image) for image in images])
+    ours = variant(lambda x: extract_patches(x, 4, 3, normalize=normalize), images)  # NHWC: a batch inside
     np.testing.assert_allclose(ours, expected, atol=1e-5)
 
 
@@ -181,10 +176,7 @@ def test_clustering_recovers_two_groups_of_crops():
 
 @pytest.mark.parametrize("direct", [True, False])
 def test_nearest_centers_equals_brute_force(monkeypatch, direct):
-    import sys
-
-    km = sys.modules["jaxmosaic.kmeans"]  # (the package's `kmeans` attribute is the function)
-
+    km = jaxmosaic.clustering
     if not direct:  # the match_tiles path for large codebooks
         monkeypatch.setattr(km, "_DIRECT", 16)
     rng = np.random.default_rng(7)

@@ -1,4 +1,4 @@
-"""What every command shares: one-line errors, the compilation cache, weights, progress bars."""
+"""What every command shares: one-line errors, the compilation cache, weights, output names."""
 
 from __future__ import annotations
 
@@ -8,19 +8,33 @@ import os
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
+import jax
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import TimeRemainingColumn, TransferSpeedColumn
 
 from jaxmosaic.errors import JaxmosaicError
+from jaxmosaic.io.files import write_json
+from jaxmosaic.weights import cache_dir, load_vgg19, random_vgg19
 
 err_console = Console(stderr=True)
 state = {"debug": False}
 
+WeightsOption = Annotated[
+    str | None, typer.Option(help="Weights folder or .pth, or 'random' (default: $JAXMOSAIC_WEIGHTS, then the cache).")]
+MetricsOption = Annotated[Path | None, typer.Option(help="Write a JSON summary here.")]
+
 
 def error_line(message: str) -> None:
     err_console.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+
+
+def echo(message: str) -> None:
+    """A line for the user on stderr, so stdout stays clean for data."""
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def guarded(command):
@@ -54,10 +68,6 @@ def enable_compilation_cache() -> None:
     """Keep XLA's compiled programs under the cache dir, so a second run does not recompile."""
     if os.environ.get("JAXMOSAIC_NO_COMPILATION_CACHE"):
         return
-    import jax
-
-    from jaxmosaic.weights import cache_dir
-
     jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
@@ -82,74 +92,42 @@ def download_progress() -> Iterator:
         bar.stop()
 
 
+@contextlib.contextmanager
+def count_progress(label: str, *, transient: bool = True) -> Iterator:
+    """A rich progress bar over a count of items; yields `update(done, total)`."""
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=transient) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
 def vgg_params(weights: str | None, seed: int = 0):
     """VGG19 params for a `--weights` value: "random" (seeded), a path, or None for the lookup."""
     if weights == "random":
-        import jax
-
-        from jaxmosaic.weights import random_vgg19
-
         return random_vgg19(jax.random.PRNGKey(seed))
-    from jaxmosaic.weights import load_vgg19
-
     with download_progress() as progress:
         return load_vgg19(weights, progress=progress)
 
 
-def echo(message: str) -> None:
-    """A line for the user on stderr, so stdout stays clean for data."""
-    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
-
-
-@contextlib.contextmanager
-def loss_progress(total: int, label: str) -> Iterator:
-    """A rich progress bar over optimisation steps; yields `update(step, text)` for the loss column."""
-    from rich.progress import MofNCompleteColumn, TimeElapsedColumn
-
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[loss]}"))
-    with Progress(*columns, console=err_console, transient=False) as bar:
-        task = bar.add_task(label, total=total, loss="compiling...")
-
-        def update(step: int, text: str) -> None:
-            bar.update(task, completed=step, loss=text)
-
-        yield update
-
-
-def output_name(out, tag: str, suffix: str | None = None):
+def output_name(out, tag: str, suffix: str | None = None) -> Path:
     """OUT.png -> OUT-tag.png (or with another suffix)."""
     out = Path(out)
     return out.with_name(f"{out.stem}-{tag}{suffix if suffix is not None else out.suffix}")
 
 
-class FrameRecorder:
-    """What an optimisation leaves to look at: GIF frames (the current images side by side, kept
-    in memory) and PNG frames written into a folder every `save_every` steps."""
-
-    def __init__(self, gif_path, frames_dir, save_every: int, tags, inputs):
-        self.gif_path, self.frames_dir, self.save_every = gif_path, frames_dir, save_every
-        self.tags, self.inputs = list(tags), list(inputs)  # tags: a file-name suffix per image
-        self.frames: list = []
-        if frames_dir:
-            Path(frames_dir).mkdir(exist_ok=True)
-
-    def record(self, step: int, images, prefix: str = "") -> None:
-        """After a chunk: `images` (N, H, W, C) in [0, 1] at `step`."""
-        import numpy as np
-
-        from jaxmosaic.image import save_image
-
-        if self.gif_path:
-            self.frames.append(np.concatenate(list(images), axis=1))
-        if self.frames_dir and step % self.save_every == 0:
-            for tag, image in zip(self.tags, images):
-                save_image(Path(self.frames_dir) / f"{prefix}step{step:05d}{tag}.png", image, inputs=self.inputs)
-
-    def write_gif(self) -> list[str]:
-        """Write the GIF (when asked for and there are frames); the paths written."""
-        from jaxmosaic.image import save_gif
-
-        if not (self.gif_path and self.frames):
-            return []
-        save_gif(self.gif_path, self.frames, inputs=self.inputs)
-        return [str(self.gif_path)]
+def write_metrics(path: Path | None, technique: str, settings: dict, inputs, outputs, *, steps: int = 0, seconds: float = 0.0,
+                  compile_seconds: float = 0.0, wall_seconds: float | None = None, loss=None, **own) -> None:
+    """Write the one `--metrics` JSON object every command writes (when a path is given):
+    technique, settings, inputs, steps, seconds, compile_seconds, [wall_seconds], [loss], the
+    command's own figures under keys of their own, and the outputs written."""
+    if path is None:
+        return
+    summary = {"technique": technique, "settings": settings, "inputs": [str(p) for p in inputs], "steps": steps,
+               "seconds": seconds, "compile_seconds": compile_seconds}
+    if wall_seconds is not None:
+        summary["wall_seconds"] = wall_seconds
+    if loss is not None:
+        summary["loss"] = loss
+    summary.update(own)
+    summary["outputs"] = [str(p) for p in outputs]
+    write_json(path, summary, inputs=inputs)

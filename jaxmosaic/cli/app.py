@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from jaxmosaic import __version__
+from jaxmosaic._version import __version__
+from jaxmosaic.cli import features, hybrid, mosaic, style, texture, vq, weights
 from jaxmosaic.cli._common import enable_compilation_cache, state
 
 app = typer.Typer(
@@ -37,8 +38,6 @@ def main_options(
 
 
 def register() -> None:
-    from jaxmosaic.cli import features, hybrid, mosaic, style, texture, vq, weights
-
     app.command(name="mosaic")(mosaic.mosaic)
     app.add_typer(mosaic.tiles_app, name="tiles")
     app.add_typer(mosaic.library_app, name="library")

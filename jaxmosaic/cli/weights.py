@@ -6,9 +6,13 @@ import json
 from pathlib import Path
 from typing import Annotated
 
+import jax
 import typer
 
 from jaxmosaic.cli._common import download_progress, echo, guarded
+from jaxmosaic.weights import convert as convert_weights
+from jaxmosaic.weights import default_weights_dir, random_vgg19, save_params, weights_info
+from jaxmosaic.weights import download as download_weights
 
 app = typer.Typer(help="Get, convert and inspect VGG19 weights.", no_args_is_help=True, rich_markup_mode="rich")
 
@@ -24,8 +28,6 @@ def convert(
     out: OutDir = None,
 ) -> None:
     """Convert a torchvision VGG19 checkpoint (read safely, without torch) to a jaxmosaic weights folder."""
-    from jaxmosaic.weights import convert as convert_weights
-
     folder = convert_weights(pth, out)
     echo(f"converted {pth} -> {folder}")
 
@@ -38,8 +40,6 @@ def download(
     force: Annotated[bool, typer.Option("--force", help="Download again even if weights are cached.")] = False,
 ) -> None:
     """Download torchvision's VGG19 checkpoint, check its SHA-256, convert and cache it."""
-    from jaxmosaic.weights import default_weights_dir, download as download_weights
-
     target = out or default_weights_dir()
     if (target / "params").is_dir() and not force:
         echo(f"weights already in {target} (use --force to fetch again)")
@@ -59,10 +59,6 @@ def random(
 
     Random filters give plausible textures and styles but not the semantics of trained weights.
     """
-    import jax
-
-    from jaxmosaic.weights import random_vgg19, save_params
-
     params = random_vgg19(jax.random.PRNGKey(seed))
     source = {"source": "random", "seed": seed, "format": "He-normal, per-layer mean activation 1"}
     echo(f"random weights (seed {seed}) -> {save_params(params, out, source)}")
@@ -74,6 +70,4 @@ def info(
     weights: Annotated[str | None, typer.Option(help="A weights folder or .pth (default: the lookup order).")] = None,
 ) -> None:
     """Where the weights in use are, their source and checksum (JSON on stdout)."""
-    from jaxmosaic.weights import weights_info
-
     typer.echo(json.dumps(weights_info(weights), indent=2))

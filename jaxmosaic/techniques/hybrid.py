@@ -1,7 +1,7 @@
 """Hybrid images: one picture seen up close, another from afar.
 
-Two ways. `hybrid_optimize` fits pixels x = sigmoid(theta) to a sharp term and a blurred term in
-linear light (the optimisation of the hybrid-image seed):
+Two ways. The optimisation of the original article fits pixels x = sigmoid(theta) to a sharp
+term and a blurred term in linear light:
 
     L = m_precise * sum((x - A)^2) + m_blurred * sum((blur(x^g)^(1/g) - blur(B^g)^(1/g))^2)
 
@@ -14,29 +14,93 @@ Images are float32 in [0, 1], HWC (or NHWC where stated).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+import enum
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmosaic.filters import PADDING_MODES, fft_gaussian_blur, gaussian_kernel1d, separable_blur
-from jaxmosaic.image import linear_to_srgb, srgb_to_linear
-from jaxmosaic.optimize import ChunkReport, minimize
+from jaxmosaic.config import ConfigError, choice, number, numbers, setting, whole
+from jaxmosaic.filters import Padding, fft_gaussian_blur, gaussian_kernel1d, separable_blur
+from jaxmosaic.image import center_crop, fit_shape, linear_to_srgb, resize, srgb_to_linear
+from jaxmosaic.optimize import Optimizer, Problem, Progress, Solution, Stage, per_image, solve
 
 __all__ = [
+    "HybridMethod",
+    "HybridInit",
+    "HybridConfig",
+    "HybridInputs",
     "hybrid_loss",
     "seen_from_afar",
     "hybrid_fourier",
+    "fit_pair",
+    "hybrid_memory",
+    "hybrid_problem",
     "hybrid_optimize",
-    "distance_preview",
-    "HybridResult",
-    "HybridProgress",
-    "INITS",
 ]
 
-INITS = ("grey", "near", "fourier")
+
+class HybridMethod(enum.StrEnum):
+    """"optimize": pixels fitted to the two terms (the original article's way); "fourier": the
+    classic filter construction."""
+
+    optimize = "optimize"
+    fourier = "fourier"
+
+
+class HybridInit(enum.StrEnum):
+    """Where the optimisation starts: grey (theta = 0), the near image, or the fourier result."""
+
+    grey = "grey"
+    near = "near"
+    fourier = "fourier"
+
+
+@dataclasses.dataclass(frozen=True)
+class HybridConfig:
+    """Settings of a hybrid image; the defaults are the original article's run."""
+
+    method: HybridMethod = setting(HybridMethod.optimize, "optimize pixels (the original article's way) or the fourier filter construction.")
+    ratios: tuple[float, ...] = setting((0.1,), "m_precise / m_blurred; several, comma-separated, run together in one compiled call.", flag="--ratio")
+    steps: int = setting(200, "Optimisation steps.", resume=False)
+    kernel: int = setting(15, "Gaussian kernel size (taps, odd).")
+    sigma: float = setting(3.0, "Gaussian sigma in pixels (fourier: the far image's low-pass).")
+    sigma_high: float | None = setting(None, "fourier: sigma of the low-pass removed from the near image (default: --sigma).")
+    lr: float = setting(0.3, "Learning rate (sgd, adam; scales lbfgs's step).")
+    optimizer: Optimizer = setting(Optimizer.sgd, "sgd (plain gradient descent), adam or lbfgs.")
+    init: HybridInit = setting(HybridInit.grey, "Start from grey, the near image, or the fourier result.")
+    padding: Padding = setting(Padding.zeros, "Blur edge handling.")
+    gamma: float = setting(2.2, "sRGB <-> linear light power.")
+    size: int = setting(512, "Resize the near image so its longest side is this (0 keeps it).")
+    crop: bool = setting(False, "Centre-crop the far image to the near one's aspect before resizing.")
+    m_blurred: float = setting(1.0, "Weight of the blurred term (m_precise is ratio x m_blurred).", cli=False)
+
+    def __post_init__(self):
+        put = functools.partial(object.__setattr__, self)
+        put("method", choice("method", self.method, HybridMethod))
+        put("ratios", numbers("ratios", self.ratios, minimum=0.0, maximum=1e6))
+        whole("steps", self.steps, minimum=1)
+        whole("kernel", self.kernel, minimum=1, maximum=4097, odd=True)
+        put("sigma", number("sigma", self.sigma, above=0.0, maximum=1e4))
+        if self.sigma_high is not None:
+            put("sigma_high", number("sigma_high", self.sigma_high, above=0.0, maximum=1e4))
+        put("lr", number("lr", self.lr, above=0.0, maximum=1e6))
+        put("optimizer", choice("optimizer", self.optimizer, Optimizer))
+        put("init", choice("init", self.init, HybridInit))
+        put("padding", choice("padding", self.padding, Padding))
+        put("gamma", number("gamma", self.gamma, above=0.0, maximum=10.0))
+        whole("size", self.size, minimum=0, maximum=2**16)
+        put("m_blurred", number("m_blurred", self.m_blurred, minimum=0.0))
+
+
+class HybridInputs(NamedTuple):
+    near: np.ndarray  # HWC, the image seen up close (kept sharp)
+    far: np.ndarray  # HWC, the image seen from afar (matched after blurring)
+    names: tuple[str, str] = ("the near image", "the far image")  # for messages (e.g. their files)
 
 
 def seen_from_afar(images, kernel, *, gamma: float = 2.2, padding: str = "zeros"):
@@ -45,14 +109,14 @@ def seen_from_afar(images, kernel, *, gamma: float = 2.2, padding: str = "zeros"
 
 
 def hybrid_loss(x, near, far, *, m_precise, m_blurred, kernel, gamma: float = 2.2, padding: str = "zeros", far_seen=None):
-    """The seed's loss, summed over every pixel and channel of `x` (one image or a batch).
+    """The original article's loss, summed over every pixel and channel of `x` (one image or a batch).
 
     Args:
       x, near, far: images of one shape, HWC or NHWC, values in (0, 1].
       m_precise, m_blurred: weights of the two terms (may be traced).
       kernel: 1-D blur taps, e.g. `gaussian_kernel1d(15, 3.0)`.
       gamma: the power that takes sRGB values to linear light and back.
-      padding: the blur's edge handling: "zeros" (the seed's), "reflect" or "wrap".
+      padding: the blur's edge handling: "zeros" (the article's), "reflect" or "wrap".
       far_seen: `seen_from_afar(far, ...)` if already computed (an optimisation loop computes it
         once); `far` is then not used.
 
@@ -75,49 +139,36 @@ def hybrid_fourier(near, far, *, sigma_low: float, sigma_high: float, linear_lig
     near, far = jnp.asarray(near), jnp.asarray(far)
     if linear_light:
         near, far = srgb_to_linear(near, gamma=gamma), srgb_to_linear(far, gamma=gamma)
-    mixed = fft_gaussian_blur(far, sigma_low) + near - fft_gaussian_blur(near, sigma_high)
-    mixed = jnp.clip(mixed, 0.0, 1.0)
+    mixed = jnp.clip(fft_gaussian_blur(far, sigma_low) + near - fft_gaussian_blur(near, sigma_high), 0.0, 1.0)
     return linear_to_srgb(mixed, gamma=gamma) if linear_light else mixed
 
 
-class HybridResult(NamedTuple):
-    images: np.ndarray  # (R, H, W, 3): one hybrid per ratio
-    ratios: tuple[float, ...]
-    loss: list[dict]  # per ratio: {"total", "precise", "blurred"} of the returned image
-    history: np.ndarray  # (steps, R): total loss before each step
-    steps: int
-    seconds: float
-    compile_seconds: float
-    diverged_at: np.ndarray | None  # per ratio: the step that was not finite, or -1
+def fit_pair(config: HybridConfig, inputs: HybridInputs) -> tuple[np.ndarray, np.ndarray, str]:
+    """The near image resized to `config.size` (its longest side; 0 keeps it) and the far image
+    brought to the same size (centre-cropped to the near image's aspect first with `config.crop`),
+    with a line saying what was done."""
+    for name, image in zip(inputs.names, (inputs.near, inputs.far)):
+        if min(image.shape[:2]) < 2:
+            raise ValueError(f"{name} is {image.shape[1]}x{image.shape[0]}, too small for a hybrid")
+    height, width = fit_shape(*inputs.near.shape[:2], config.size)
+    near = np.asarray(resize(inputs.near, height, width))
+    far = inputs.far
+    note = f"far image {far.shape[1]}x{far.shape[0]}"
+    if config.crop:
+        scale = min(far.shape[0] / height, far.shape[1] / width)
+        far = center_crop(far, max(1, round(height * scale)), max(1, round(width * scale)))
+        note += f" centre-cropped to {far.shape[1]}x{far.shape[0]} and"
+    return near, np.asarray(resize(far, height, width)), f"near image at {width}x{height}; {note} resized to {width}x{height}"
 
 
-class HybridProgress(NamedTuple):
-    """What `hybrid_optimize`'s callback sees after each chunk of steps."""
-
-    step: int
-    total: int
-    loss: list[dict]  # per ratio: {"total", "precise", "blurred"} at the current images
-    images: jax.Array  # (R, H, W, 3) current images
-
-
-def distance_preview(image, *, gap: int = 8) -> np.ndarray:
-    """The hybrid at full, 1/2, 1/4 and 1/8 size side by side, bottom-aligned on white.
-
-    Shrinking stands in for stepping back: the far image takes over as the copies get smaller.
-    """
-    from jaxmosaic.image import resize
-
-    image = np.asarray(image, np.float32)
-    height, width = image.shape[:2]
-    copies = [image] + [
-        np.asarray(resize(image, max(1, height // f), max(1, width // f), method="linear")) for f in (2, 4, 8)
-    ]
-    canvas = np.ones((height, sum(c.shape[1] for c in copies) + gap * (len(copies) - 1), 3), np.float32)
-    left = 0
-    for copy in copies:
-        canvas[height - copy.shape[0] :, left : left + copy.shape[1]] = copy
-        left += copy.shape[1] + gap
-    return canvas
+def hybrid_memory(config: HybridConfig, inputs: HybridInputs) -> int:
+    """Check the settings against the inputs (before any work) and estimate the peak memory:
+    a generous bound on the image-sized float32 buffers one step keeps alive per ratio."""
+    height, width = fit_shape(*inputs.near.shape[:2], config.size)
+    if config.kernel > min(height, width):
+        raise ConfigError("kernel", f"{config.kernel} is larger than the image ({width}x{height})")
+    count = len(config.ratios) if config.method == HybridMethod.optimize else 1
+    return count * height * width * 3 * 4 * 48 + 2 * (inputs.far.size + inputs.near.size) * 4
 
 
 def _logit(image, eps: float = 1e-3):
@@ -125,89 +176,60 @@ def _logit(image, eps: float = 1e-3):
     return jnp.log(image) - jnp.log1p(-image)
 
 
-def hybrid_optimize(
-    near,
-    far,
-    *,
-    ratios: Sequence[float] = (0.1,),
-    m_blurred: float = 1.0,
-    steps: int = 200,
-    kernel_size: int = 15,
-    sigma: float = 3.0,
-    learning_rate: float = 0.3,
-    optimizer: str = "sgd",
-    init: str = "grey",
-    padding: str = "zeros",
-    gamma: float = 2.2,
-    chunk: int | None = None,
-    callback: Callable[[HybridProgress], None] | None = None,
-) -> HybridResult:
-    """Optimise one hybrid per ratio m_precise / m_blurred, all in one vmapped, compiled loop.
+def hybrid_problem(config: HybridConfig, inputs: HybridInputs, params=None) -> Problem:
+    """The hybrid as a `Problem`: one image per ratio m_precise / m_blurred, optimised together
+    (a batch), or with the fourier method the filter construction itself (no stage; its loss
+    terms are reported on the same scale as the optimisation's). `params` is unused: no network."""
+    hybrid_memory(config, inputs)
+    near, far, note = fit_pair(config, inputs)
+    near, far = jnp.asarray(near, jnp.float32), jnp.asarray(far, jnp.float32)
+    kernel = gaussian_kernel1d(config.kernel, config.sigma)
+    options = {"kernel": kernel, "gamma": config.gamma, "padding": config.padding}
+    far_seen = jax.jit(seen_from_afar, static_argnames=("gamma", "padding"))(far, **options)
+    fourier = config.method == HybridMethod.fourier
+    ratios = config.ratios[:1] if fourier else config.ratios
+    m_precise = jnp.asarray(ratios, jnp.float32) * config.m_blurred
+    m_blurred = jnp.full((len(ratios),), config.m_blurred, jnp.float32)
 
-    Defaults are the seed's run: grey start, plain gradient descent with lr 0.3 on the summed
-    loss, 200 steps, kernel 15, sigma 3, zero padding; ratio 0.1 (the seed also tried 0.3 and 1).
+    def loss(x, weights):
+        return hybrid_loss(x, near, None, m_precise=weights[0], m_blurred=weights[1], far_seen=far_seen, **options)
 
-    Args:
-      near, far: HWC images of the same shape (resize or crop beforehand).
-      ratios: m_precise for each output (m_blurred fixed).
-      init: "grey" (theta = 0), "near" (the near image) or "fourier" (`hybrid_fourier` with sigma).
-      chunk: steps per compiled chunk; `callback` gets a `HybridProgress` after each chunk.
+    terms_of = jax.jit(jax.vmap(loss))
+
+    def terms(images):
+        return per_image(terms_of(jnp.asarray(images), (m_precise, m_blurred)))
+
+    def constructed(sigma_high):
+        return hybrid_fourier(near, far, sigma_low=config.sigma, sigma_high=sigma_high, linear_light=True, gamma=config.gamma)
+
+    if fourier:
+        image = constructed(config.sigma_high or config.sigma)
+        return Problem((), (), config.optimizer, config.lr, True, 1, lambda x: x, lambda x: x, terms,
+                       initial=image[None], notes=(note,))
+
+    def start(_):
+        theta = {HybridInit.grey: lambda: jnp.zeros(near.shape, jnp.float32), HybridInit.near: lambda: _logit(near),
+                 HybridInit.fourier: lambda: _logit(constructed(config.sigma))}[config.init]()
+        return jnp.broadcast_to(theta, (len(ratios), *near.shape))
+
+    def value(theta, weights):
+        return loss(jax.nn.sigmoid(theta), weights)[0]
+
+    stage = Stage(f"{near.shape[1]}x{near.shape[0]}", start, value, (m_precise, m_blurred))
+    return Problem((lambda: stage,), (config.steps,), config.optimizer, config.lr, True, len(ratios), jax.nn.sigmoid,
+                   lambda x: x, terms, notes=(note,))
+
+
+def hybrid_optimize(config: HybridConfig, inputs: HybridInputs, *, callback: Callable[[Progress], None] | None = None,
+                    chunk: int | None = None) -> Solution:
+    """One hybrid per ratio m_precise / m_blurred, all in one vmapped, compiled loop (or the
+    fourier construction, with `config.method`).
+
+    `HybridConfig()` is the original article's run: 512 px, grey start, plain gradient descent
+    with lr 0.3 on the summed loss, 200 steps, kernel 15, sigma 3, zero padding; ratio 0.1 (the
+    article also tried 0.3 and 1).
 
     Returns:
-      A `HybridResult`; loss values are those of the returned images.
+      A `Solution`: images (R, H, W, 3) and per image {"total", "precise", "blurred"}.
     """
-    near, far = jnp.asarray(near, jnp.float32), jnp.asarray(far, jnp.float32)
-    if near.shape != far.shape or near.ndim != 3:
-        raise ValueError(f"near and far must be HWC images of one shape, got {near.shape} and {far.shape}")
-    if not ratios or any(not (r >= 0) for r in ratios):
-        raise ValueError(f"ratios must be non-negative numbers, got {list(ratios)}")
-    if not sigma > 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
-    if kernel_size < 1 or kernel_size > min(near.shape[:2]):
-        raise ValueError(f"kernel size {kernel_size} must be between 1 and the image's smaller side ({min(near.shape[:2])})")
-    if padding not in PADDING_MODES:
-        raise ValueError(f"padding must be one of {', '.join(PADDING_MODES)}, got {padding!r}")
-    if init not in INITS:
-        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
-    kernel = gaussian_kernel1d(kernel_size, sigma)
-    count = len(ratios)
-    far_seen = jax.jit(seen_from_afar, static_argnames=("gamma", "padding"))(far, kernel, gamma=gamma, padding=padding)
-    options = {"kernel": kernel, "gamma": gamma, "padding": padding, "far_seen": far_seen}
-
-    def value(theta, data):
-        m_precise, weight_blurred = data
-        return hybrid_loss(jax.nn.sigmoid(theta), near, None, m_precise=m_precise, m_blurred=weight_blurred, **options)[0]
-
-    if init == "grey":
-        theta = jnp.zeros(near.shape, jnp.float32)
-    elif init == "near":
-        theta = _logit(near)
-    else:
-        theta = _logit(hybrid_fourier(near, far, sigma_low=float(sigma), sigma_high=float(sigma), linear_light=True, gamma=gamma))
-    theta = jnp.broadcast_to(theta, (count, *near.shape))
-    data = (jnp.asarray(ratios, jnp.float32), jnp.full((count,), m_blurred, jnp.float32))
-
-    def terms(x, m_precise):
-        total, parts = hybrid_loss(x, near, None, m_precise=m_precise, m_blurred=m_blurred, **options)
-        return {"total": total, **parts}
-
-    terms_of = jax.jit(jax.vmap(terms))
-
-    def report(x):
-        values = terms_of(x, data[0])
-        return [{name: float(v[i]) for name, v in values.items()} for i in range(count)]
-
-    def on_chunk(chunk_report: ChunkReport) -> None:
-        x = jax.nn.sigmoid(chunk_report.params)
-        callback(HybridProgress(chunk_report.step, chunk_report.total, report(x), x))
-
-    outcome = minimize(
-        value, theta, data, optimizer=optimizer, learning_rate=learning_rate, steps=steps,
-        chunk=chunk, batched=True, callback=on_chunk if callback else None,
-    )
-    images = jax.nn.sigmoid(outcome.params)
-    losses = report(images)
-    return HybridResult(
-        np.asarray(images), tuple(float(r) for r in ratios), losses, outcome.history, outcome.steps,
-        outcome.seconds, outcome.compile_seconds, outcome.diverged_at,
-    )
+    return solve(hybrid_problem(config, inputs), callback=callback, chunk=chunk)

@@ -10,35 +10,36 @@ are unconstrained and clipped to [0, 1] when returned.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxmosaic.color import rgb_to_yiq, yiq_to_rgb
+from jaxmosaic.config import ConfigError, choice, layer_weights, names, number, numbers, setting, whole, wholes
 from jaxmosaic.image import fit_shape, resize
-from jaxmosaic.losses import content_loss, style_loss, tv_loss
-from jaxmosaic.optimize import ChunkReport, minimize
-from jaxmosaic.techniques.texture import gram_targets, weighted_layers
-from jaxmosaic.vgg import VGG19_LAYERS, check_layers, layer_channels, layer_stride, vgg19_features
+from jaxmosaic.losses import content_loss, gram_targets, style_loss, tv_loss
+from jaxmosaic.optimize import Optimizer, Problem, Progress, Resume, Solution, Stage, learning_rate, per_image, solve
+from jaxmosaic.resources import activation_bytes, optimisation_bytes
+from jaxmosaic.vgg import Pooling, check_layers, smallest_side, vgg19_features
 
 __all__ = [
     "CONTENT_LAYERS",
     "STYLE_LAYERS",
     "INITS",
+    "StyleConfig",
+    "StyleInputs",
     "StyleTargets",
-    "StyleSettings",
-    "check_settings",
     "style_targets",
     "style_transfer_loss",
     "keep_colors",
+    "style_memory",
+    "style_problem",
     "style_transfer",
-    "StyleProgress",
-    "StyleResult",
-    "Resume",
-    "memory_estimate",
 ]
 
 CONTENT_LAYERS = ("relu4_2",)
@@ -46,86 +47,112 @@ STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 INITS = ("noise", "content", "style")
 
 
+@dataclasses.dataclass(frozen=True)
+class StyleConfig:
+    """Settings of a style transfer; the defaults are the paper's."""
+
+    size: int = setting(512, "Longest side of the output.")
+    scales: tuple[int, ...] | None = setting(None, "Coarse to fine, e.g. 256,512: each scale starts from the previous result upsampled (overrides --size).")
+    steps: tuple[int, ...] = setting((500,), "Iterations: one count, or one per scale (e.g. 300,100).", resume=False)
+    style_blend: tuple[float, ...] | None = setting(None, "Blend weights of the style images, e.g. 2,1 (default: equal).")
+    batch: bool = setting(False, "One output per style image, optimised together in one compiled call.")
+    content_layers: tuple[str, ...] = setting(CONTENT_LAYERS, "Comma-separated VGG19 layers for content.")
+    style_layers: tuple[str, ...] = setting(STYLE_LAYERS, "Comma-separated VGG19 layers for style.")
+    layer_weights: tuple[float, ...] | None = setting(None, "w_l per style layer (default: equal, summing to 1).")
+    content_weight: float = setting(1.0, "alpha.")
+    style_weight: float = setting(1e3, "beta (alpha / beta = 1e-3 in the paper).")
+    tv_weight: float = setting(0.0, "Weight of the squared total variation (smoothness).")
+    pooling: Pooling = setting(Pooling.max, "VGG19 pooling.")
+    optimizer: Optimizer = setting(Optimizer.lbfgs, "lbfgs (as in the paper), adam or sgd.")
+    lr: float | None = setting(None, "Learning rate (adam, sgd: on the [0, 1] pixel scale, default 0.02; lbfgs: scales its step).")
+    init: str = setting("noise", "noise (seeded), content, style, or an image path.")
+    seed: int = setting(0, "Seed of the noise (and of --weights random).")
+    style_scale: float = setting(1.0, "Style image size relative to the output's.")
+    original_colors: bool = setting(False, "Keep the content's colours (transfer luminance only, YIQ).")
+
+    def __post_init__(self):
+        put = functools.partial(object.__setattr__, self)
+        whole("size", self.size, minimum=16)
+        if self.scales is not None:
+            put("scales", wholes("scales", self.scales, minimum=16))
+        put("steps", wholes("steps", self.steps, minimum=1))
+        if len(self.steps) not in (1, len(self.sizes)):
+            raise ConfigError("steps", f"has {len(self.steps)} counts for {len(self.sizes)} scales")
+        if self.style_blend is not None:
+            put("style_blend", numbers("style_blend", self.style_blend, minimum=0.0))
+            if sum(self.style_blend) <= 0:
+                raise ConfigError("style_blend", "the weights must not all be zero")
+            if self.batch:
+                raise ConfigError("style_blend", "does not go with batch, which makes one output per style")
+        put("content_layers", check_layers(names("content_layers", self.content_layers), "content_layers"))
+        put("style_layers", check_layers(names("style_layers", self.style_layers), "style_layers"))
+        if self.layer_weights is not None:
+            put("layer_weights", tuple(layer_weights("layer_weights", self.style_layers, self.layer_weights).values()))
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            put(name, number(name, getattr(self, name), minimum=0.0))
+        put("pooling", choice("pooling", self.pooling, Pooling))
+        put("optimizer", choice("optimizer", self.optimizer, Optimizer))
+        if self.lr is not None:
+            put("lr", number("lr", self.lr, above=0.0))
+        if not str(self.init).strip():
+            raise ConfigError("init", "expected noise, content, style or an image path")
+        whole("seed", self.seed, minimum=0)
+        put("style_scale", number("style_scale", self.style_scale, above=0.0, maximum=64.0))
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The longest side at each scale."""
+        return self.scales or (self.size,)
+
+    @property
+    def step_counts(self) -> tuple[int, ...]:
+        """The steps at each scale."""
+        return self.steps * len(self.sizes) if len(self.steps) == 1 else self.steps
+
+    @property
+    def style_weights(self) -> dict[str, float]:
+        """{style layer: w_l}."""
+        return layer_weights("layer_weights", self.style_layers, self.layer_weights)
+
+    @property
+    def learning_rate(self) -> float | None:
+        return learning_rate(self.optimizer, self.lr)
+
+
+class StyleInputs(NamedTuple):
+    content: np.ndarray  # HWC in [0, 1]
+    styles: Sequence[np.ndarray]  # HWC images
+    init: np.ndarray | None = None  # the starting image, when the config's init is a path
+    names: Sequence[str] = ()  # what to call the style images in messages (e.g. their files)
+
+
 class StyleTargets(NamedTuple):
     content: dict  # layer -> P, the content image's (H, W, C) features (batched: (B, H, W, C))
     grams: dict  # layer -> A, the blended style Gram matrix (C, C) (batched: (B, C, C))
 
 
-class StyleSettings(NamedTuple):
-    content_layers: tuple[str, ...]
-    style_weights: dict  # style layer -> w_l
-    steps: list[int]  # per scale
-
-
-def check_settings(
-    styles: int,
-    *,
-    blend: Sequence[float] | None = None,
-    content_layers: Sequence[str] = CONTENT_LAYERS,
-    style_layers: Sequence[str] = STYLE_LAYERS,
-    layer_weights: Sequence[float] | None = None,
-    sizes: Sequence[int] = (512,),
-    steps: int | Sequence[int] = 500,
-) -> StyleSettings:
-    """Validate `style_transfer`'s settings for `styles` style images (before any work starts);
-    the messages name the command-line options."""
-    content_layers = check_layers(tuple(content_layers), "--content-layers")
-    style_weights = weighted_layers(style_layers, layer_weights, "--style-layers")
-    if styles < 1:
-        raise ValueError("at least one style image is needed")
-    if blend is not None and len(blend) != styles:
-        raise ValueError(f"--style-blend has {len(blend)} weights for {styles} style images")
-    if blend is not None and (any(w < 0 for w in blend) or sum(blend) <= 0):
-        raise ValueError("--style-blend weights must be non-negative and not all zero")
-    step_counts = [steps] * len(sizes) if isinstance(steps, int) else list(steps)
-    if len(step_counts) == 1:
-        step_counts = step_counts * len(sizes)
-    if len(step_counts) != len(sizes):
-        raise ValueError(f"--steps has {len(step_counts)} counts for {len(sizes)} scales")
-    if any(s < 1 for s in step_counts) or any(s < 16 for s in sizes):
-        raise ValueError("every scale needs at least 1 step (--steps) and a size of at least 16 pixels (--size/--scales)")
-    return StyleSettings(content_layers, style_weights, step_counts)
-
-
-def style_targets(
-    params,
-    content: jax.Array,
-    styles: Sequence[jax.Array],
-    *,
-    blend: Sequence[float] | None = None,
-    content_layers: Sequence[str] = CONTENT_LAYERS,
-    style_layers: Sequence[str] = STYLE_LAYERS,
-    pooling: str = "max",
-) -> StyleTargets:
+def style_targets(params, content: jax.Array, styles: Sequence[jax.Array], *, blend: Sequence[float] | None = None,
+                  content_layers: Sequence[str] = CONTENT_LAYERS, style_layers: Sequence[str] = STYLE_LAYERS,
+                  pooling: str = "max") -> StyleTargets:
     """The content features P^l and the style Gram matrices A^l to match.
 
     Several style images are blended as neural-style does: A^l = sum_i b_i A_i^l with the blend
     weights b normalised to sum 1. A style image of another size than the content is rescaled to
-    the content's number of positions: A_i^l * M_l(content) / M_l(style), so E_l compares Gram
+    the content's number of positions (`jaxmosaic.losses.gram_targets`), so E_l compares Gram
     matrices per position (for equal sizes this is the paper's A^l exactly).
     """
     content_layers, style_layers = tuple(content_layers), tuple(style_layers)
     blend = np.full(len(styles), 1.0 / len(styles)) if blend is None else np.asarray(blend, np.float64) / np.sum(blend)
     content_features = vgg19_features(params, jnp.asarray(content)[None], content_layers, pooling=pooling)
-    targets = {name: content_features[name][0] for name in content_layers}
     grams = {name: 0.0 for name in style_layers}
     for weight, style in zip(blend, styles):
         style_grams = gram_targets(params, style, style_layers, size=content.shape[:2], pooling=pooling)
         grams = {name: grams[name] + float(weight) * style_grams[name] for name in style_layers}
-    return StyleTargets(targets, grams)
+    return StyleTargets({name: content_features[name][0] for name in content_layers}, grams)
 
 
-def style_transfer_loss(
-    x: jax.Array,
-    targets: StyleTargets,
-    params,
-    *,
-    style_weights: Mapping[str, float],
-    alpha=1.0,
-    beta=1e3,
-    tv_weight=0.0,
-    pooling: str = "max",
-) -> tuple[jax.Array, dict]:
+def style_transfer_loss(x: jax.Array, targets: StyleTargets, params, *, style_weights: Mapping[str, float], alpha=1.0,
+                        beta=1e3, tv_weight=0.0, pooling: str = "max") -> tuple[jax.Array, dict]:
     """(total, {"content", "style", "tv"}) for one HWC image: the unweighted L_content (summed over
     the content layers), L_style = sum_l w_l E_l, and TV; total = alpha L_content + beta L_style +
     tv_weight TV."""
@@ -134,8 +161,7 @@ def style_transfer_loss(
     l_content = sum(content_loss(features[name][0], targets.content[name]) for name in targets.content)
     l_style = style_loss({name: features[name][0] for name in style_weights}, targets.grams, style_weights)
     tv = tv_loss(x)
-    total = alpha * l_content + beta * l_style + tv_weight * tv
-    return total, {"content": l_content, "style": l_style, "tv": tv}
+    return alpha * l_content + beta * l_style + tv_weight * tv, {"content": l_content, "style": l_style, "tv": tv}
 
 
 def keep_colors(stylised: jax.Array, content: jax.Array) -> jax.Array:
@@ -153,159 +179,125 @@ def keep_colors(stylised: jax.Array, content: jax.Array) -> jax.Array:
     return yiq_to_rgb(jnp.concatenate([y, iq], axis=-1))
 
 
-def memory_estimate(height: int, width: int, layers: Sequence[str], batch: int = 1) -> int:
-    """Bytes one L-BFGS step holds at the peak: every VGG activation up to the deepest layer twice
-    (forward and its gradient, float32) plus the optimiser's image-sized buffers."""
-    deepest = max(VGG19_LAYERS.index(name) for name in layers)
-    floats = 0
-    for name in VGG19_LAYERS[: deepest + 1]:
-        stride = layer_stride(name)
-        floats += (height // stride) * (width // stride) * layer_channels(name)
-    return batch * (2 * floats * 4 + 30 * height * width * 3 * 4) + 200 * 2**20
+def _style_sizes(config: StyleConfig, inputs: StyleInputs, size: int) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """(output height, width) at a scale's longest side, and each style image's size there."""
+    height, width = fit_shape(*inputs.content.shape[:2], size)
+    side = max(16, round(max(height, width) * config.style_scale))
+    return (height, width), [fit_shape(*style.shape[:2], side) for style in inputs.styles]
 
 
-class StyleProgress(NamedTuple):
-    scale: int  # index into the scales
-    size: tuple[int, int]  # (height, width) at this scale
-    step: int  # steps done at this scale
-    total: int  # steps asked for at this scale
-    losses: np.ndarray  # loss before each step of the last chunk: (chunk,) or (chunk, batch)
-    images: Any  # current pixels (unclipped), (B, H, W, 3)
-    opt_state: Any
+def style_memory(config: StyleConfig, inputs: StyleInputs) -> int:
+    """Check the inputs against the settings (before any work) and estimate the peak memory of
+    the run in bytes: the optimisation at the largest scale and the style images' features."""
+    if not inputs.styles:
+        raise ValueError("at least one style image is needed")
+    if config.style_blend is not None and len(config.style_blend) != len(inputs.styles):
+        raise ConfigError("style_blend", f"has {len(config.style_blend)} weights for {len(inputs.styles)} style images")
+    if config.init not in INITS and inputs.init is None:
+        raise ConfigError("init", f"{config.init!r} is neither noise, content, style nor a given image")
+    count = len(inputs.styles) if config.batch else 1
+    layers = (*config.content_layers, *config.style_layers)
+    smallest = smallest_side(config.style_layers)
+    peak = 0
+    for size in config.sizes:
+        (height, width), style_shapes = _style_sizes(config, inputs, size)
+        if min(height, width) < smallest_side(layers):
+            raise ValueError(f"the output at {width}x{height} is too small for the chosen layers: they need "
+                             f"{smallest_side(layers)} pixels a side (a larger size, or a less elongated content image)")
+        for index, (h, w) in enumerate(style_shapes):
+            name = inputs.names[index] if index < len(inputs.names) else f"style image {index + 1}"
+            if min(h, w) < smallest:
+                raise ValueError(f"{name} becomes {w}x{h} at this scale, too thin for the style layers "
+                                 f"(they need {smallest} pixels a side); use a larger style_scale or another image")
+        styles = sum(activation_bytes(h, w, config.style_layers) for h, w in style_shapes)
+        peak = max(peak, optimisation_bytes(height, width, layers, count) + styles)
+    return peak
 
 
-class Resume(NamedTuple):
-    scale: int  # the scale to continue
-    step: int  # steps already done at that scale
-    images: Any  # (B, H, W, 3) pixels at that scale
-    opt_state: Any
+def _start(config: StyleConfig, inputs: StyleInputs, height: int, width: int, count: int) -> jax.Array:
+    """The first scale's pixels, (count, height, width, 3)."""
+    if config.init == "noise":
+        image = jax.random.uniform(jax.random.PRNGKey(config.seed), (height, width, 3), jnp.float32)
+    elif config.init == "content":
+        image = resize(inputs.content, height, width)
+    elif config.init == "style":
+        return jnp.stack([resize(style, height, width) for style in inputs.styles[:count]])
+    else:
+        image = resize(jnp.asarray(inputs.init, jnp.float32), height, width)
+    return jnp.broadcast_to(image, (count, height, width, 3))
 
 
-class StyleResult(NamedTuple):
-    images: np.ndarray  # (B, H, W, 3) in [0, 1]: one per style with batch, else one
-    loss: list[dict]  # per image: {"total", "content", "style", "tv"} on the returned image
-    steps: int  # steps run over all scales
-    history: list[np.ndarray]  # per scale: the loss before each step
-    seconds: float
-    compile_seconds: float
-    opt_state: Any  # at the last scale
+def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
+    """The style transfer as a `Problem`: one stage per scale, coarse to fine, each starting from
+    the previous result upsampled; with `config.batch` one image per style, else one image."""
+    style_memory(config, inputs)
+    content = jnp.asarray(inputs.content, jnp.float32)
+    styles = [jnp.asarray(style, jnp.float32) for style in inputs.styles]
+    count = len(styles) if config.batch else 1
+    weights = config.style_weights
+    settings = {"style_weights": weights, "alpha": config.content_weight, "beta": config.style_weight,
+                "tv_weight": config.tv_weight, "pooling": config.pooling}
+
+    @functools.cache
+    def targets_at(height: int, width: int) -> StyleTargets:
+        scaled = resize(content, height, width)
+        side = max(16, round(max(height, width) * config.style_scale))
+        scaled_styles = [resize(style, *fit_shape(*style.shape[:2], side)) for style in styles]
+        options = {"content_layers": config.content_layers, "style_layers": tuple(weights), "pooling": config.pooling}
+        if not config.batch:
+            return style_targets(params, scaled, scaled_styles, blend=config.style_blend, **options)
+        each = [style_targets(params, scaled, [style], **options) for style in scaled_styles]
+        return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *each)
+
+    def value(pixels, data):
+        targets, network = data
+        return style_transfer_loss(pixels, targets, network, **settings)[0]
+
+    def stage(index: int) -> Stage:
+        height, width = fit_shape(*content.shape[:2], config.sizes[index])
+
+        def start(previous):
+            if previous is None:
+                x = _start(config, inputs, height, width, count)
+                return x if config.batch else x[0]
+            return resize(previous, height, width)
+
+        return Stage(f"{width}x{height}", start, value, (targets_at(height, width), params),
+                     data_axes=(0, None) if config.batch else None)
+
+    def view(pixels):
+        return jnp.clip(pixels if config.batch else pixels[None], 0.0, 1.0)
+
+    def finish(images):
+        if not config.original_colors:
+            return images
+        return keep_colors(images, jnp.broadcast_to(resize(content, *images.shape[1:3]), images.shape))
+
+    terms_of = jax.jit(jax.vmap(lambda x, t, p: style_transfer_loss(x, t, p, **settings),
+                                in_axes=(0, 0 if config.batch else None, None)))
+
+    def terms(images):
+        return per_image(terms_of(jnp.asarray(images), targets_at(*images.shape[1:3]), params))
+
+    return Problem(tuple(functools.partial(stage, i) for i in range(len(config.sizes))), config.step_counts,
+                   config.optimizer, config.learning_rate, config.batch, count, view, finish, terms)
 
 
-def _init(init, key, content, styles, height, width, batch):
-    if isinstance(init, str):
-        if init == "noise":
-            image = jax.random.uniform(key, (height, width, 3), jnp.float32)
-            return jnp.broadcast_to(image, (batch, height, width, 3))
-        if init == "content":
-            return jnp.broadcast_to(resize(content, height, width), (batch, height, width, 3))
-        if init == "style":
-            images = [resize(style, height, width) for style in styles]
-            return jnp.stack(images[:batch]) if batch > 1 else images[0][None]
-        raise ValueError(f"init must be one of {', '.join(INITS)} or an image, got {init!r}")
-    return jnp.broadcast_to(resize(jnp.asarray(init), height, width), (batch, height, width, 3))
-
-
-def style_transfer(
-    params,
-    content: np.ndarray,
-    styles: Sequence[np.ndarray],
-    *,
-    blend: Sequence[float] | None = None,
-    batch: bool = False,
-    content_layers: Sequence[str] = CONTENT_LAYERS,
-    style_layers: Sequence[str] = STYLE_LAYERS,
-    layer_weights: Sequence[float] | None = None,
-    alpha: float = 1.0,
-    beta: float = 1e3,
-    tv_weight: float = 0.0,
-    pooling: str = "max",
-    optimizer: str = "lbfgs",
-    learning_rate: float | None = None,
-    sizes: Sequence[int] = (512,),
-    steps: int | Sequence[int] = 500,
-    style_scale: float = 1.0,
-    init: str | np.ndarray = "noise",
-    seed: int = 0,
-    original_colors: bool = False,
-    chunk: int | None = None,
-    callback: Callable[[StyleProgress], None] | None = None,
-    resume: Resume | None = None,
-) -> StyleResult:
-    """Stylise `content` with `styles`, coarse to fine over `sizes` (longest side per scale).
+def style_transfer(config: StyleConfig, inputs: StyleInputs, params, *, callback: Callable[[Progress], None] | None = None,
+                   resume: Resume | None = None, chunk: int | None = None) -> Solution:
+    """Stylise `inputs.content` with `inputs.styles`, coarse to fine over `config.sizes`.
 
     Args:
+      config: the settings (`StyleConfig()` is the paper's).
+      inputs: the content image, the style images (blended into one target, or with
+        `config.batch` one output each, optimised together in one vmapped, compiled loop) and
+        the starting image when `config.init` names one.
       params: VGG19 params.
-      content: HWC image.
-      styles: HWC images; blended by `blend` into one target, or with `batch` one output each,
-        optimised together in one vmapped, compiled loop (all at the content's size).
-      layer_weights: w_l per style layer (default 1 / number of layers).
-      sizes: the longest side at each scale; each later scale starts from the previous result
-        upsampled. `steps`: one count for every scale, or one per scale.
-      style_scale: each style image's longest side relative to the content's.
-      init: "noise" (uniform, seeded), "content", "style" or an image.
-      chunk: steps per compiled chunk (the callback runs after each).
+      callback: called with a `jaxmosaic.optimize.Progress` after each chunk of steps.
       resume: continue from a `Resume` (e.g. a checkpoint) instead of starting over.
+      chunk: steps per compiled chunk.
+
+    Returns:
+      A `Solution`: images (count, H, W, 3) and per image {"total", "content", "style", "tv"}.
     """
-    checked = check_settings(len(styles), blend=blend, content_layers=content_layers, style_layers=style_layers,
-                             layer_weights=layer_weights, sizes=sizes, steps=steps)
-    content_layers, style_weights, step_counts = checked
-    style_layers = tuple(style_weights)
-    sizes = list(sizes)
-    count = len(styles) if batch else 1
-    key = jax.random.PRNGKey(seed)
-    data_axes = (0, None) if batch else None
-    images = None
-    history, total_steps, seconds, compile_seconds, opt_state = [], 0, 0.0, 0.0, None
-    first = resume.scale if resume is not None else 0
-    for index, size in enumerate(sizes):
-        height, width = fit_shape(*content.shape[:2], size)
-        if index < first:
-            continue
-        scaled_content = resize(content, height, width)
-        style_side = max(16, round(max(height, width) * style_scale))
-        scaled_styles = [resize(style, *fit_shape(*style.shape[:2], style_side)) for style in styles]
-        if batch:
-            per_style = [style_targets(params, scaled_content, [s], content_layers=content_layers, style_layers=style_layers, pooling=pooling) for s in scaled_styles]
-            targets = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_style)
-        else:
-            targets = style_targets(params, scaled_content, scaled_styles, blend=blend, content_layers=content_layers,
-                                    style_layers=style_layers, pooling=pooling)
-        start_step, state = 0, None
-        if resume is not None and index == first:
-            x, start_step, state = jnp.asarray(resume.images), resume.step, resume.opt_state
-        elif images is None:
-            x = _init(init, key, scaled_content, scaled_styles, height, width, count)
-        else:
-            x = resize(images, height, width)
-
-        def value(pixels, data):
-            t, p = data
-            return style_transfer_loss(pixels, t, p, style_weights=style_weights, alpha=alpha, beta=beta, tv_weight=tv_weight, pooling=pooling)[0]
-
-        def report(chunk_report: ChunkReport, index=index, shape=(height, width)) -> None:
-            if callback is not None:
-                pixels = chunk_report.params if batch else chunk_report.params[None]
-                callback(StyleProgress(index, shape, chunk_report.step, chunk_report.total, chunk_report.losses, pixels, chunk_report.opt_state))
-
-        outcome = minimize(
-            value, x if batch else x[0], (targets, params), optimizer=optimizer, learning_rate=learning_rate,
-            steps=step_counts[index], chunk=chunk, batched=batch, data_axes=data_axes,
-            opt_state=state, start_step=start_step, callback=report,
-        )
-        images = outcome.params if batch else outcome.params[None]
-        history.append(outcome.history)
-        total_steps += outcome.steps - start_step
-        seconds += outcome.seconds
-        compile_seconds += outcome.compile_seconds
-        opt_state = outcome.opt_state
-        if outcome.diverged_at is not None:
-            raise FloatingPointError(f"the optimisation diverged at step {int(np.max(outcome.diverged_at))} of scale {size} (loss not finite); try a smaller --lr or --style-weight")
-    final = jnp.clip(images, 0.0, 1.0)
-    if original_colors:
-        final = keep_colors(final, jnp.broadcast_to(resize(content, *final.shape[1:3]), final.shape))
-    losses = []
-    for i in range(count):
-        t = jax.tree_util.tree_map(lambda a: a[i], targets) if batch else targets
-        total, terms = style_transfer_loss(final[i], t, params, style_weights=style_weights, alpha=alpha, beta=beta, tv_weight=tv_weight, pooling=pooling)
-        losses.append({"total": float(total), **{name: float(v) for name, v in terms.items()}})
-    return StyleResult(np.asarray(final), losses, total_steps, history, seconds, compile_seconds, opt_state)
+    return solve(style_problem(config, inputs, params), callback=callback, resume=resume, chunk=chunk)

@@ -14,32 +14,38 @@ repeated in three channels). The optimised pixels are unconstrained and clipped 
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmosaic.image import resize
-from jaxmosaic.losses import gram_matrix, style_loss
-from jaxmosaic.optimize import ChunkReport, minimize
+from jaxmosaic.config import ConfigError, MAX_INT, choice, layer_weights, names, number, setting, whole
+from jaxmosaic.image import fit_shape, resize
+from jaxmosaic.losses import gram_targets, style_loss
+from jaxmosaic.optimize import Optimizer, Problem, Progress, Solution, Stage, learning_rate, per_image, solve
+from jaxmosaic.resources import optimisation_bytes
 from jaxmosaic.spectrum import spectrum_loss, spectrum_target
-from jaxmosaic.vgg import VGG19_LAYERS, check_layers, layer_stride, vgg19_features
+from jaxmosaic.vgg import VGG19_LAYERS, Pooling, check_layers, smallest_side, vgg19_features
 
 __all__ = [
     "TEXTURE_LAYERS",
     "SPECTRUM_SHARE",
+    "TextureColor",
+    "TextureConfig",
+    "TextureInputs",
     "TextureTargets",
-    "TextureProgress",
-    "TextureResult",
-    "gram_targets",
     "texture_targets",
     "texture_loss",
     "calibrate_spectrum_weight",
     "match_histograms",
     "is_gray",
-    "minimum_size",
+    "texture_memory",
+    "texture_problem",
     "synthesize_texture",
 ]
 
@@ -48,56 +54,103 @@ SPECTRUM_SHARE = 0.1
 """The spectrum term's share of the loss on the reference noise image when beta is "auto"."""
 
 
+class TextureColor(enum.StrEnum):
+    """Whether the texture is grey or colour; "auto": grey when the exemplar's channels are equal."""
+
+    auto = "auto"
+    gray = "gray"
+    rgb = "rgb"
+
+
+def parse_size(text: str) -> int | tuple[int, int]:
+    """"512" (the longest side) or "640x480" (width x height, returned as (height, width))."""
+    text = text.strip().lower()
+    if "x" in text:
+        width, height = (int(value) for value in text.split("x"))
+        return height, width
+    return int(text)
+
+
+def parse_spectrum_weight(text: str) -> float | str:
+    return "auto" if text.strip() == "auto" else float(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextureConfig:
+    """Settings of a texture synthesis."""
+
+    size: int | tuple[int, int] | None = setting(
+        None, "Output size: the longest side (e.g. 512) or WxH (default: the exemplar's).",
+        parse=parse_size, example="512 or 640x480")
+    steps: int = setting(300, "Iterations.", resume=False)
+    layers: tuple[str, ...] = setting(TEXTURE_LAYERS, "Comma-separated VGG19 layers for the Gram matrices.")
+    layer_weights: tuple[float, ...] | None = setting(None, "w_l per layer (default: equal, summing to 1).")
+    spectrum_weight: float | str = setting(
+        "auto", "beta of the spectrum term: 'auto' (10% of the loss on noise at the start) or a number; 0 gives plain Gatys synthesis.",
+        parse=parse_spectrum_weight, example="auto or a number")
+    variations: int = setting(1, "Synthesise N textures from seeds SEED ... SEED+N-1 in one compiled call.")
+    tileable: bool = setting(False, "Circular padding: the texture wraps around seamlessly (also writes OUT-tiled.png, 2x2).")
+    match_histogram: bool = setting(False, "Match each channel's histogram to the exemplar's at the end.")
+    color: TextureColor = setting(TextureColor.auto, "auto: grey when the exemplar's channels are equal.")
+    pooling: Pooling = setting(Pooling.avg, "VGG19 pooling (avg is better for synthesis).")
+    optimizer: Optimizer = setting(Optimizer.lbfgs, "lbfgs (as in the paper), adam or sgd.")
+    lr: float | None = setting(None, "Learning rate (adam, sgd: default 0.02; lbfgs: scales its step).")
+    seed: int = setting(0, "Seed of the starting noise (and of --weights random).")
+
+    def __post_init__(self):
+        put = functools.partial(object.__setattr__, self)
+        if isinstance(self.size, tuple):
+            if len(self.size) != 2:
+                raise ConfigError("size", f"expected a longest side or (height, width), got {self.size!r}")
+            put("size", tuple(whole("size", side, minimum=1, maximum=2**16) for side in self.size))
+        elif self.size is not None:
+            whole("size", self.size, minimum=1, maximum=2**16)
+        whole("steps", self.steps, minimum=1)
+        put("layers", check_layers(names("layers", self.layers), "layers"))
+        if self.layer_weights is not None:
+            put("layer_weights", tuple(layer_weights("layer_weights", self.layers, self.layer_weights).values()))
+        if self.spectrum_weight != "auto":
+            put("spectrum_weight", number("spectrum_weight", self.spectrum_weight, minimum=0.0))
+        whole("variations", self.variations, minimum=1, maximum=1024)
+        put("color", choice("color", self.color, TextureColor))
+        put("pooling", choice("pooling", self.pooling, Pooling))
+        put("optimizer", choice("optimizer", self.optimizer, Optimizer))
+        if self.lr is not None:
+            put("lr", number("lr", self.lr, above=0.0))
+        whole("seed", self.seed, minimum=0, maximum=MAX_INT - self.variations)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """{layer: w_l}."""
+        return layer_weights("layer_weights", self.layers, self.layer_weights)
+
+    @property
+    def learning_rate(self) -> float | None:
+        return learning_rate(self.optimizer, self.lr)
+
+    def output_size(self, exemplar_shape) -> tuple[int, int]:
+        """(height, width) of the output for an exemplar of this shape."""
+        if self.size is None:
+            return tuple(exemplar_shape[:2])
+        if isinstance(self.size, tuple):
+            return self.size
+        return fit_shape(*exemplar_shape[:2], self.size)
+
+
+class TextureInputs(NamedTuple):
+    exemplar: np.ndarray  # HWC, 3 channels (grey exemplars have equal channels) or 1
+    start: np.ndarray | None = None  # continue from this image (an earlier result) instead of noise
+    name: str = "the exemplar"  # what to call the exemplar in messages (e.g. its file)
+
+
 class TextureTargets(NamedTuple):
     grams: dict  # layer -> the exemplar's Gram matrix A^l (C_l, C_l), scaled to the output's positions
     spectrum: jax.Array  # (H, W, C) image whose Fourier modulus is the target (`spectrum_target`)
 
 
-class TextureProgress(NamedTuple):
-    step: int  # steps done
-    total: int  # steps asked for
-    losses: np.ndarray  # loss before each step of the last chunk: (chunk,) or (chunk, variations)
-    images: Any  # current pixels (unclipped), (N, H, W, C)
-    opt_state: Any
-
-
-class TextureResult(NamedTuple):
-    images: np.ndarray  # (N, H, W, C) in [0, 1]
-    loss: list[dict]  # per variation: {"gram", "spectrum" (unweighted), "total"} on the returned image
-    spectrum_weight: float  # beta used
-    steps: int
-    history: np.ndarray  # (steps,) or (steps, N): loss before each step
-    seconds: float
-    compile_seconds: float
-    opt_state: Any
-
-
-def _positions(height: int, width: int, layer: str) -> int:
-    stride = layer_stride(layer)
-    return (height // stride) * (width // stride)
-
-
 def _rgb(images: jax.Array) -> jax.Array:
     """The network's three channels: grey repeated, colour as it is."""
     return jnp.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
-
-
-def minimum_size(layers: Sequence[str]) -> int:
-    """The smallest side an image needs for every layer to keep at least one position."""
-    return max(layer_stride(name) for name in check_layers(tuple(layers)))
-
-
-def gram_targets(params, image: jax.Array, layers: Sequence[str], *, size: tuple[int, int] | None = None,
-                 pooling: str = "avg") -> dict:
-    """The Gram matrices A^l of an HWC image, scaled to the number of positions of an output of
-    `size` (height, width): A^l * M_l(output) / M_l(image), so E_l compares Gram matrices per
-    position whatever the two sizes are (for equal sizes this is A^l exactly)."""
-    layers = check_layers(tuple(layers))
-    image = _rgb(jnp.asarray(image))
-    height, width = size or image.shape[:2]
-    features = vgg19_features(params, image[None], layers, pooling=pooling)
-    return {name: gram_matrix(features[name][0]) * (_positions(height, width, name) / _positions(*image.shape[:2], name))
-            for name in layers}
 
 
 def texture_targets(params, exemplar: jax.Array, *, size: tuple[int, int] | None = None,
@@ -107,20 +160,12 @@ def texture_targets(params, exemplar: jax.Array, *, size: tuple[int, int] | None
     differ: `jaxmosaic.spectrum.spectrum_target`)."""
     exemplar = jnp.asarray(exemplar)
     height, width = size or exemplar.shape[:2]
-    return TextureTargets(gram_targets(params, exemplar, layers, size=(height, width), pooling=pooling),
+    return TextureTargets(gram_targets(params, _rgb(exemplar), layers, size=(height, width), pooling=pooling),
                           spectrum_target(exemplar, height, width))
 
 
-def texture_loss(
-    x: jax.Array,
-    targets: TextureTargets,
-    params,
-    *,
-    layer_weights: Mapping[str, float],
-    spectrum_weight=0.0,
-    pooling: str = "avg",
-    padding: str = "zeros",
-) -> tuple[jax.Array, dict]:
+def texture_loss(x: jax.Array, targets: TextureTargets, params, *, layer_weights: Mapping[str, float], spectrum_weight=0.0,
+                 pooling: str = "avg", padding: str = "zeros") -> tuple[jax.Array, dict]:
     """(total, {"gram", "spectrum"}) for one HWC image: gram = sum_l w_l E_l, spectrum =
     1/2 ||x - P(x)||^2 unweighted, total = gram + spectrum_weight * spectrum. With padding
     "circular" the network sees x as a torus (for tileable textures)."""
@@ -130,9 +175,8 @@ def texture_loss(
     return gram + spectrum_weight * spectrum, {"gram": gram, "spectrum": spectrum}
 
 
-def calibrate_spectrum_weight(params, targets: TextureTargets, layer_weights: Mapping[str, float], *,
-                              channels: int, share: float = SPECTRUM_SHARE, pooling: str = "avg",
-                              padding: str = "zeros") -> float:
+def calibrate_spectrum_weight(params, targets: TextureTargets, layer_weights: Mapping[str, float], *, channels: int,
+                              share: float = SPECTRUM_SHARE, pooling: str = "avg", padding: str = "zeros") -> float:
     """beta such that the spectrum term is `share` of the total on a reference image: uniform
     noise drawn with PRNGKey(0) at the output size. It depends on the exemplar, size, layers and
     weights only, not on the seed, so every variation and every continued run uses the same loss.
@@ -144,10 +188,11 @@ def calibrate_spectrum_weight(params, targets: TextureTargets, layer_weights: Ma
     """
     height, width = targets.spectrum.shape[:2]
     noise = jax.random.uniform(jax.random.PRNGKey(0), (height, width, channels), jnp.float32)
-    _, terms = jax.jit(lambda x: texture_loss(x, targets, params, layer_weights=layer_weights, pooling=pooling, padding=padding))(noise)
+    loss = jax.jit(lambda x, t, p: texture_loss(x, t, p, layer_weights=layer_weights, pooling=pooling, padding=padding))
+    _, terms = loss(noise, targets, params)
     gram, spectrum = float(terms["gram"]), float(terms["spectrum"])
     if not (np.isfinite(gram) and np.isfinite(spectrum)) or spectrum <= 0:
-        raise FloatingPointError("cannot calibrate the spectrum weight (loss not finite); give --spectrum-weight a number")
+        raise FloatingPointError("cannot calibrate the spectrum weight (loss not finite); give the spectrum weight a number")
     return share / (1.0 - share) * gram / spectrum
 
 
@@ -172,112 +217,89 @@ def is_gray(image: np.ndarray, tolerance: float = 0.5 / 255) -> bool:
     return image.shape[-1] == 1 or bool(np.all(np.abs(image - image[..., :1]) <= tolerance))
 
 
-def weighted_layers(layers: Sequence[str], layer_weights: Sequence[float] | None, option: str) -> dict:
-    """{layer: w_l}: the given weights, or 1 / number of layers each; the layers checked (errors
-    name `option` and --layer-weights)."""
-    layers = check_layers(tuple(layers), option)
-    weights = layer_weights if layer_weights is not None else [1.0 / len(layers)] * len(layers)
-    if len(weights) != len(layers):
-        raise ValueError(f"--layer-weights has {len(weights)} values for {len(layers)} {option.strip('-').replace('-', ' ')}")
-    return dict(zip(layers, (float(w) for w in weights)))
+def _exemplar(config: TextureConfig, inputs: TextureInputs) -> np.ndarray:
+    """The exemplar as the synthesis sees it: one channel when the texture is grey."""
+    exemplar = np.asarray(inputs.exemplar, np.float32)
+    gray = config.color == TextureColor.gray or (config.color == TextureColor.auto and is_gray(exemplar))
+    return np.mean(exemplar, axis=-1, keepdims=True) if gray and exemplar.shape[-1] != 1 else exemplar
 
 
-def check_texture_settings(exemplar_shape, size: tuple[int, int], layers: Sequence[str], layer_weights, steps: int,
-                           variations: int) -> dict:
-    """Validate the settings before any work; returns {layer: w_l}. Messages name the CLI options."""
-    weights = weighted_layers(layers, layer_weights, "--layers")
-    layers = tuple(weights)
-    smallest = minimum_size(layers)
-    if min(exemplar_shape[:2]) < smallest:
-        raise ValueError(f"the exemplar is {exemplar_shape[1]}x{exemplar_shape[0]}; the layers up to "
-                         f"{max(layers, key=VGG19_LAYERS.index)} need at least {smallest}x{smallest} pixels")
-    if min(size) < smallest:
-        raise ValueError(f"--size {size[1]}x{size[0]} is too small: the layers need at least {smallest} pixels a side")
-    if steps < 1 or variations < 1:
-        raise ValueError("--steps and --variations must be at least 1")
-    return weights
+def texture_memory(config: TextureConfig, inputs: TextureInputs) -> int:
+    """Check the exemplar and the output size against the layers (before any work) and estimate
+    the peak memory of the synthesis in bytes."""
+    layers = config.layers
+    smallest = smallest_side(layers)
+    height, width = inputs.exemplar.shape[:2]
+    deepest = max(layers, key=VGG19_LAYERS.index)
+    if min(height, width) < smallest:
+        raise ValueError(f"{inputs.name} is {width}x{height}; the layers up to {deepest} need at least {smallest}x{smallest} pixels")
+    out_height, out_width = config.output_size(inputs.exemplar.shape)
+    if min(out_height, out_width) < smallest:
+        raise ConfigError("size", f"{out_width}x{out_height} is too small: the layers up to {deepest} need at least {smallest} pixels a side")
+    return optimisation_bytes(out_height, out_width, layers, config.variations) + optimisation_bytes(height, width, layers) // 2
 
 
-def synthesize_texture(
-    params,
-    exemplar: np.ndarray,
-    *,
-    size: tuple[int, int] | None = None,
-    layers: Sequence[str] = TEXTURE_LAYERS,
-    layer_weights: Sequence[float] | None = None,
-    spectrum_weight: float | str = "auto",
-    pooling: str = "avg",
-    tileable: bool = False,
-    steps: int = 300,
-    variations: int = 1,
-    seed: int = 0,
-    init: np.ndarray | None = None,
-    histogram: bool = False,
-    optimizer: str = "lbfgs",
-    learning_rate: float | None = None,
-    chunk: int | None = None,
-    callback: Callable[[TextureProgress], None] | None = None,
-    opt_state=None,
-    start_step: int = 0,
-) -> TextureResult:
-    """Synthesise `variations` textures like `exemplar`, all in one compiled, vmapped call.
+def texture_problem(config: TextureConfig, inputs: TextureInputs, params) -> Problem:
+    """The synthesis as a `Problem`: one stage, `config.variations` images (a batch when more
+    than one); the spectrum weight "auto" is calibrated here (see `Problem.facts`)."""
+    texture_memory(config, inputs)
+    exemplar = _exemplar(config, inputs)
+    height, width = config.output_size(exemplar.shape)
+    channels, count = exemplar.shape[-1], config.variations
+    padding = "circular" if config.tileable else "zeros"
+    weights = config.weights
+    targets = texture_targets(params, exemplar, size=(height, width), layers=tuple(weights), pooling=config.pooling)
+    beta = config.spectrum_weight
+    if beta == "auto":
+        beta = calibrate_spectrum_weight(params, targets, weights, channels=channels, pooling=config.pooling, padding=padding)
+    settings = {"layer_weights": weights, "spectrum_weight": float(beta), "pooling": config.pooling, "padding": padding}
+    batched = count > 1  # one texture runs unbatched: under vmap L-BFGS's line-search branches become selects
 
-    Args:
-      params: VGG19 params.
-      exemplar: HWC image, 3 channels (colour) or 1 (grey; the output is grey too).
-      size: output (height, width); default the exemplar's.
-      layers, layer_weights: the Gram layers and w_l (default 1 / number of layers).
-      spectrum_weight: beta; "auto" (`calibrate_spectrum_weight`) or a number (0: no spectrum term).
-      tileable: circular padding in the network (the spectrum term is periodic already): the
-        output wraps around seamlessly.
-      variations: N outputs; variation i starts from uniform noise drawn with PRNGKey(seed + i),
-        so it equals a separate run with seed + i.
-      init: start from this image (HWC, resized to the output size) instead of noise: to continue
-        a synthesis. With `opt_state` and `start_step`, continue an optimisation exactly.
-      histogram: match each output channel's histogram to the exemplar's afterwards (DeepTextures).
-      chunk: steps per compiled chunk (the callback runs after each).
-    """
-    exemplar = np.asarray(exemplar, np.float32)
-    height, width = size or exemplar.shape[:2]
-    weights = check_texture_settings(exemplar.shape, (height, width), layers, layer_weights, steps, variations)
-    padding = "circular" if tileable else "zeros"
-    channels = exemplar.shape[-1]
-    targets = texture_targets(params, exemplar, size=(height, width), layers=tuple(weights), pooling=pooling)
-    if spectrum_weight == "auto":
-        spectrum_weight = calibrate_spectrum_weight(params, targets, weights, channels=channels, pooling=pooling, padding=padding)
-    beta = float(spectrum_weight)
-    if init is not None:
-        start = jnp.asarray(init, jnp.float32)
-        start = resize(start, height, width) if start.shape[:2] != (height, width) else start
-        x = jnp.broadcast_to(start[..., :channels], (variations, height, width, channels))
-    else:
-        keys = jnp.stack([jax.random.PRNGKey(seed + i) for i in range(variations)])
-        x = jax.vmap(lambda key: jax.random.uniform(key, (height, width, channels), jnp.float32))(keys)
+    def start(_):
+        if inputs.start is not None:
+            image = jnp.asarray(inputs.start, jnp.float32)[..., :channels]
+            if image.shape[-1] != channels:
+                image = jnp.repeat(image, channels, axis=-1)
+            x = jnp.broadcast_to(resize(image, height, width), (count, height, width, channels))
+        else:
+            keys = jnp.stack([jax.random.PRNGKey(config.seed + i) for i in range(count)])
+            x = jax.vmap(lambda key: jax.random.uniform(key, (height, width, channels), jnp.float32))(keys)
+        return x if batched else x[0]
 
     def value(pixels, data):
         t, p = data
-        return texture_loss(pixels, t, p, layer_weights=weights, spectrum_weight=beta, pooling=pooling, padding=padding)[0]
+        return texture_loss(pixels, t, p, **settings)[0]
 
-    def report(chunk_report: ChunkReport) -> None:
-        if callback is not None:
-            pixels = chunk_report.params if batched else chunk_report.params[None]
-            callback(TextureProgress(chunk_report.step, chunk_report.total, chunk_report.losses, pixels, chunk_report.opt_state))
+    def view(pixels):
+        return jnp.clip(pixels if batched else pixels[None], 0.0, 1.0)
 
-    # one texture runs unbatched: under vmap L-BFGS's line-search branches become selects (more evaluations)
-    batched = variations > 1
-    outcome = minimize(value, x if batched else x[0], (targets, params), optimizer=optimizer, learning_rate=learning_rate,
-                       steps=steps, chunk=chunk, batched=batched, data_axes=None, opt_state=opt_state, start_step=start_step,
-                       callback=report)
-    if outcome.diverged_at is not None:
-        raise FloatingPointError(f"the optimisation diverged at step {int(np.max(outcome.diverged_at))} (loss not finite); "
-                                 "try a smaller --spectrum-weight or --lr")
-    final = jnp.clip(outcome.params if batched else outcome.params[None], 0.0, 1.0)
-    if histogram:
-        final = jax.vmap(match_histograms, in_axes=(0, None))(final, jnp.asarray(exemplar))
-    loss_fn = jax.jit(jax.vmap(lambda pixels: texture_loss(pixels, targets, params, layer_weights=weights, spectrum_weight=beta,
-                                                           pooling=pooling, padding=padding)))
-    totals, terms = loss_fn(final)
-    losses = [{"gram": float(terms["gram"][i]), "spectrum": float(terms["spectrum"][i]), "total": float(totals[i])}
-              for i in range(variations)]
-    return TextureResult(np.asarray(final), losses, beta, outcome.steps - start_step, outcome.history,
-                         outcome.seconds, outcome.compile_seconds, outcome.opt_state)
+    def finish(images):
+        if not config.match_histogram:
+            return images
+        return jax.vmap(match_histograms, in_axes=(0, None))(images, jnp.asarray(exemplar))
+
+    terms_of = jax.jit(jax.vmap(lambda x, t, p: texture_loss(x, t, p, **settings), in_axes=(0, None, None)))
+
+    def terms(images):
+        return per_image(terms_of(jnp.asarray(images), targets, params))
+
+    stage = Stage(f"{width}x{height}", start, value, (targets, params), data_axes=None)
+    facts = {"spectrum_weight": float(beta), "gray": channels == 1, "size": [width, height]}
+    return Problem((lambda: stage,), (config.steps,), config.optimizer, config.learning_rate, batched, count, view, finish,
+                   terms, facts=facts)
+
+
+def synthesize_texture(config: TextureConfig, inputs: TextureInputs, params, *,
+                       callback: Callable[[Progress], None] | None = None, chunk: int | None = None) -> Solution:
+    """Synthesise `config.variations` textures like `inputs.exemplar`, all in one compiled call.
+
+    Variation i starts from uniform noise drawn with PRNGKey(seed + i), so it equals a separate
+    run with seed + i; with `inputs.start` every variation starts from that image instead. With
+    `config.tileable` the network uses circular padding (the spectrum term is periodic already),
+    so the output wraps around seamlessly.
+
+    Returns:
+      A `Solution`: images (N, H, W, C), C = 1 for grey textures, and per image
+      {"total", "gram", "spectrum" (unweighted)}.
+    """
+    return solve(texture_problem(config, inputs, params), callback=callback, chunk=chunk)

@@ -1,10 +1,11 @@
 """Patch vector quantisation: a k-means inventory of small patch shapes, VQ compression, histograms
 of codes as image descriptors, and clustering of images by those histograms.
 
-The seed's configuration: 8x8 patches at stride 4, channels averaged to grey, 70,000 patches,
-k = 1024; compression replaces each non-overlapping patch by its centre; an image's descriptor is
-its histogram of codes; images are compared by cosine distance and grouped by average-linkage
-hierarchical clustering (SciPy, on the condensed distance matrix) into N clusters.
+The original article's configuration: 8x8 patches at stride 4, channels averaged to grey,
+70,000 patches, k = 1024; compression replaces each non-overlapping patch by its centre; an
+image's descriptor is its histogram of codes; images are compared by cosine distance and grouped
+by average-linkage hierarchical clustering (SciPy, on the condensed distance matrix) into N
+clusters.
 
 Images are float32 in [0, 1], HWC (or NHWC). Patches are (size, size, C) with C = 1 after "gray",
 "center" and "contrast", 3 after "rgb".
@@ -12,6 +13,9 @@ Images are float32 in [0, 1], HWC (or NHWC). Patches are (size, size, C) with C 
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -19,10 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmosaic.kmeans import nearest_centers
+from jaxmosaic.clustering import KMeansInit, KMeansResult, kmeans, nearest_centers
+from jaxmosaic.config import ConfigError, MAX_INT, choice, setting, whole
+from jaxmosaic.errors import JaxmosaicError
+from jaxmosaic.io.artifacts import load_artifact, save_artifact
+from jaxmosaic.search import match_memory_bytes
 
 __all__ = [
-    "NORMALIZATIONS",
+    "Normalization",
+    "VQConfig",
     "patch_positions",
     "extract_patches",
     "VQCodes",
@@ -32,17 +41,61 @@ __all__ = [
     "cosine_distances",
     "cluster_images",
     "sample_patches",
-    "codebook_grid",
     "Codebook",
     "save_codebook",
     "load_codebook",
-    "montage",
-    "dendrogram_image",
+    "train_memory",
+    "train_codebook",
+    "Compression",
+    "compress_image",
+    "image_histograms",
+    "group_images",
 ]
 
-NORMALIZATIONS = ("gray", "rgb", "center", "contrast")
+
+class Normalization(enum.StrEnum):
+    """What a patch is before it is compared: grey (channels averaged, the original article's),
+    rgb (as it is), center (grey minus its mean), contrast (centred and divided by its std)."""
+
+    gray = "gray"
+    rgb = "rgb"
+    center = "center"
+    contrast = "contrast"
+
+
 CONTRAST_FLOOR = 0.1
 """The smallest patch standard deviation "contrast" divides by (flat patches are not blown up)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VQConfig:
+    """Settings of a codebook's training; the defaults are the original article's."""
+
+    patch: int = setting(8, "Patch side in pixels.")
+    stride: int = setting(4, "Step between patches.")
+    k: int = setting(1024, "Codebook size (clusters).")
+    samples: int = setting(70000, "Patches drawn from all the images' patches for k-means.")
+    normalize: Normalization = setting(Normalization.gray, "gray (channels averaged), rgb, center (mean removed), contrast (and divided by the std).")
+    iterations: int = setting(100, "Lloyd iterations (or mini-batch steps with --batch-size).")
+    init: KMeansInit = setting(KMeansInit.plusplus, "Seeding.")
+    batch_size: int | None = setting(None, "Mini-batch k-means with this batch size (default: full Lloyd).")
+    seed: int = setting(0, "Seed of the sampling and the seeding.")
+
+    def __post_init__(self):
+        whole("patch", self.patch, minimum=1, maximum=256)
+        whole("stride", self.stride, minimum=1, maximum=4096)
+        whole("k", self.k, minimum=1, maximum=2**20)
+        whole("samples", self.samples, minimum=1, maximum=2**27)
+        object.__setattr__(self, "normalize", choice("normalize", self.normalize, Normalization))
+        whole("iterations", self.iterations, minimum=1, maximum=10**6)
+        object.__setattr__(self, "init", choice("init", self.init, KMeansInit))
+        if self.batch_size is not None:
+            whole("batch_size", self.batch_size, minimum=1, maximum=2**27)
+        whole("seed", self.seed, minimum=0, maximum=MAX_INT)
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.normalize == Normalization.rgb else 1
 
 
 def patch_positions(length: int, size: int, stride: int) -> np.ndarray:
@@ -74,7 +127,7 @@ def extract_patches(images: jax.Array, size: int, stride: int, *, normalize: str
     Args:
       images: HWC or NHWC.
       size, stride: patch side and step in pixels (static).
-      normalize: "gray" (channels averaged, the seed's), "rgb" (as they are), "center" (grey minus
+      normalize: "gray" (channels averaged, the original's), "rgb" (as they are), "center" (grey minus
         the patch's mean) or "contrast" (centred and divided by the patch's standard deviation,
         at least `CONTRAST_FLOOR`).
 
@@ -86,8 +139,8 @@ def extract_patches(images: jax.Array, size: int, stride: int, *, normalize: str
 
 
 def _extract(images, size, stride, normalize):
-    if normalize not in NORMALIZATIONS:
-        raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+    if normalize not in tuple(Normalization):
+        raise ValueError(f"normalize must be one of {', '.join(Normalization)}, got {normalize!r}")
     if size < 1 or stride < 1:
         raise ValueError(f"patch size and stride must be positive, got {size} and {stride}")
     images = jnp.asarray(images)
@@ -107,7 +160,7 @@ class VQCodes(NamedTuple):
 def vq_encode(image: jax.Array, codebook: jax.Array, size: int, stride: int | None = None, *,
               normalize: str = "gray") -> VQCodes:
     """The nearest codebook entry of every patch of an HWC image (stride defaults to size: the
-    non-overlapping tiling of the seed's compression). `codebook` is (k, size * size * C)."""
+    non-overlapping tiling of the original article's compression). `codebook` is (k, size * size * C)."""
     stride = stride or size
     patches, mean, scale = _extract(image, size, stride, normalize)
     rows, cols = patches.shape[:2]
@@ -184,119 +237,132 @@ def sample_patches(key: jax.Array, images: Sequence[np.ndarray], size: int, stri
     return flat[np.sort(np.asarray(jax.random.choice(key, len(flat), (count,), replace=False)))]
 
 
-def codebook_grid(codebook: np.ndarray, size: int, *, columns: int = 32, scale: int = 4, gap: int = 1) -> np.ndarray:
-    """The codebook as one picture: each centre a size x size tile enlarged `scale` times,
-    `columns` per row, on a white grid; values shown as they are (clipped to [0, 1]), centred
-    codebooks shifted by 0.5. Returns HWC float32."""
-    codebook = np.asarray(codebook, np.float32)
-    k = codebook.shape[0]
-    channels = codebook.shape[1] // (size * size)
-    tiles = codebook.reshape(k, size, size, channels)
-    if tiles.min() < -1e-6:
-        tiles = tiles / max(2 * float(np.abs(tiles).max()), 1e-6) + 0.5
-    tiles = np.clip(tiles, 0, 1).repeat(scale, axis=1).repeat(scale, axis=2)
-    side = size * scale
-    rows = -(-k // columns)
-    grid = np.ones((rows * (side + gap) + gap, columns * (side + gap) + gap, channels), np.float32)
-    for index, tile in enumerate(tiles):
-        r, c = divmod(index, columns)
-        grid[gap + r * (side + gap): gap + r * (side + gap) + side, gap + c * (side + gap): gap + c * (side + gap) + side] = tile
-    return grid
-
-
-_FORMAT = "jaxmosaic-vq-codebook/1"
-
-
 class Codebook(NamedTuple):
     centers: np.ndarray  # (k, size * size * C) float32
     size: int  # patch side
     stride: int  # the stride the patches were sampled at
-    normalize: str  # one of NORMALIZATIONS
+    normalize: Normalization
     info: dict  # how it was made: images, samples, inertia, iterations, seed, ...
 
 
+_KIND = "vq-codebook"
+
+
 def save_codebook(path, codebook: Codebook, *, inputs=()) -> None:
-    """A codebook as .npz: the centres and a JSON header (no pickles), written atomically."""
-    import io
-    import json
-
-    from jaxmosaic.files import atomic_path
-
-    header = {"format": _FORMAT, "size": codebook.size, "stride": codebook.stride, "normalize": codebook.normalize,
-              "info": codebook.info}
-    buffer = io.BytesIO()
-    np.savez(buffer, centers=np.asarray(codebook.centers, np.float32), header=np.frombuffer(json.dumps(header).encode(), np.uint8))
-    with atomic_path(path, inputs) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+    """A codebook as a jaxmosaic artefact (.npz: the centres and a JSON header), written atomically."""
+    header = {"size": codebook.size, "stride": codebook.stride, "normalize": str(codebook.normalize), "info": codebook.info}
+    save_artifact(path, _KIND, header, {"centers": np.asarray(codebook.centers, np.float32)}, inputs=inputs)
 
 
 def load_codebook(path) -> Codebook:
-    """Read a codebook written by `save_codebook`; a one-line error names the file otherwise."""
-    import json
-    from pathlib import Path
-
-    from jaxmosaic.errors import JaxmosaicError
-
-    path = Path(path)
-    if not path.is_file():
-        raise JaxmosaicError(f"{path}: no such codebook file")
+    """Read and check a codebook written by `save_codebook`; a one-line error names the file and
+    what is wrong (missing or malformed header fields, shapes, empty, NaN)."""
+    header, arrays = load_artifact(path, _KIND, arrays=("centers",))
+    centers = arrays["centers"]
     try:
-        with np.load(path, allow_pickle=False) as data:
-            header = json.loads(bytes(data["header"]).decode())
-            centers = np.asarray(data["centers"], np.float32)
-    except (OSError, ValueError, KeyError, UnicodeDecodeError) as err:
-        raise JaxmosaicError(f"{path}: not a jaxmosaic VQ codebook ({err})") from None
-    if header.get("format") != _FORMAT:
-        raise JaxmosaicError(f"{path}: not a jaxmosaic VQ codebook (format {header.get('format')!r})")
-    return Codebook(centers, int(header["size"]), int(header["stride"]), header["normalize"], header.get("info", {}))
+        size, stride = int(header["size"]), int(header["stride"])
+        normalize = Normalization(header["normalize"])
+        if size < 1 or stride < 1:
+            raise ValueError
+    except (KeyError, ValueError, TypeError):
+        raise JaxmosaicError(f"{path}: damaged VQ codebook (its header lacks a valid size, stride or normalize)") from None
+    channels = 3 if normalize == Normalization.rgb else 1
+    if centers.ndim != 2 or centers.shape[0] < 1 or centers.shape[1] != size * size * channels:
+        raise JaxmosaicError(f"{path}: damaged VQ codebook (centres of shape {centers.shape}, expected (k >= 1, {size * size * channels}))")
+    if not np.issubdtype(centers.dtype, np.floating) or not np.all(np.isfinite(centers)):
+        raise JaxmosaicError(f"{path}: damaged VQ codebook (its centres are not all finite numbers)")
+    return Codebook(centers.astype(np.float32), size, stride, normalize, dict(header.get("info") or {}))
 
 
-def montage(images: Sequence[np.ndarray], *, side: int = 96, columns: int = 6, gap: int = 4) -> np.ndarray:
-    """Thumbnails (longest side `side`, centred in square cells) in a grid on white: HWC float32."""
-    from jaxmosaic.image import fit_shape, resize
+def _patch_count(images: Sequence[np.ndarray], size: int, stride: int) -> int:
+    return sum(len(patch_positions(image.shape[0], size, stride)) * len(patch_positions(image.shape[1], size, stride))
+               for image in images)
 
-    rows = max(1, -(-len(images) // columns))
-    columns = min(columns, max(1, len(images)))
-    grid = np.ones((rows * (side + gap) + gap, columns * (side + gap) + gap, 3), np.float32)
+
+def _check_fits(images: Sequence[np.ndarray], size: int, names: Sequence[str]) -> None:
+    if not len(images):
+        raise ValueError("no images given")
     for index, image in enumerate(images):
-        image = np.asarray(image, np.float32)
-        image = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
-        h, w = fit_shape(*image.shape[:2], side)
-        thumb = np.asarray(resize(image, h, w)).clip(0, 1)
-        r, c = divmod(index, columns)
-        y, x = gap + r * (side + gap) + (side - h) // 2, gap + c * (side + gap) + (side - w) // 2
-        grid[y : y + h, x : x + w] = thumb
-    return grid
+        height, width = image.shape[:2]
+        if min(height, width) < size:
+            name = names[index] if index < len(names) else f"image {index + 1}"
+            raise ConfigError("patch", f"{size} is larger than {name} ({width}x{height})")
 
 
-def dendrogram_image(tree: np.ndarray, labels: Sequence[str], *, width: int = 900, height: int = 420) -> np.ndarray:
-    """The average-linkage tree drawn as a dendrogram (SciPy's layout, drawn with Pillow), leaves
-    labelled by `labels` and coloured by nothing but black: HWC float32 in [0, 1]."""
-    from PIL import Image, ImageDraw
-    from scipy.cluster.hierarchy import dendrogram
+def train_memory(config: VQConfig, images: Sequence[np.ndarray], *, names: Sequence[str] = ()) -> int:
+    """Check the images against the settings (before any work) and estimate the bytes k-means on
+    the patches drawn from them needs at its peak (a generous estimate)."""
+    _check_fits(images, config.patch, names)
+    drawn = min(config.samples, _patch_count(images, config.patch, config.stride))
+    if config.k > drawn:
+        raise ConfigError("k", f"{config.k} is larger than the number of patches ({drawn}); use a smaller k or more images")
+    features = config.patch * config.patch * config.channels
+    return drawn * features * 4 * 4 + config.k * features * 4 * 4 + match_memory_bytes(drawn, features + 1)
 
-    layout = dendrogram(tree, no_plot=True, labels=list(labels))
-    icoord, dcoord = np.asarray(layout["icoord"]), np.asarray(layout["dcoord"])
-    margin_left, margin_bottom, margin_top = 50, 140, 20
-    x_max = 10.0 * len(labels)
-    y_max = max(float(dcoord.max()), 1e-9)
-    picture = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(picture)
 
-    def point(x, y):
-        return (margin_left + x / x_max * (width - margin_left - 10),
-                margin_top + (1 - y / y_max) * (height - margin_top - margin_bottom))
+def train_codebook(config: VQConfig, images: Sequence[np.ndarray], *, names: Sequence[str] = ()) -> tuple[Codebook, KMeansResult]:
+    """Draw `config.samples` patches from the images and cluster them into `config.k` centres.
 
-    for xs, ys in zip(icoord, dcoord):
-        draw.line([point(x, y) for x, y in zip(xs, ys)], fill="black", width=2)
-    for tick in np.linspace(0, y_max, 5):
-        x, y = point(0, tick)
-        draw.line([(x - 6, y), (x - 2, y)], fill="black")
-        draw.text((4, y - 6), f"{tick:.2f}", fill="black")
-    for index, name in enumerate(layout["ivl"]):
-        x, y = point(5.0 + 10.0 * index, 0)
-        text = Image.new("RGB", (margin_bottom - 10, 12), "white")
-        ImageDraw.Draw(text).text((0, 0), str(name)[:22], fill="black")
-        rotated = text.rotate(90, expand=True)
-        picture.paste(rotated, (int(x) - 6, int(y) + 6))
-    return np.asarray(picture, np.float32) / 255.0
+    Returns:
+      (the codebook, the k-means result: labels, inertia, iterations of the sampled patches).
+    """
+    train_memory(config, images, names=names)
+    key = jax.random.PRNGKey(config.seed)
+    data = sample_patches(key, images, config.patch, config.stride, config.samples, normalize=config.normalize)
+    result = jax.block_until_ready(kmeans(jax.random.fold_in(key, 1), data, config.k, init=config.init,
+                                          max_iter=config.iterations, batch_size=config.batch_size))
+    info = {"images": list(names), "samples": int(len(data)), "k": config.k, "init": str(config.init),
+            "iterations": int(result.iterations), "batch_size": config.batch_size, "inertia": float(result.inertia),
+            "seed": config.seed}
+    return Codebook(np.asarray(result.centers), config.patch, config.stride, config.normalize, info), result
+
+
+class Compression(NamedTuple):
+    image: np.ndarray  # the reconstruction of the covered region, HWC (one channel for grey codebooks)
+    original: np.ndarray  # the covered region of the input, RGB
+    mse: float  # against the original as the codebook sees it (grey for grey codebooks)
+    psnr: float  # dB, for values in [0, 1]
+    bits_per_pixel: float  # log2(k) bits per patch, over the pixels a patch advances
+    codes: np.ndarray  # (rows, cols) each patch's code
+
+
+def compress_image(codebook: Codebook, image: np.ndarray, stride: int | None = None) -> Compression:
+    """Replace every patch of an HWC image by its nearest codebook entry (stride defaults to the
+    patch size: no overlap; a smaller stride averages the overlaps). The covered region is the
+    largest one whole patches reach; PSNR is measured there."""
+    size = codebook.size
+    step = whole("stride", stride, minimum=1, maximum=4096) if stride is not None else size
+    height, width = image.shape[:2]
+    if min(height, width) < size:
+        raise ValueError(f"the image ({width}x{height}) is smaller than the codebook's {size}x{size} patches")
+    encoded = vq_encode(image, codebook.centers, size, step, normalize=codebook.normalize)
+    rebuilt = np.asarray(vq_decode(encoded, codebook.centers, (height, width), size, step)).clip(0, 1)
+    covered_h = (height - size) // step * step + size
+    covered_w = (width - size) // step * step + size
+    rebuilt, original = rebuilt[:covered_h, :covered_w], np.asarray(image)[:covered_h, :covered_w]
+    reference = original.mean(axis=-1, keepdims=True) if rebuilt.shape[-1] == 1 else original
+    mse = float(np.mean((rebuilt - reference) ** 2))
+    bits = math.log2(len(codebook.centers)) / (step * step)
+    return Compression(rebuilt, original, mse, 10 * math.log10(1.0 / max(mse, 1e-12)), bits, np.asarray(encoded.codes))
+
+
+def image_histograms(codebook: Codebook, images: Sequence[np.ndarray], *, names: Sequence[str] = ()) -> np.ndarray:
+    """Each image's histogram of codes over all its patches at the codebook's stride: (n, k)."""
+    _check_fits(images, codebook.size, names)
+    histograms = []
+    for image in images:
+        patches = extract_patches(image, codebook.size, codebook.stride, normalize=codebook.normalize)
+        labels, _ = nearest_centers(patches.reshape(-1, codebook.centers.shape[1]), codebook.centers)
+        histograms.append(np.asarray(code_histograms(labels, len(codebook.centers))))
+    return np.stack(histograms)
+
+
+def group_images(codebook: Codebook, images: Sequence[np.ndarray], clusters: int, *,
+                 names: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Images grouped by their histograms of codes (cosine distance, average linkage): (a label in
+    1..clusters per image, the SciPy linkage matrix for a dendrogram)."""
+    whole("clusters", clusters, minimum=1)
+    if len(images) < 2:
+        raise ValueError("clustering needs at least two images")
+    distances = np.asarray(cosine_distances(image_histograms(codebook, images, names=names)))
+    return cluster_images(distances, clusters)

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from jaxmosaic.errors import JaxmosaicError
-from jaxmosaic.files import replace_dir
+from jaxmosaic.io.files import replace_dir
 
 __all__ = ["save_tree", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta"]
 

@@ -8,6 +8,7 @@ largest for the nearest centre), so memory stays bounded by the block sizes and 
 
 from __future__ import annotations
 
+import enum
 import functools
 import math
 from typing import NamedTuple
@@ -18,9 +19,15 @@ from jax import lax
 
 from jaxmosaic.search import match_tiles
 
-__all__ = ["KMeansResult", "kmeans", "nearest_centers", "kmeans_plusplus", "INITS"]
+__all__ = ["KMeansInit", "KMeansResult", "kmeans", "nearest_centers", "kmeans_plusplus"]
 
-INITS = ("k-means++", "random")
+
+class KMeansInit(enum.StrEnum):
+    """Seeding: greedy k-means++ (as scikit-learn) or k distinct random points (as faiss)."""
+
+    plusplus = "k-means++"
+    random = "random"
+
 _DIRECT = 16384  # up to this many centres, a block of points is scored against all of them at once
 _GROUP = 128
 
@@ -141,11 +148,11 @@ def kmeans(
     n = data.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k = {k} clusters need at least k points; there are {n}")
-    if init not in INITS:
-        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    if init not in tuple(KMeansInit):
+        raise ValueError(f"init must be one of {', '.join(KMeansInit)}, got {init!r}")
     if max_iter < 1:
         raise ValueError(f"max_iter must be at least 1, got {max_iter}")
-    return _kmeans(key, data, k, init, max_iter, float(tol), batch_size, block)
+    return _kmeans(key, data, k, str(init), max_iter, float(tol), batch_size, block)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 6, 7))

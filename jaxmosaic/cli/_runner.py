@@ -1,0 +1,231 @@
+"""One runner for every command that optimises pixels (style, texture, hybrid).
+
+A command describes its job (settings, files, how to read the inputs and build the technique's
+`Problem`) and `optimise` does the rest: checks the outputs and the memory before any work, a
+progress bar with the loss terms, frames and a GIF, checkpoints and resume, Ctrl-C (the images so
+far and a checkpoint are written), divergence (the last finite images are written, then one
+error line), the final loss report and `--metrics`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import typer
+
+from jaxmosaic.config import ConfigError, setting, settings_dict, whole
+from jaxmosaic.io.checkpoints import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from jaxmosaic.io.files import check_outputs
+from jaxmosaic.io.images import save_gif, save_image
+from jaxmosaic.optimize import Diverged, Problem, Progress, Resume, initial_state, make_optimizer, solve
+from jaxmosaic.resources import check_memory
+from jaxmosaic.cli._common import echo, err_console, error_line, output_name, write_metrics
+
+__all__ = ["RunConfig", "Job", "optimise"]
+
+_CHECKPOINT_FORMAT = "jaxmosaic-checkpoint/2"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """What a run leaves behind besides its images."""
+
+    save_every: int = setting(0, "Write a frame every N steps into OUT-frames/ (0: none).")
+    gif: bool = setting(False, "Also write OUT.gif, an animation of the optimisation.")
+    checkpoint: Path | None = setting(None, "Checkpoint folder (pixels, optimiser state, step), saved every --checkpoint-every steps and on Ctrl-C.")
+    checkpoint_every: int = setting(50, "Steps between checkpoints.")
+    resume: bool = setting(False, "Continue from --checkpoint (--steps may be raised to run longer).")
+    metrics: Path | None = setting(None, "Write a JSON summary here.")
+
+    def __post_init__(self):
+        whole("save_every", self.save_every, minimum=0)
+        whole("checkpoint_every", self.checkpoint_every, minimum=1)
+        if self.resume and self.checkpoint is None:
+            raise ConfigError("resume", "needs a checkpoint folder")
+
+
+class Job(NamedTuple):
+    """A command's optimisation, as the runner takes it."""
+
+    technique: str  # "style", "texture", "hybrid"
+    config: Any  # the technique's settings (a frozen dataclass)
+    out: Path  # the -o path: GIF, frames and numbered outputs are named after it
+    outputs: Sequence[Path]  # one image file per image the problem makes
+    inputs: Sequence[Path]  # files read: never overwritten, and recorded
+    load: Callable[[], Any]  # reads the inputs
+    memory: Callable[[Any], int]  # inputs -> bytes needed (checks the inputs against the settings)
+    problem: Callable[[Any], Problem]  # inputs -> the problem (loads weights when it needs them)
+    pictures: Sequence[tuple[Path, Callable[[Any, np.ndarray], np.ndarray]]] = ()  # (path, (inputs, images) -> picture)
+    weights: str | None = None  # the --weights given, for the record
+
+
+class _Interrupted(Exception):
+    def __init__(self, progress: Progress):
+        self.progress = progress
+
+
+class _Frames:
+    """GIF frames (the images side by side, kept in memory) and PNG frames every `every` steps."""
+
+    def __init__(self, gif: Path | None, folder: Path | None, every: int, tags: Sequence[str], inputs, multistage: bool):
+        self.gif, self.folder, self.every, self.tags, self.inputs = gif, folder, every, list(tags), list(inputs)
+        self.multistage, self.frames = multistage, []
+        if folder:
+            folder.mkdir(exist_ok=True)
+
+    def record(self, progress: Progress, images: np.ndarray) -> None:
+        if self.gif:
+            self.frames.append(np.concatenate(list(images), axis=1))
+        if self.folder and progress.step % self.every == 0:
+            prefix = f"scale{progress.stage}-" if self.multistage else ""
+            for tag, image in zip(self.tags, images):
+                save_image(self.folder / f"{prefix}step{progress.step:05d}{tag}.png", image, inputs=self.inputs)
+
+    def write(self) -> list[str]:
+        written = []
+        if self.gif and self.frames:
+            save_gif(self.gif, self.frames, inputs=self.inputs)
+            written.append(str(self.gif))
+        if self.folder:
+            written.append(str(self.folder))
+        return written
+
+
+def _describe(loss: dict) -> str:
+    terms = ", ".join(f"{name} {value:.4g}" for name, value in loss.items() if name != "total")
+    return f"loss {loss['total']:.5g}" + (f" ({terms})" if terms else "")
+
+
+def _record(job: Job) -> dict:
+    """The settings that define a run: the technique's, the weights and the input files."""
+    return {**settings_dict(job.config, resumable_only=True), "weights": job.weights or "lookup",
+            "inputs": [str(path) for path in job.inputs]}
+
+
+def _resume(job: Job, run: RunConfig, problem: Problem) -> Resume:
+    meta = read_checkpoint_meta(run.checkpoint)
+    if meta.get("format") != _CHECKPOINT_FORMAT or meta.get("technique") != job.technique:
+        raise ConfigError("resume", f"{run.checkpoint} is not a {job.technique} checkpoint of this version of jaxmosaic")
+    expected = _record(job)
+    changed = sorted(name for name in expected if meta["settings"].get(name) != expected[name])
+    if changed:
+        raise ConfigError("resume", f"the checkpoint {run.checkpoint} was made with other settings ({', '.join(changed)}); start a new one")
+    like = np.zeros(meta["shape"], np.float32)
+    state = initial_state(make_optimizer(problem.optimizer, problem.learning_rate), like, batched=problem.batched)
+    restored, meta = load_checkpoint(run.checkpoint, {"params": like, "opt_state": state})
+    echo(f"resuming from {run.checkpoint}: stage {meta['stage'] + 1} of {len(problem.stages)}, step {meta['step']}")
+    return Resume(meta["stage"], meta["step"], restored["params"], restored["opt_state"])
+
+
+def _save_checkpoint(job: Job, run: RunConfig, progress: Progress) -> None:
+    meta = {"format": _CHECKPOINT_FORMAT, "technique": job.technique, "settings": _record(job), "stage": progress.stage,
+            "step": progress.step, "shape": list(np.shape(progress.params))}
+    save_checkpoint(run.checkpoint, {"params": progress.params, "opt_state": progress.opt_state}, meta)
+
+
+def _chunk(run: RunConfig, total: int) -> int:
+    """Steps between visits: often enough for every frame, checkpoint and GIF frame asked for."""
+    every = [20]
+    if run.save_every:
+        every.append(run.save_every)
+    if run.checkpoint:
+        every.append(run.checkpoint_every)
+    if run.gif:
+        every.append(max(1, total // 40))
+    return max(1, min(every))
+
+
+def _write_images(job: Job, images: np.ndarray) -> list[str]:
+    written = []
+    for path, image in zip(job.outputs, images):
+        if np.all(np.isfinite(image)):
+            save_image(path, image, inputs=job.inputs)
+            written.append(str(path))
+    return written
+
+
+def optimise(job: Job, run: RunConfig) -> None:
+    """Run a command's optimisation from its settings to its files (see the module doc)."""
+    numbered = list(job.outputs) != [job.out]
+    gif = job.out.with_suffix(".gif") if run.gif else None
+    folder = output_name(job.out, "frames", "") if run.save_every else None
+    pictures = [path for path, _ in job.pictures]
+    check_outputs([*job.outputs, *pictures, gif, run.metrics, folder, run.checkpoint], job.inputs)
+    inputs = job.load()
+    check_memory(job.memory(inputs), f"this {job.technique} run")
+    problem = job.problem(inputs)
+    for note in problem.notes:
+        echo(note)
+    resume = _resume(job, run, problem) if run.resume else None
+    start = time.perf_counter()
+    tags = [Path(path).stem.removeprefix(job.out.stem) for path in job.outputs]
+    frames = _Frames(gif, folder, run.save_every, tags, job.inputs, len(problem.stages) > 1)
+    try:
+        solution = _solve(job, run, problem, resume, frames)
+    except _Interrupted as stop:
+        images = np.asarray(problem.finish(problem.view(stop.progress.params)))
+        written = _write_images(job, images)
+        saved = f" and checkpoint {run.checkpoint} (continue with --resume)" if run.checkpoint else ""
+        where = f" of scale {stop.progress.label}" if len(problem.stages) > 1 else ""
+        error_line(f"interrupted at step {stop.progress.step}{where}; wrote {', '.join(written) or 'nothing'}{saved}")
+        raise typer.Exit(130) from None
+    except Diverged as err:
+        written = _write_images(job, err.solution.images)
+        raise ValueError(f"{err}; wrote the last finite images ({', '.join(written) or 'none'}); "
+                         "try a smaller --lr or smaller loss weights") from None
+    written = _write_images(job, solution.images)
+    for path, draw in job.pictures:
+        save_image(path, draw(inputs, solution.images), inputs=job.inputs)
+        written.append(str(path))
+    written += frames.write()
+    for path, loss in zip(job.outputs, solution.loss):
+        echo(f"wrote {path}: {_describe(loss)}")
+    write_metrics(run.metrics, job.technique, {**settings_dict(job.config), "weights": job.weights or "lookup"}, job.inputs,
+                  written, steps=solution.steps, seconds=solution.seconds, compile_seconds=solution.compile_seconds,
+                  wall_seconds=time.perf_counter() - start, loss=solution.loss if numbered else solution.loss[0],
+                  **({job.technique: problem.facts} if problem.facts else {}))
+
+
+def _solve(job: Job, run: RunConfig, problem: Problem, resume: Resume | None, frames: _Frames):
+    """`solve` with the progress bar, frames, checkpoints and a Ctrl-C that stops after the chunk."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+
+    stop = {"asked": False}
+    last: dict = {}
+
+    def ask_to_stop(signum, frame):
+        stop["asked"] = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+
+    columns = (TextColumn(job.technique), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[loss]}"))
+    main = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
+    previous = signal.signal(signal.SIGINT, ask_to_stop) if main else None
+    try:
+        with Bar(*columns, console=err_console) as bar:
+            task = bar.add_task(job.technique, total=sum(problem.steps), loss="compiling...")
+
+            def on_chunk(progress: Progress) -> None:
+                last["progress"] = progress
+                images = np.asarray(problem.view(progress.params))
+                where = f"{progress.label} " if len(problem.stages) > 1 else ""
+                bar.update(task, completed=progress.done, loss=where + _describe(problem.terms(images)[0]))
+                frames.record(progress, images)
+                if run.checkpoint and (progress.step % run.checkpoint_every == 0 or stop["asked"]):
+                    _save_checkpoint(job, run, progress)
+                if stop["asked"]:
+                    raise _Interrupted(progress)
+
+            solution = solve(problem, callback=on_chunk, resume=resume, chunk=_chunk(run, sum(problem.steps)))
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    if run.checkpoint and "progress" in last:
+        _save_checkpoint(job, run, last["progress"])
+    return solution

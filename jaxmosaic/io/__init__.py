@@ -1,0 +1,1 @@
+"""File input and output: atomic writes, image files, the artefact format, checkpoints."""

@@ -1,0 +1,310 @@
+"""Photomosaic assembly: split a target into patches, match each to a tile of a library, enforce
+the reuse rules, colour the tiles towards their patches and put them together.
+
+Images are float32 in [0, 1], channels last. The array functions are pure and jit-able.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmosaic.color import luminance
+from jaxmosaic.config import ConfigError, choice, number, setting, whole
+from jaxmosaic.image import resize
+from jaxmosaic.search import l2_normalize, match_memory_bytes, match_tiles
+from jaxmosaic.techniques.mosaic.features import ColorMode, batched_features, feature_function
+
+__all__ = [
+    "Fit",
+    "MosaicConfig",
+    "mosaic_grid",
+    "split_cells",
+    "assemble_cells",
+    "colorize",
+    "Assignment",
+    "assign_tiles",
+    "MosaicResult",
+    "mosaic_memory",
+    "make_mosaic",
+]
+
+
+class Fit(enum.StrEnum):
+    """How a target becomes a whole number of patches: resized (its aspect changes by under half
+    a patch) or centre-cropped."""
+
+    resize = "resize"
+    crop = "crop"
+
+
+@dataclasses.dataclass(frozen=True)
+class MosaicConfig:
+    """How a target is cut into patches, matched and rendered."""
+
+    patch: int = setting(16, "Side in target pixels of the patch matched to one tile.")
+    render: int | None = setting(None, "Side in pixels of each tile in the output (default: --patch).")
+    cols: int | None = setting(None, "Tiles across; the target is rescaled to cols x patch pixels wide (default: width / patch).")
+    fit: Fit = setting(Fit.resize, "Make the target a whole number of patches by resizing (aspect changes < half a patch) or centre-cropping.")
+    alpha: float = setting(0.3, "--color blend: weight of the target.")
+    max_reuse: int | None = setting(None, "Use each tile at most this many times.")
+    min_distance: float = setting(0.0, "Repeats of a tile must be at least this many cells apart.")
+    top_k: int | None = setting(None, "Candidates per patch for the reuse rules (default 32 with them, else 1).")
+    absolute: bool = setting(False, "Rank by |score| (the original article's MRF rule).")
+
+    def __post_init__(self):
+        whole("patch", self.patch, minimum=1, maximum=4096)
+        if self.render is not None:
+            whole("render", self.render, minimum=1, maximum=4096)
+        if self.cols is not None:
+            whole("cols", self.cols, minimum=1, maximum=4096)
+        object.__setattr__(self, "fit", choice("fit", self.fit, Fit))
+        object.__setattr__(self, "alpha", number("alpha", self.alpha, minimum=0.0, maximum=1.0))
+        if self.max_reuse is not None:
+            whole("max_reuse", self.max_reuse, minimum=1)
+        object.__setattr__(self, "min_distance", number("min_distance", self.min_distance, minimum=0.0, maximum=4096.0))
+        if self.top_k is not None:
+            whole("top_k", self.top_k, minimum=1, maximum=4096)
+
+    @property
+    def side(self) -> int:
+        """Each tile's side in the output."""
+        return self.render or self.patch
+
+    @property
+    def constrained(self) -> bool:
+        return self.max_reuse is not None or self.min_distance > 1
+
+
+def mosaic_grid(height: int, width: int, patch: int, *, cols: int | None = None, fit: str = "resize") -> tuple[int, int, int, int]:
+    """The grid for a target of height x width: (rows, cols, target height, target width).
+
+    With "resize" the target is resized to rows x cols whole patches, cols = `cols` or
+    round(width / patch) and rows chosen to keep the aspect (it changes by under half a patch).
+    With "crop" the target is centre-cropped to whole patches (at most patch - 1 pixels lost per
+    axis); `cols` then first rescales the target to about cols patches across.
+    """
+    whole("patch", patch, minimum=1)
+    fit = choice("fit", fit, Fit)
+    if cols is not None:
+        whole("cols", cols, minimum=1)
+    scale = 1.0 if cols is None else cols * patch / width
+    scaled_h, scaled_w = height * scale, width * scale
+    if min(scaled_h, scaled_w) < patch:
+        raise ConfigError("patch", f"{patch} is larger than the target ({round(scaled_w)}x{round(scaled_h)} after scaling)")
+    if fit == Fit.resize:
+        c = cols or max(1, round(width / patch))
+        r = max(1, round(height * c / width))
+    else:
+        c = cols or int(scaled_w // patch)
+        r = int(scaled_h // patch)
+    return r, c, r * patch, c * patch
+
+
+def split_cells(image: jax.Array, rows: int, cols: int) -> jax.Array:
+    """(rows * p, cols * q, C) -> (rows * cols, p, q, C), row-major."""
+    height, width, channels = image.shape
+    p, q = height // rows, width // cols
+    return image.reshape(rows, p, cols, q, channels).transpose(0, 2, 1, 3, 4).reshape(rows * cols, p, q, channels)
+
+
+def assemble_cells(cells: jax.Array, rows: int, cols: int) -> jax.Array:
+    """The inverse of `split_cells`: (rows * cols, p, q, C) -> (rows * p, cols * q, C)."""
+    _, p, q, channels = cells.shape
+    return cells.reshape(rows, cols, p, q, channels).transpose(0, 2, 1, 3, 4).reshape(rows * p, cols * q, channels)
+
+
+def colorize(tiles: jax.Array, patches: jax.Array, mode: str, alpha=0.3) -> jax.Array:
+    """Colour each tile towards its patch (both NHWC, same size); results clipped to [0, 1].
+
+    - "none": the tile as it is.
+    - "multiply": the original article's colouring, a grey tile times the patch's mean RGB; the tile's
+      luminance is first divided by its mean so the cell keeps the patch's brightness.
+    - "transfer": each channel shifted and scaled to the patch's mean and standard deviation.
+    - "blend": (1 - alpha) tile + alpha patch.
+    """
+    tiles = jnp.asarray(tiles)
+    patches = jnp.asarray(patches, tiles.dtype)
+    axes = (-3, -2)
+    if mode == ColorMode.none:
+        out = tiles
+    elif mode == ColorMode.multiply:
+        grey = luminance(tiles)
+        scale = grey / jnp.maximum(jnp.mean(grey, axis=axes, keepdims=True), 1e-3)
+        out = scale * jnp.mean(patches, axis=axes, keepdims=True)
+    elif mode == ColorMode.transfer:
+        t_mean, t_std = jnp.mean(tiles, axis=axes, keepdims=True), jnp.std(tiles, axis=axes, keepdims=True)
+        p_mean, p_std = jnp.mean(patches, axis=axes, keepdims=True), jnp.std(patches, axis=axes, keepdims=True)
+        out = (tiles - t_mean) / jnp.maximum(t_std, 1e-3) * p_std + p_mean
+    elif mode == ColorMode.blend:
+        out = (1 - alpha) * tiles + alpha * patches
+    else:
+        raise ValueError(f"color mode must be one of none, multiply, transfer, blend, got {mode!r}")
+    return jnp.clip(out, 0.0, 1.0)
+
+
+class Assignment(NamedTuple):
+    tiles: np.ndarray  # (cells,) int: the tile chosen for each cell, row-major
+    scores: np.ndarray  # (cells,) float: its match score
+    fallbacks: int  # cells for which no top-k candidate was allowed and all tiles were searched
+
+
+def _near_offsets(min_distance: float) -> np.ndarray:
+    reach = max(0, math.ceil(min_distance) - 1)
+    offsets = [(dr, dc) for dr in range(-reach, reach + 1) for dc in range(-reach, reach + 1)
+               if (dr or dc) and dr * dr + dc * dc < min_distance * min_distance]
+    return np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+
+
+def assign_tiles(
+    scores: np.ndarray,
+    candidates: np.ndarray,
+    *,
+    rows: int,
+    cols: int,
+    tiles: int,
+    max_reuse: int | None = None,
+    min_distance: float = 0.0,
+    all_scores: Callable[[int], np.ndarray] | None = None,
+) -> Assignment:
+    """Pick one tile per cell from its candidates under a reuse cap and a repeat distance.
+
+    Greedy: cells are visited from the most to the least confident (by their best score); each
+    takes its best candidate that has been used fewer than `max_reuse` times and does not appear
+    in any cell closer than `min_distance` (Euclidean, in cells). When all of a cell's top-k
+    candidates are ruled out, `all_scores(cell)` (scores against every tile) is searched.
+    Without constraints this is the plain argmax.
+
+    Args:
+      scores, candidates: (cells, k) from `match_tiles`, best first.
+      rows, cols: the grid (cells = rows * cols, row-major).
+      tiles: size of the tile library.
+
+    Raises:
+      ValueError: the constraints cannot be met.
+    """
+    scores = np.asarray(scores)
+    candidates = np.asarray(candidates)
+    cells = rows * cols
+    if max_reuse is not None and max_reuse * tiles < cells:
+        raise ConfigError("max_reuse", f"{max_reuse} with {tiles} tiles covers only {max_reuse * tiles} of {cells} cells")
+    if max_reuse is None and min_distance <= 1:
+        return Assignment(candidates[:, 0].copy(), scores[:, 0].copy(), 0)
+    offsets = _near_offsets(min_distance)
+    used = np.zeros(tiles, np.int64)
+    grid = np.full((rows, cols), -1, np.int64)
+    chosen = np.empty(cells, np.int64)
+    chosen_score = np.empty(cells, np.float32)
+    fallbacks = 0
+    cap = max_reuse if max_reuse is not None else cells
+    for cell in np.argsort(-scores[:, 0], kind="stable"):
+        r, c = divmod(int(cell), cols)
+        near = offsets + (r, c)
+        inside = (near[:, 0] >= 0) & (near[:, 0] < rows) & (near[:, 1] >= 0) & (near[:, 1] < cols)
+        nearby = grid[near[inside, 0], near[inside, 1]]
+        allowed = (used[candidates[cell]] < cap) & ~np.isin(candidates[cell], nearby)
+        if allowed.any():
+            pick = int(np.argmax(allowed))
+            tile, score = int(candidates[cell, pick]), float(scores[cell, pick])
+        else:
+            if all_scores is None:
+                raise ValueError(f"no candidate tile is allowed for cell ({r}, {c}); pass all_scores or more candidates")
+            fallbacks += 1
+            every = np.asarray(all_scores(int(cell)), np.float64).copy()
+            every[used >= cap] = -np.inf
+            every[nearby[nearby >= 0]] = -np.inf
+            tile = int(np.argmax(every))
+            if not np.isfinite(every[tile]):
+                raise ConfigError("min_distance", f"no tile satisfies the reuse rules at cell ({r}, {c}); "
+                                                  "allow more reuse, a smaller distance, or use more tiles")
+            score = float(every[tile])
+        chosen[cell], chosen_score[cell] = tile, score
+        used[tile] += 1
+        grid[r, c] = tile
+    return Assignment(chosen, chosen_score, fallbacks)
+
+
+def _fit_target(target: np.ndarray, rows: int, cols: int, patch: int, fit: str, scale_cols: int | None) -> np.ndarray:
+    height, width = target.shape[:2]
+    if fit == Fit.resize:
+        return np.asarray(resize(target, rows * patch, cols * patch))
+    if scale_cols is not None:
+        scale = scale_cols * patch / width
+        target = np.asarray(resize(target, max(rows * patch, round(height * scale)), max(cols * patch, round(width * scale))))
+        height, width = target.shape[:2]
+    top, left = (height - rows * patch) // 2, (width - cols * patch) // 2
+    return target[top : top + rows * patch, left : left + cols * patch]
+
+
+class MosaicResult(NamedTuple):
+    image: np.ndarray  # (rows * render, cols * render, 3) float32
+    tiles: np.ndarray  # (rows, cols) int: the tile index of each cell
+    scores: np.ndarray  # (rows, cols) float: each cell's match score
+    stats: dict  # patches, tiles, k, energy, match seconds, mean scores, fallbacks
+
+
+def mosaic_memory(config: MosaicConfig, target_shape, features: int) -> int:
+    """Bytes a mosaic of a target of this shape needs at its peak (rendered cells and matching)."""
+    rows, cols, _, _ = mosaic_grid(*target_shape[:2], config.patch, cols=config.cols, fit=config.fit)
+    side = config.side
+    return rows * cols * side * side * 3 * 4 * 6 + match_memory_bytes(rows * cols, features, top_k=config.top_k or 32)
+
+
+def make_mosaic(config: MosaicConfig, target: np.ndarray, library, params=None) -> MosaicResult:
+    """Build a photomosaic of `target` (HWC in [0, 1]) from a tile library.
+
+    Patches are described as the library's tiles are (its `settings`), compared in the SVD
+    subspace the library holds (`library.svd`; exact matching without one), assigned under the
+    reuse rules, rendered at `config.side` px and coloured by the library's colour mode.
+
+    Args:
+      config: the grid, matching and rendering settings.
+      library: a `TileLibrary`.
+      params: VGG19 params, for libraries with VGG features.
+    """
+    n, t = library.features.shape
+    height, width = target.shape[:2]
+    rows, cols, _, _ = mosaic_grid(height, width, config.patch, cols=config.cols, fit=config.fit)
+    fitted = _fit_target(np.asarray(target, np.float32), rows, cols, config.patch, config.fit, config.cols)
+    cells = np.asarray(split_cells(fitted, rows, cols))
+    queries = batched_features(feature_function(library.settings, params), cells)
+    dictionary, energy, k_kept = library.features, 1.0, 0
+    if library.svd is not None:
+        basis, energy, k_kept = library.svd["basis"], library.svd["energy"], library.svd["k"]
+        dictionary = np.asarray(l2_normalize(jnp.asarray(dictionary) @ jnp.asarray(basis)))
+        queries = np.asarray(queries @ basis)
+    k = min(n, config.top_k or (32 if config.constrained else 1))
+    start = time.perf_counter()
+    compiled = jax.jit(match_tiles, static_argnames=("top_k", "absolute")).lower(
+        queries, dictionary, top_k=k, absolute=config.absolute).compile()
+    compile_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    scores, candidates = (np.asarray(a) for a in jax.block_until_ready(compiled(queries, dictionary)))
+    match_seconds = time.perf_counter() - start
+
+    def all_scores(cell: int) -> np.ndarray:
+        s = dictionary @ queries[cell]
+        return np.abs(s) if config.absolute else s
+
+    assignment = assign_tiles(scores, candidates, rows=rows, cols=cols, tiles=n, max_reuse=config.max_reuse,
+                              min_distance=config.min_distance, all_scores=all_scores)
+    used, inverse = np.unique(assignment.tiles, return_inverse=True)
+    side = config.side
+    tiles = library.render(used, side)[inverse]
+    target_cells = split_cells(np.asarray(resize(fitted, rows * side, cols * side)), rows, cols)
+    image = np.asarray(assemble_cells(colorize(tiles, target_cells, library.color, config.alpha), rows, cols))
+    stats = {
+        "patches": rows * cols, "rows": rows, "cols": cols, "tiles": n, "features": t, "k": k_kept, "energy_kept": float(energy),
+        "candidates": k, "match_seconds": match_seconds, "match_compile_seconds": compile_seconds,
+        "mean_score": float(assignment.scores.mean()), "unconstrained_mean_score": float(scores[:, 0].mean()),
+        "distinct_tiles": int(len(used)), "max_uses": int(np.bincount(assignment.tiles).max()), "fallbacks": assignment.fallbacks,
+    }
+    return MosaicResult(image, assignment.tiles.reshape(rows, cols), assignment.scores.reshape(rows, cols), stats)

@@ -1,0 +1,190 @@
+"""What a photomosaic compares: weight-free colour features or VGG19 activations of patches and
+tiles, L2-normalised, computed on the view of an image that the colouring leaves to compare.
+
+Images are float32 RGB in [0, 1], NHWC. The array functions are pure and jit-able.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmosaic.color import luminance, rgb_to_lab
+from jaxmosaic.config import choice, whole
+from jaxmosaic.image import resize
+from jaxmosaic.search import l2_normalize
+from jaxmosaic.vgg import check_layers, vgg19_features
+
+__all__ = [
+    "FeatureKind",
+    "PatchPool",
+    "ColorMode",
+    "FeatureConfig",
+    "matching_view",
+    "view_for",
+    "color_features",
+    "vgg_patch_features",
+    "feature_function",
+    "batched_features",
+    "FEATURE_BATCH",
+]
+
+FEATURE_BATCH = 128
+
+
+class FeatureKind(enum.StrEnum):
+    """color: a grid of mean CIE Lab colours (no weights); vgg: one VGG19 layer's activations."""
+
+    color = "color"
+    vgg = "vgg"
+
+
+class PatchPool(enum.StrEnum):
+    """How a VGG19 activation map becomes a vector: its spatial mean, or the whole map flattened."""
+
+    mean = "mean"
+    flat = "flat"
+
+
+class ColorMode(enum.StrEnum):
+    """How a tile takes its patch's colour (see `colorize`); "auto" is resolved by the caller."""
+
+    auto = "auto"
+    none = "none"
+    multiply = "multiply"
+    transfer = "transfer"
+    blend = "blend"
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """Everything a library's feature rows depend on: two libraries with equal FeatureConfigs
+    (and the same tiles) have the same rows."""
+
+    kind: FeatureKind = FeatureKind.color
+    view: ColorMode = ColorMode.none  # the colour mode whose `matching_view` is applied
+    grid: int = 4  # color: cells per side
+    size: int = 16  # the side tiles and patches are resized to before the features
+    layer: str = "relu4_1"  # vgg
+    pool: PatchPool = PatchPool.mean  # vgg
+    weights: str = ""  # vgg: a fingerprint of the network's weights
+
+    def __post_init__(self):
+        object.__setattr__(self, "kind", choice("kind", self.kind, FeatureKind))
+        object.__setattr__(self, "view", choice("view", self.view, ColorMode))
+        object.__setattr__(self, "pool", choice("pool", self.pool, PatchPool))
+        whole("grid", self.grid, minimum=1, maximum=64)
+        whole("size", self.size, minimum=max(self.grid, 1), maximum=1024)
+        check_layers((self.layer,), "layer")
+
+    @classmethod
+    def color(cls, view: str, grid: int = 4) -> FeatureConfig:
+        return cls(FeatureKind.color, view, grid=grid, size=max(grid, 16))
+
+    @classmethod
+    def vgg(cls, view: str, *, layer: str = "relu4_1", pool: str = "mean", size: int = 64, weights: str = "") -> FeatureConfig:
+        return cls(FeatureKind.vgg, view, size=size, layer=layer, pool=pool, weights=weights)
+
+    def as_dict(self) -> dict:
+        return {name: str(value) if isinstance(value, enum.Enum) else value for name, value in dataclasses.asdict(self).items()}
+
+
+def view_for(color_mode: str) -> ColorMode:
+    """The `matching_view` a colour mode needs ("blend" compares colours as "none" does)."""
+    mode = ColorMode(color_mode)
+    if mode == ColorMode.auto:
+        raise ValueError("resolve the colour mode 'auto' before asking for its view")
+    return ColorMode.none if mode == ColorMode.blend else mode
+
+
+def matching_view(images: jax.Array, color_mode: str) -> jax.Array:
+    """What matching compares, given how tiles will be coloured afterwards.
+
+    "none" and "blend" show tiles as they are, so colour matters. "multiply" replaces a tile's
+    colour by the patch's mean colour, so only luminance structure is compared. "transfer" also
+    replaces the tile's mean and contrast, so luminance is compared after standardising each
+    image to mean 0.5 and standard deviation 0.2 (flat images stay flat).
+    """
+    if color_mode in (ColorMode.none, ColorMode.blend):
+        return images
+    grey = luminance(images)
+    if color_mode == ColorMode.multiply:
+        return jnp.repeat(grey, 3, axis=-1)
+    if color_mode == ColorMode.transfer:
+        mean = jnp.mean(grey, axis=(-3, -2, -1), keepdims=True)
+        std = jnp.std(grey, axis=(-3, -2, -1), keepdims=True)
+        return jnp.repeat(0.5 + 0.2 * (grey - mean) / jnp.maximum(std, 1e-3), 3, axis=-1)
+    raise ValueError(f"color mode must be one of none, multiply, transfer, blend, got {color_mode!r}")
+
+
+def color_features(images: jax.Array, grid: int = 4) -> jax.Array:
+    """Weight-free features: the mean CIE Lab colour of each cell of a grid x grid split
+    (metapixel's idea, with Lab instead of YIQ), L2-normalised.
+
+    Each cell contributes (L/100, a/100, b/100, 0.5): the constant keeps brightness in the
+    features, since L2 normalisation alone would make a dark grey and a light grey identical.
+
+    Args:
+      images: NHWC, each at least grid x grid.
+      grid: cells per side (static).
+
+    Returns:
+      (N, grid * grid * 4) unit rows.
+    """
+    images = jnp.asarray(images)
+    cells = resize(images, grid, grid, method="linear") if images.shape[-3:-1] != (grid, grid) else images
+    lab = rgb_to_lab(cells) / 100.0
+    features = jnp.concatenate([lab, jnp.full((*lab.shape[:-1], 1), 0.5, lab.dtype)], axis=-1)
+    return l2_normalize(features.reshape(images.shape[0], -1))
+
+
+def vgg_patch_features(params, images: jax.Array, *, layer: str = "relu4_1", size: int = 64, pool: str = "mean",
+                       pooling: str = "max") -> jax.Array:
+    """VGG19 features of images resized to size x size: one layer, spatially averaged ("mean",
+    C features) or flattened ("flat", C * H * W), L2-normalised.
+
+    Args:
+      params: VGG19 params.
+      images: NHWC.
+      layer: one of `vgg.VGG19_LAYERS` (static).
+      size: side the images are resized to before the network (static).
+      pool: "mean" or "flat" (static).
+    """
+    images = resize(jnp.asarray(images), size, size)
+    maps = vgg19_features(params, images, (layer,), pooling=pooling)[layer]
+    if pool == PatchPool.mean:
+        features = jnp.mean(maps, axis=(1, 2))
+    elif pool == PatchPool.flat:
+        features = maps.reshape(maps.shape[0], -1)
+    else:
+        raise ValueError(f"pool must be 'mean' or 'flat', got {pool!r}")
+    return l2_normalize(features)
+
+
+def feature_function(config: FeatureConfig, params=None) -> Callable[[jax.Array], jax.Array]:
+    """A function from NHWC images (any size; resized to `config.size`) to (N, t) feature rows,
+    jitted once (the network's weights are an argument, not constants of the program)."""
+    if config.kind == FeatureKind.color:
+        grid, view, size = config.grid, config.view, config.size
+        compute = jax.jit(lambda images: color_features(matching_view(resize(images, size, size), view), grid))
+        return compute
+    if params is None:
+        raise ValueError("VGG features need VGG19 weights")
+    options = {"layer": config.layer, "size": config.size, "pool": config.pool}
+    compute = jax.jit(lambda p, images: vgg_patch_features(p, matching_view(images, config.view), **options))
+    return lambda images: compute(params, images)
+
+
+def batched_features(fn: Callable, images: np.ndarray, batch: int = FEATURE_BATCH) -> np.ndarray:
+    """`fn` over `images` in fixed-size batches (the last padded), so it compiles once."""
+    out = []
+    for start in range(0, len(images), batch):
+        chunk = images[start : start + batch]
+        padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)]) if len(chunk) < batch else chunk
+        out.append(np.asarray(fn(jnp.asarray(padded)))[: len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

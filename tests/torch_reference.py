@@ -1,0 +1,150 @@
+"""The PyTorch reference every parity test and benchmark uses: torchvision's VGG19 layout, its
+named activations, and the Gatys and texture losses written plainly in PyTorch.
+
+torch is a test and benchmark dependency only. Images are numpy NHWC (or HWC) float arrays in
+[0, 1]; activations come back as torch tensors NCHW (CHW for an HWC input).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from jaxmosaic.vgg import VGG19_CONVS, VGG19_LAYERS
+
+# torchvision.models.vgg19's configuration "E"
+VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def torch_vgg19(params=None, *, seed: int = 0) -> torch.nn.Module:
+    """torchvision's VGG19 built with plain torch.nn: `features` as in torchvision, a small classifier.
+
+    The classifier keeps torchvision's names (classifier.0/3/6) but not its 120M parameters, which
+    the converter drops anyway; it keeps the test checkpoint small. The convolutions get He-normal
+    weights and small random biases from `seed`, or the given jaxmosaic `params` (HWIO kernels).
+    """
+    layers, channels = [], 3
+    for item in VGG19_CFG:
+        if item == "M":
+            layers.append(torch.nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [torch.nn.Conv2d(channels, item, kernel_size=3, padding=1), torch.nn.ReLU(inplace=True)]
+            channels = item
+    model = torch.nn.Module()
+    model.features = torch.nn.Sequential(*layers)
+    model.avgpool = torch.nn.AdaptiveAvgPool2d((7, 7))
+    model.classifier = torch.nn.Sequential(
+        torch.nn.Linear(512, 16), torch.nn.ReLU(True), torch.nn.Dropout(), torch.nn.Linear(16, 16),
+        torch.nn.ReLU(True), torch.nn.Dropout(), torch.nn.Linear(16, 10),
+    )
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, index in zip(VGG19_CONVS, CONV_INDICES):
+            conv = model.features[index]
+            if params is None:
+                fan_in = conv.in_channels * 9
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
+                conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * 0.05)
+            else:
+                conv.weight.copy_(torch.from_numpy(np.asarray(params[name]["kernel"]).transpose(3, 2, 0, 1).copy()))
+                conv.bias.copy_(torch.from_numpy(np.array(params[name]["bias"])))
+    return model.eval()
+
+
+@functools.lru_cache(maxsize=4)
+def _in_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    return model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+
+
+def features(model, images, layers, *, pooling: str = "max", padding: str = "zeros", dtype=torch.float64) -> dict:
+    """Named VGG19 activations (jaxmosaic's names) of the layers asked for, up to the deepest.
+
+    Args:
+      model: a torchvision-layout VGG19 (`torch_vgg19`).
+      images: NHWC or HWC, numpy or a torch tensor (kept in the graph, for gradients).
+      pooling: "max" or "avg" (avg_pool2d in place of every MaxPool2d).
+      padding: "zeros" or "circular" (each convolution's input padded periodically).
+      dtype: the precision of the whole computation.
+    """
+    with torch.set_grad_enabled(isinstance(images, torch.Tensor) and images.requires_grad):
+        return _features(_in_dtype(model, dtype), images, layers, pooling, padding, dtype)
+
+
+def _features(model, images, layers, pooling, padding, dtype) -> dict:
+    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images)).to(dtype)
+    single = x.ndim == 3
+    x = x[None] if single else x
+    mean = torch.tensor(MEAN, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=dtype).view(1, 3, 1, 1)
+    x = (x.permute(0, 3, 1, 2) - mean) / std
+    wanted = set(layers)
+    deepest = max(VGG19_LAYERS.index(name) for name in wanted)
+    out = {}
+    for name, module in zip(VGG19_LAYERS[: deepest + 1], model.features):
+        if isinstance(module, torch.nn.Conv2d):
+            if padding == "circular":
+                x = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="circular"), module.weight, module.bias)
+            else:
+                x = module(x)
+        elif isinstance(module, torch.nn.ReLU):
+            x = torch.relu(x)  # not in place: the convolution's output may be asked for too
+        else:
+            x = F.avg_pool2d(x, 2, 2) if pooling == "avg" else F.max_pool2d(x, 2, 2)
+        if name in wanted:
+            out[name] = x[0] if single else x
+    return out
+
+
+def gram(f: torch.Tensor) -> torch.Tensor:
+    """G = F F^T of one CHW feature map."""
+    flat = f.reshape(f.shape[0], -1)
+    return flat @ flat.T
+
+
+def style_term(f: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """E_l = sum (G - A)^2 / (4 C^2 M^2) of one CHW feature map."""
+    c, m = f.shape[0], f.shape[1] * f.shape[2]
+    return ((gram(f) - target) ** 2).sum() / (4 * c**2 * m**2)
+
+
+def gatys(model, x, content, style, *, alpha, beta, tv_weight, content_layers=("relu4_2",),
+          style_weights=None, pooling="max") -> tuple[dict, np.ndarray]:
+    """The paper's loss for one HWC image in float64: ({content, style, tv, total}, d total / d x)."""
+    style_weights = style_weights or {name: 0.2 for name in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")}
+    with torch.no_grad():
+        p = features(model, content, content_layers, pooling=pooling)
+        a = {name: gram(f) for name, f in features(model, style, tuple(style_weights), pooling=pooling).items()}
+    pixels = torch.from_numpy(np.array(x, np.float64)).requires_grad_(True)
+    f = features(model, pixels, (*content_layers, *style_weights), pooling=pooling)
+    l_content = sum(0.5 * ((f[name] - p[name]) ** 2).sum() for name in content_layers)
+    l_style = sum(w * style_term(f[name], a[name]) for name, w in style_weights.items())
+    tv = ((pixels[1:] - pixels[:-1]) ** 2).sum() + ((pixels[:, 1:] - pixels[:, :-1]) ** 2).sum()
+    total = alpha * l_content + beta * l_style + tv_weight * tv
+    total.backward()
+    terms = {"content": l_content.item(), "style": l_style.item(), "tv": tv.item(), "total": total.item()}
+    return terms, pixels.grad.numpy()
+
+
+def texture(model, x, exemplar, *, beta, weights, pooling="avg") -> tuple[float, float, np.ndarray]:
+    """Gram loss over the texture layers plus beta/2 ||x - P(x)||^2 (the shared-phase spectrum
+    projection of Liu et al., P held constant) for one HWC image in float64: (gram, total, grad)."""
+    u = torch.from_numpy(np.array(exemplar, np.float64))
+    with torch.no_grad():
+        targets = {name: gram(f) for name, f in features(model, u, tuple(weights), pooling=pooling).items()}
+    pixels = torch.from_numpy(np.array(x, np.float64)).requires_grad_(True)
+    f = features(model, pixels, tuple(weights), pooling=pooling)
+    loss = sum(w * style_term(f[name], targets[name]) for name, w in weights.items())
+    gram_term = loss.item()
+    x_hat, u_hat = torch.fft.fft2(pixels, dim=(0, 1)), torch.fft.fft2(u, dim=(0, 1))
+    phi = (x_hat * u_hat.conj()).sum(-1, keepdim=True)
+    projected = torch.fft.ifft2(phi / phi.abs() * u_hat, dim=(0, 1)).real.detach()
+    loss = loss + beta * 0.5 * ((pixels - projected) ** 2).sum()
+    loss.backward()
+    return gram_term, loss.item(), pixels.grad.numpy()
