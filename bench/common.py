@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# the PyTorch reference (torchvision's VGG19 layout and the losses written in PyTorch) lives with the tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def timeit(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -> dict:
@@ -77,42 +80,6 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     for row in rows:
         lines.append("| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |")
     return "\n".join(lines)
-
-
-def torch_features(params, wanted, *, pooling: str = "max"):
-    """A PyTorch (eager) VGG19 on the same weights, up to the deepest of `wanted`: a function from
-    an HWC tensor in [0, 1] to {name: CHW activation} for the names in `wanted`."""
-    import torch
-
-    from jaxmosaic.vgg import VGG19_LAYERS
-
-    layers, convs = [], iter(n for n in VGG19_LAYERS if n.startswith("conv"))
-    for name in VGG19_LAYERS[: max(VGG19_LAYERS.index(n) for n in wanted) + 1]:
-        if name.startswith("conv"):
-            p = params[next(convs)]
-            conv = torch.nn.Conv2d(p["kernel"].shape[2], p["kernel"].shape[3], 3, padding=1)
-            with torch.no_grad():
-                conv.weight.copy_(torch.from_numpy(np.asarray(p["kernel"]).transpose(3, 2, 0, 1).copy()))
-                conv.bias.copy_(torch.from_numpy(np.array(p["bias"])))
-            layers.append((name, conv))
-        elif name.startswith("relu"):
-            layers.append((name, torch.nn.ReLU()))
-        else:
-            layers.append((name, torch.nn.MaxPool2d(2, 2) if pooling == "max" else torch.nn.AvgPool2d(2, 2)))
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    wanted = set(wanted)
-
-    def features(image):
-        h = (image.permute(2, 0, 1)[None] - mean) / std
-        out = {}
-        for name, module in layers:
-            h = module(h)
-            if name in wanted:
-                out[name] = h[0]
-        return out
-
-    return features
 
 
 def jit_and_eager_seconds(fn: Callable, args: tuple, repeats: int) -> dict:

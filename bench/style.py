@@ -21,10 +21,17 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import jit_and_eager_seconds, markdown_table, timeit, torch_features, write_results  # noqa: E402
+from common import jit_and_eager_seconds, markdown_table, timeit, write_results  # noqa: E402
 
 from jaxmosaic import load_image, resize  # noqa: E402
-from jaxmosaic.techniques.style import STYLE_LAYERS, style_targets, style_transfer, style_transfer_loss  # noqa: E402
+from jaxmosaic.techniques.style import (  # noqa: E402
+    STYLE_LAYERS,
+    StyleConfig,
+    StyleInputs,
+    style_targets,
+    style_transfer,
+    style_transfer_loss,
+)
 from jaxmosaic.weights import random_vgg19  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -33,27 +40,19 @@ WEIGHTS = {name: 1 / len(STYLE_LAYERS) for name in STYLE_LAYERS}
 
 def torch_step_seconds(params, x, content, style, repeats):
     import torch
+    from torch_reference import features, gram, style_term, torch_vgg19
 
-    features = torch_features(params, {"relu4_2", *STYLE_LAYERS})
-
-    def gram(f):
-        flat = f.reshape(f.shape[0], -1)
-        return flat @ flat.T
-
-    with torch.no_grad():
-        target_p = features(torch.from_numpy(content))["relu4_2"]
-        target_a = {n: gram(f) for n, f in features(torch.from_numpy(style)).items() if n in STYLE_LAYERS}
+    model = torch_vgg19(params)
+    target_p = features(model, content, ("relu4_2",), dtype=torch.float32)["relu4_2"]
+    target_a = {n: gram(f) for n, f in features(model, style, STYLE_LAYERS, dtype=torch.float32).items()}
     pixels = torch.from_numpy(x.copy()).requires_grad_(True)
 
     def step():
         pixels.grad = None
-        f = features(pixels)
+        f = features(model, pixels, ("relu4_2", *STYLE_LAYERS), dtype=torch.float32)
         loss = 0.5 * ((f["relu4_2"] - target_p) ** 2).sum()
-        style_term = 0
-        for n in STYLE_LAYERS:
-            c, m = f[n].shape[0], f[n].shape[1] * f[n].shape[2]
-            style_term = style_term + WEIGHTS[n] * ((gram(f[n]) - target_a[n]) ** 2).sum() / (4 * c**2 * m**2)
-        (loss + 1e3 * style_term).backward()
+        style_loss = sum(WEIGHTS[n] * style_term(f[n], target_a[n]) for n in STYLE_LAYERS)
+        (loss + 1e3 * style_loss).backward()
 
     return timeit(step, repeats=repeats)["min"], torch.get_num_threads()
 
@@ -91,15 +90,16 @@ def main() -> None:
         rows.append(row)
 
     size, steps = args.converge, args.steps
-    single = style_transfer(params, content_image, [style_image], sizes=(size,), steps=steps, chunk=steps)
+    inputs = StyleInputs(content_image, [style_image])
+    single = style_transfer(StyleConfig(size=size, steps=(steps,)), inputs, params, chunk=steps)
     per_step = single.seconds / steps
     target = float(single.history[0][-1])
     coarse_steps = steps // 2
-    multi = style_transfer(params, content_image, [style_image], sizes=(size // 2, size), steps=(coarse_steps, steps), chunk=steps)
+    multi = style_transfer(StyleConfig(scales=(size // 2, size), steps=(coarse_steps, steps)), inputs, params, chunk=steps)
     fine = multi.history[1]
     reached = np.nonzero(fine <= target)[0]
     # the coarse scale timed alone; the fine steps cost what the single run's steps cost
-    coarse = style_transfer(params, content_image, [style_image], sizes=(size // 2,), steps=coarse_steps, chunk=coarse_steps)
+    coarse = style_transfer(StyleConfig(size=size // 2, steps=(coarse_steps,)), inputs, params, chunk=coarse_steps)
     coarse_seconds = coarse.seconds
     multi_steps = int(reached[0]) if len(reached) else None
     converge = {

@@ -1,4 +1,4 @@
-"""Texture synthesis: seconds per iteration, jit vs eager vs a PyTorch eager loop of the seed's method.
+"""Texture synthesis: seconds per iteration, jit vs eager vs a PyTorch eager loop of the original article's method.
 
 One iteration = the loss (Gram matrices at relu1_1, pool1..pool4 with average pooling, plus
 beta/2 ||x - P(x)||^2) and its gradient in the image, on the brick sample at each size, random
@@ -20,10 +20,17 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import jit_and_eager_seconds, markdown_table, timeit, torch_features, write_results  # noqa: E402
+from common import jit_and_eager_seconds, markdown_table, timeit, write_results  # noqa: E402
 
 from jaxmosaic import load_image, resize  # noqa: E402
-from jaxmosaic.techniques.texture import TEXTURE_LAYERS, synthesize_texture, texture_loss, texture_targets  # noqa: E402
+from jaxmosaic.techniques.texture import (  # noqa: E402
+    TEXTURE_LAYERS,
+    TextureConfig,
+    TextureInputs,
+    synthesize_texture,
+    texture_loss,
+    texture_targets,
+)
 from jaxmosaic.weights import random_vgg19  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -32,27 +39,20 @@ BETA = 1e-4
 
 
 def torch_step_seconds(params, x, exemplar, repeats):
-    """The seed's loop in PyTorch: VGG19 features, Gram loss, spectrum projection, backward."""
+    """The original article's loop in PyTorch: VGG19 features, Gram loss, spectrum projection, backward."""
     import torch
+    from torch_reference import features, gram, style_term, torch_vgg19
 
-    features = torch_features(params, WEIGHTS, pooling="avg")
-
-    def gram(f):
-        flat = f.reshape(f.shape[0], -1)
-        return flat @ flat.T
-
+    model = torch_vgg19(params)
     u = torch.from_numpy(exemplar.copy())
     u_hat = torch.fft.fft2(u, dim=(0, 1))
-    with torch.no_grad():
-        targets = {n: gram(f) for n, f in features(u).items()}
+    targets = {n: gram(f) for n, f in features(model, exemplar, WEIGHTS, pooling="avg", dtype=torch.float32).items()}
     pixels = torch.from_numpy(x.copy()).requires_grad_(True)
 
     def step():
         pixels.grad = None
-        loss = 0
-        for n, f in features(pixels).items():
-            c, m = f.shape[0], f.shape[1] * f.shape[2]
-            loss = loss + WEIGHTS[n] * ((gram(f) - targets[n]) ** 2).sum() / (4 * c**2 * m**2)
+        f = features(model, pixels, WEIGHTS, pooling="avg", dtype=torch.float32)
+        loss = sum(w * style_term(f[n], targets[n]) for n, w in WEIGHTS.items())
         with torch.no_grad():
             x_hat = torch.fft.fft2(pixels, dim=(0, 1))
             phi = (x_hat * u_hat.conj()).sum(-1, keepdim=True)
@@ -82,10 +82,11 @@ def main() -> None:
 
         timing = jit_and_eager_seconds(jax.value_and_grad(loss), (x, targets, params), args.repeats)
         jit_seconds = timing["jit s/iter"]
-        run = synthesize_texture(params, exemplar, spectrum_weight=BETA, steps=args.steps, chunk=args.steps)
-        adam = {"optimizer": "adam", "learning_rate": 0.02, "spectrum_weight": BETA, "steps": args.steps, "chunk": args.steps}
-        adam_one = synthesize_texture(params, exemplar, **adam)
-        adam_four = synthesize_texture(params, exemplar, variations=4, **adam)
+        inputs, chunk = TextureInputs(exemplar), args.steps
+        run = synthesize_texture(TextureConfig(spectrum_weight=BETA, steps=args.steps), inputs, params, chunk=chunk)
+        adam = {"optimizer": "adam", "lr": 0.02, "spectrum_weight": BETA, "steps": args.steps}
+        adam_one = synthesize_texture(TextureConfig(**adam), inputs, params, chunk=chunk)
+        adam_four = synthesize_texture(TextureConfig(variations=4, **adam), inputs, params, chunk=chunk)
         row = {"size": size, **timing, "L-BFGS s/step": run.seconds / args.steps,
                "adam s/step": adam_one.seconds / args.steps, "adam 4 variations s/step": adam_four.seconds / args.steps,
                "4 separate / 4 vmapped": 4 * adam_one.seconds / adam_four.seconds}

@@ -64,30 +64,14 @@ def loss_nchw(params_oihw, image_nchw):
 
 def torch_step(params, size):
     import torch
+    from torch_reference import features, torch_vgg19
 
-    layers, channels = [], 3
-    for name in VGG19_LAYERS[: VGG19_LAYERS.index(LAYER) + 1]:
-        if name.startswith("conv"):
-            conv = torch.nn.Conv2d(channels, layer_channels(name), 3, padding=1)
-            with torch.no_grad():
-                conv.weight.copy_(torch.from_numpy(np.asarray(params[name]["kernel"]).transpose(3, 2, 0, 1).copy()))
-                conv.bias.copy_(torch.from_numpy(np.asarray(params[name]["bias"])))
-            conv.requires_grad_(False)
-            layers.append(conv)
-            channels = layer_channels(name)
-        elif name.startswith("relu"):
-            layers.append(torch.nn.ReLU())
-        else:
-            layers.append(torch.nn.MaxPool2d(2, 2))
-    net = torch.nn.Sequential(*layers).eval()
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    image = torch.rand(1, 3, size, size, requires_grad=True)
+    model = torch_vgg19(params).requires_grad_(False)  # only the input gradient is timed
+    image = torch.rand(1, size, size, 3, requires_grad=True)
 
     def step():
         image.grad = None
-        out = net((image - mean) / std)
-        (0.5 * (out**2).sum()).backward()
+        (0.5 * (features(model, image, (LAYER,), dtype=torch.float32)[LAYER] ** 2).sum()).backward()
         return image.grad
 
     return step, torch

@@ -1,7 +1,7 @@
-"""Patch VQ: k-means on the seed's configuration against faiss and scikit-learn, in one run.
+"""Patch VQ: k-means on the original article's configuration against faiss and scikit-learn, in one run.
 
 70,000 grey 8x8 patches (64 dimensions) from the bundled samples, k = 1024. The samples are
-256 px, so the patches are taken at stride 2 from them and their mirror images (the seed's
+256 px, so the patches are taken at stride 2 from them and their mirror images (the original article's
 stride 4 over its larger photographs gives the same count). Each method's final inertia is
 measured the same way: the sum of squared distances of all 70,000 patches to their nearest
 returned centre.
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, matmul_peak_gflops, write_results  # noqa: E402
 
 from jaxmosaic import load_image  # noqa: E402
-from jaxmosaic.kmeans import kmeans, nearest_centers  # noqa: E402
+from jaxmosaic.clustering import kmeans, nearest_centers  # noqa: E402
 from jaxmosaic.techniques.vq import sample_patches  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
