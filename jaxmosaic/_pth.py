@@ -40,33 +40,63 @@ _STORAGE_DTYPES = {
 }
 
 
+_MAX_RANK = 8
+_MAX_STORAGE_BYTES = 2**34  # 16 GiB: far beyond any VGG19 or AlexNet checkpoint
+
+
 class _StorageType:
     def __init__(self, name: str):
         self.name = name
         self.dtype = np.dtype(_STORAGE_DTYPES[name])
 
 
-class _Storage:
-    """A storage whose bytes are read after the pickle (legacy) or from the archive (zip)."""
+def _count(value, what: str) -> int:
+    """A non-negative whole number from a tensor record, or the record is refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _Malformed(f"{what} is {value!r}")
+    return value
 
-    def __init__(self, key: str, dtype: np.dtype, offset: int = 0, size: int | None = None):
-        self.key, self.dtype, self.offset, self.size = key, dtype, offset, size
+
+class _Malformed(Exception):
+    """A tensor record that no `torch.save` writes (the message says which field)."""
+
+
+class _Storage:
+    """A storage whose bytes are read after the pickle (legacy) or from the archive (zip):
+    `numel` elements as recorded, and for a legacy view the window (offset, size) into them."""
+
+    def __init__(self, key: str, dtype: np.dtype, numel: int | None, offset: int = 0, size: int | None = None):
+        self.key, self.dtype, self.numel, self.offset, self.size = key, dtype, numel, offset, size
 
 
 class _Tensor:
     def __init__(self, storage: _Storage, offset: int, size, stride):
-        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+        if not isinstance(storage, _Storage):
+            raise _Malformed("a tensor without a storage")
+        if not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)) or len(size) != len(stride):
+            raise _Malformed("size and stride are not sequences of one length")
+        if len(size) > _MAX_RANK:
+            raise _Malformed(f"a tensor of rank {len(size)}")
+        self.storage, self.offset = storage, _count(offset, "a storage offset")
+        self.size = tuple(_count(n, "a size") for n in size)
+        self.stride = tuple(_count(n, "a stride") for n in stride)
 
     def materialise(self, data: dict[str, np.ndarray]) -> np.ndarray:
-        flat = data[self.storage.key][self.storage.offset :]
-        if self.storage.size is not None:
-            flat = flat[: self.storage.size]
-        flat = flat[self.offset :]
-        needed = 1 + sum((n - 1) * s for n, s in zip(self.size, self.stride)) if all(self.size) else 0
-        if needed > flat.size:
-            raise WeightsError(f"tensor of shape {self.size} reaches past the end of its storage")
+        """The tensor's values, after checking that every element it addresses lies inside its
+        storage (offsets, sizes and strides all non-negative)."""
+        flat = data[self.storage.key]
+        start = self.storage.offset
+        end = len(flat) if self.storage.size is None else start + self.storage.size
+        if end > len(flat):
+            raise _Malformed(f"a storage view reaching element {end} of {len(flat)}")
+        flat = flat[start:end]
+        if not all(self.size):
+            return np.zeros(self.size, flat.dtype)
+        extent = self.offset + 1 + sum((n - 1) * s for n, s in zip(self.size, self.stride))
+        if extent > flat.size:
+            raise _Malformed(f"a tensor of shape {self.size} reaching element {extent} of a storage of {flat.size}")
         strides = tuple(s * flat.itemsize for s in self.stride)
-        return np.lib.stride_tricks.as_strided(flat, shape=self.size, strides=strides).copy()
+        return np.lib.stride_tricks.as_strided(flat[self.offset :], shape=self.size, strides=strides).copy()
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
@@ -90,7 +120,7 @@ class _SafeUnpickler(pickle.Unpickler):
         super().__init__(file)
         self.source = source
         self.tensors = tensors  # headers of the legacy format admit no global at all
-        self.storages: dict[str, np.dtype] = {}
+        self.storages: dict[str, tuple[np.dtype, int]] = {}
 
     def find_class(self, module: str, name: str):
         if self.tensors and (module, name) in _ALLOWED:
@@ -106,12 +136,21 @@ class _SafeUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
             raise UnsafeCheckpointError(f"{self.source}: unexpected persistent id {pid!r:.80}")
         storage_type, key = pid[1], str(pid[2])
-        self.storages[key] = storage_type.dtype
+        try:
+            numel = _count(pid[4], "a storage's element count")
+        except _Malformed as err:
+            raise UnsafeCheckpointError(f"{self.source}: refusing to load: {err}") from None
+        known = self.storages.setdefault(key, (storage_type.dtype, numel))
+        if known != (storage_type.dtype, numel):
+            raise UnsafeCheckpointError(f"{self.source}: refusing to load: storage {key} is described twice, differently")
         view = pid[5] if len(pid) > 5 else None
         if view is not None:  # legacy views into a larger root storage: (view key, offset, size)
-            _, offset, size = view
-            return _Storage(key, storage_type.dtype, int(offset), int(size))
-        return _Storage(key, storage_type.dtype)
+            try:
+                _, offset, size = view
+                return _Storage(key, storage_type.dtype, numel, _count(offset, "a view offset"), _count(size, "a view size"))
+            except (_Malformed, TypeError, ValueError) as err:
+                raise UnsafeCheckpointError(f"{self.source}: refusing to load: a malformed storage view ({err})") from None
+        return _Storage(key, storage_type.dtype, numel)
 
 
 def _plain_load(file, source: Path):
@@ -127,7 +166,10 @@ def _resolve(obj, data: dict[str, np.ndarray], source: Path) -> dict[str, np.nda
     result = {}
     for name, value in obj.items():
         if isinstance(value, _Tensor):
-            result[str(name)] = value.materialise(data)
+            try:
+                result[str(name)] = value.materialise(data)
+            except _Malformed as err:
+                raise UnsafeCheckpointError(f"{source}: refusing to load: tensor {str(name)[:60]!r} is {err}") from None
     return result
 
 
@@ -139,15 +181,23 @@ def _read_zip(path: Path, archive: zipfile.ZipFile) -> dict[str, np.ndarray]:
     byteorder = "little"
     if f"{prefix}byteorder" in archive.namelist():
         byteorder = archive.read(f"{prefix}byteorder").decode().strip()
-    unpickler = _SafeUnpickler(io.BytesIO(archive.read(pickles[0])), path)
-    obj = unpickler.load()
+    try:
+        unpickler = _SafeUnpickler(io.BytesIO(archive.read(pickles[0])), path)
+        obj = unpickler.load()
+    except _Malformed as err:
+        raise UnsafeCheckpointError(f"{path}: refusing to load: {err}") from None
     data = {}
-    for key, dtype in unpickler.storages.items():
+    for key, (dtype, numel) in unpickler.storages.items():
+        name = f"{prefix}data/{key}"
         try:
-            raw = archive.read(f"{prefix}data/{key}")
+            info = archive.getinfo(name)
         except KeyError:
             raise WeightsError(f"{path}: storage {key} is missing from the archive") from None
-        array = np.frombuffer(raw, dtype=dtype.newbyteorder("<" if byteorder == "little" else ">"))
+        expected = numel * dtype.itemsize
+        if info.file_size != expected or expected > _MAX_STORAGE_BYTES:
+            raise UnsafeCheckpointError(f"{path}: refusing to load: storage {key} holds {info.file_size} bytes, "
+                                        f"its record says {expected}")
+        array = np.frombuffer(archive.read(name), dtype=dtype.newbyteorder("<" if byteorder == "little" else ">"))
         data[key] = array.astype(dtype)
     return _resolve(obj, data, path)
 
@@ -167,19 +217,31 @@ def _read_legacy(path: Path, file) -> dict[str, np.ndarray]:
     info = _plain_load(file, path)
     little = info.get("little_endian", True) if isinstance(info, dict) else True
     unpickler = _SafeUnpickler(file, path)
-    obj = unpickler.load()
+    try:
+        obj = unpickler.load()
+    except _Malformed as err:
+        raise UnsafeCheckpointError(f"{path}: refusing to load: {err}") from None
     keys = _plain_load(file, path)
+    if not isinstance(keys, list):
+        raise WeightsError(f"{path}: not a PyTorch checkpoint (no list of storages)")
     data = {}
     for key in keys:
         header = file.read(8)
         if len(header) != 8:
             raise WeightsError(f"{path}: truncated (storage {key} is missing)")
         count = int.from_bytes(header, "little" if little else "big")
-        dtype = unpickler.storages.get(str(key), np.dtype(np.uint8))
+        if str(key) not in unpickler.storages:
+            raise UnsafeCheckpointError(f"{path}: refusing to load: storage {key} is not described by the pickle")
+        dtype, numel = unpickler.storages[str(key)]
+        if count != numel or count * dtype.itemsize > _MAX_STORAGE_BYTES:
+            raise UnsafeCheckpointError(f"{path}: refusing to load: storage {key} holds {count} elements, its record says {numel}")
         raw = file.read(count * dtype.itemsize)
         if len(raw) != count * dtype.itemsize:
             raise WeightsError(f"{path}: truncated (storage {key} is short)")
         data[str(key)] = np.frombuffer(raw, dtype=dtype.newbyteorder("<" if little else ">")).astype(dtype)
+    missing = set(unpickler.storages) - set(data)
+    if missing:
+        raise WeightsError(f"{path}: truncated (storage {sorted(missing)[0]} is missing)")
     return _resolve(obj, data, path)
 
 

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -30,8 +29,9 @@ import numpy as np
 
 from jaxmosaic._version import __version__
 from jaxmosaic._pth import read_state_dict
-from jaxmosaic.errors import WeightsError
-from jaxmosaic.io.checkpoints import save_tree
+from jaxmosaic.errors import JaxmosaicError, WeightsError
+from jaxmosaic.io.checkpoints import load_tree, save_tree
+from jaxmosaic.io.folders import check_folder, current_version
 from jaxmosaic.vgg import VGG19, VGG19_CONVS, layer_channels
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "load_vgg19",
     "random_vgg19",
     "weights_info",
+    "is_weights_folder",
     "sha256_file",
 ]
 
@@ -119,7 +120,8 @@ def params_from_state_dict(state_dict: dict[str, np.ndarray], *, source: str = "
             found[kind] = value.astype(np.float32)
         params[name] = {"kernel": np.ascontiguousarray(found["weight"].transpose(2, 3, 1, 0)), "bias": found["bias"]}
         in_channels = out_channels
-    extra = sorted(key for key in state if key.startswith("features.") and int(key.split(".")[1]) not in TORCHVISION_INDICES)
+    indices = {str(index) for index in TORCHVISION_INDICES}
+    extra = sorted(key for key in state if key.startswith("features.") and key.split(".")[1] not in indices)
     if extra:
         raise WeightsError(f"{source}: not a plain VGG19 (unexpected {extra[0]}; vgg19_bn is not supported)")
     for leaf in jax.tree_util.tree_leaves(params):
@@ -129,42 +131,60 @@ def params_from_state_dict(state_dict: dict[str, np.ndarray], *, source: str = "
 
 
 def save_params(params: dict, directory: str | os.PathLike, source: dict) -> Path:
-    """Write params as an Orbax checkpoint plus `source.json`, atomically (a temporary folder, renamed)."""
-    return save_tree(directory, params, name="params", sidecars={"source.json": source})
+    """Write params (an Orbax checkpoint) plus `source.json` as the new current version of the
+    weights folder `directory`: a folder jaxmosaic made, or a new one (see `jaxmosaic.io.folders`)."""
+    return save_tree(directory, params, kind="weights", name="params", sidecars={"source.json": source})
+
+
+def is_weights_folder(directory: str | os.PathLike) -> bool:
+    """Whether `directory` holds converted weights (a current version of a weights folder)."""
+    try:
+        return current_version(directory, "weights") is not None
+    except JaxmosaicError:
+        return False
+
+
+def _weights_version(directory: Path) -> Path:
+    try:
+        version = current_version(directory, "weights")
+    except JaxmosaicError as err:
+        raise WeightsError(f"{err}; {_GET_WEIGHTS}") from None
+    if version is None or not (version / "params").is_dir():
+        raise WeightsError(f"{directory}: not a jaxmosaic weights folder; {_GET_WEIGHTS}")
+    return version
 
 
 def load_params(directory: str | os.PathLike) -> dict:
-    """Read params written by `save_params` (or `jaxmosaic weights convert`)."""
-    import orbax.checkpoint as ocp
-
+    """Read params written by `save_params` (or `jaxmosaic weights convert`), checked like a
+    checkpoint's (names, shapes, finite values)."""
     directory = Path(directory).expanduser().absolute()
-    if not (directory / "params").is_dir():
-        raise WeightsError(f"{directory}: not a jaxmosaic weights folder (no params/ inside); {_GET_WEIGHTS}")
     try:
-        params = ocp.StandardCheckpointer().restore(directory / "params")
-    except Exception as err:  # orbax raises many types for a damaged folder
-        raise WeightsError(f"{directory}: cannot read the weights ({type(err).__name__}: {err})") from None
-    return params_from_state_dict(_as_state_dict(params), source=str(directory))
+        params = load_tree(_weights_version(directory), "params", what="weights")
+    except JaxmosaicError as err:
+        raise WeightsError(str(err)) from None
+    return params_from_state_dict(_as_state_dict(params, str(directory)), source=str(directory))
 
 
-def _as_state_dict(params: dict) -> dict[str, np.ndarray]:
+def _as_state_dict(params: dict, source: str = "weights") -> dict[str, np.ndarray]:
     """The inverse mapping, so a loaded checkpoint goes through the same validation."""
     state = {}
     for name, index in zip(VGG19_CONVS, TORCHVISION_INDICES):
-        if name not in params:
-            raise WeightsError(f"weights have no {name}")
+        if not isinstance(params.get(name), dict) or not {"kernel", "bias"} <= set(params[name]):
+            raise WeightsError(f"{source}: damaged weights folder (no {name})")
         state[f"features.{index}.weight"] = np.asarray(params[name]["kernel"]).transpose(3, 2, 0, 1)
         state[f"features.{index}.bias"] = np.asarray(params[name]["bias"])
     return state
 
 
-def convert(pth: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, url: str | None = None) -> Path:
-    """Convert torchvision's VGG19 `.pth` to a jaxmosaic weights folder (default: the cache)."""
+def convert(pth: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, url: str | None = None,
+            name: str | None = None) -> Path:
+    """Convert torchvision's VGG19 `.pth` to a jaxmosaic weights folder (default: the cache).
+    `name` is the file's name to record, when `pth` is a download under a temporary name."""
     pth = Path(pth).expanduser()
     params = params_from_state_dict(read_state_dict(pth), source=str(pth))
     source = {
         "source": url or str(pth.absolute()),
-        "file": pth.name,
+        "file": name or pth.name,
         "sha256": sha256_file(pth),
         "format": "torchvision vgg19 state dict, features only (16 convolutions)",
         "converted": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -178,6 +198,34 @@ def _expected_hash(name: str) -> str | None:
     return match.group(1) if match else None
 
 
+def _fetch(url: str, part: Path, progress: Callable[[int, int | None], None] | None) -> None:
+    """Download `url` into `part`, continuing a partial download there when the server allows
+    (an HTTP range request), else starting over. A failure keeps what arrived, for the next try."""
+    have = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            resumed = bool(have) and response.status == 206
+            length = response.headers.get("Content-Length")
+            total = int(length) + (have if resumed else 0) if length else None
+            done = have if resumed else 0
+            with open(part, "ab" if resumed else "wb") as file:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    file.write(block)
+                    done += len(block)
+                    if progress:
+                        progress(done, total)
+        if total is not None and done < total:
+            raise OSError(f"the connection closed after {done} of {total} bytes")
+    except urllib.error.HTTPError as err:
+        if err.code == 416:  # the partial download is already whole
+            return
+        raise WeightsError(f"cannot download {url} (HTTP {err.code}); {_GET_WEIGHTS}") from None
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise WeightsError(f"cannot download {url} ({reason}); run it again to continue, or {_GET_WEIGHTS}") from None
+
+
 def download(
     url: str | None = None,
     out_dir: str | os.PathLike | None = None,
@@ -189,47 +237,30 @@ def download(
 
     An already converted folder is kept unless `force`; a copy in torch hub's cache is used
     instead of downloading. `progress(done_bytes, total_bytes_or_None)` is called while fetching.
-    The original file is not kept: only the converted weights are cached.
+    An interrupted download continues where it stopped on the next call; the original file is
+    not kept once converted: only the converted weights are cached.
     """
     url = url or os.environ.get("JAXMOSAIC_VGG19_URL") or VGG19_URL
     out_dir = Path(out_dir).expanduser() if out_dir else default_weights_dir()
-    if (out_dir / "params").is_dir() and not force:
+    if is_weights_folder(out_dir) and not force:
         return out_dir
+    check_folder(out_dir, "weights")
     name = url.rsplit("/", 1)[-1] or "vgg19.pth"
     expected = _expected_hash(name)
     hub_copy = _torch_hub_checkpoints() / name
     if hub_copy.is_file() and (expected is None or sha256_file(hub_copy).startswith(expected)):
         return convert(hub_copy, out_dir, url=url)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=out_dir.parent)
-    tmp = Path(tmp_name)
+    part = out_dir.parent / f".{name}.jaxmosaic-download"
+    _fetch(url, part, progress)
+    actual = sha256_file(part)
+    if expected and not actual.startswith(expected):
+        part.unlink(missing_ok=True)
+        raise WeightsError(f"{url}: checksum mismatch (SHA-256 {actual[:16]}..., expected a prefix {expected}); nothing was cached")
     try:
-        digest = hashlib.sha256()
-        try:
-            with os.fdopen(fd, "wb") as file, urllib.request.urlopen(url, timeout=60) as response:
-                total = response.headers.get("Content-Length")
-                total = int(total) if total else None
-                done = 0
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    file.write(block)
-                    digest.update(block)
-                    done += len(block)
-                    if progress:
-                        progress(done, total)
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            reason = getattr(err, "reason", err)
-            raise WeightsError(f"cannot download {url} ({reason}); {_GET_WEIGHTS}") from None
-        actual = digest.hexdigest()
-        if expected and not actual.startswith(expected):
-            raise WeightsError(
-                f"{url}: checksum mismatch (SHA-256 {actual[:16]}..., expected a prefix {expected}); nothing was cached"
-            )
-        final = tmp.with_name(name)
-        os.replace(tmp, final)
-        tmp = final
-        return convert(tmp, out_dir, url=url)
+        return convert(part, out_dir, url=url, name=name)
     finally:
-        tmp.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
 
 
 def find_weights(path: str | os.PathLike | None = None) -> Path | None:
@@ -244,7 +275,7 @@ def find_weights(path: str | os.PathLike | None = None) -> Path | None:
                 raise WeightsError(f"{origin} {given}: no such file or folder; {_GET_WEIGHTS}")
             return given
     cached = default_weights_dir()
-    return cached if (cached / "params").is_dir() else None
+    return cached if is_weights_folder(cached) else None
 
 
 def load_vgg19(path: str | os.PathLike | None = None, *, download_missing: bool = True, progress=None) -> dict:
@@ -302,9 +333,11 @@ def weights_info(path: str | os.PathLike | None = None) -> dict:
     info = {"found": True, "path": str(found.absolute())}
     if found.is_file():
         info.update(kind="torch checkpoint (converted on every load)", sha256=sha256_file(found))
-    else:
-        meta = found / "source.json"
-        info["kind"] = "jaxmosaic weights folder"
-        if meta.is_file():
-            info.update(json.loads(meta.read_text()))
+        return info
+    meta = _weights_version(found) / "source.json"
+    info["kind"] = "jaxmosaic weights folder"
+    try:
+        info.update(json.loads(meta.read_text()))
+    except (OSError, ValueError):
+        info["source"] = "unknown (source.json is missing or damaged)"
     return info

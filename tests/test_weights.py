@@ -19,7 +19,16 @@ import pytest
 from jaxmosaic import UnsafeCheckpointError, WeightsError, load_vgg19, random_vgg19
 from jaxmosaic._pth import read_state_dict
 from jaxmosaic.vgg import VGG19, VGG19_CONVS
-from jaxmosaic.weights import TORCHVISION_INDICES, convert, default_weights_dir, download, params_from_state_dict, weights_info
+from jaxmosaic.io.folders import folder_kind
+from jaxmosaic.weights import (
+    TORCHVISION_INDICES,
+    convert,
+    default_weights_dir,
+    download,
+    is_weights_folder,
+    params_from_state_dict,
+    weights_info,
+)
 
 
 def expected_params(torch_model) -> dict:
@@ -67,7 +76,7 @@ def test_non_contiguous_and_offset_tensors(tmp_path):
 
 def test_convert_then_load_roundtrip(torch_model, torch_checkpoint, tmp_path):
     folder = convert(torch_checkpoint, tmp_path / "w")
-    assert (folder / "params").is_dir() and (folder / "source.json").is_file()
+    assert is_weights_folder(folder) and folder_kind(folder) == "weights"
     assert_same_params(load_vgg19(folder), expected_params(torch_model))
     info = weights_info(folder)
     assert info["sha256"] == hashlib.sha256(torch_checkpoint.read_bytes()).hexdigest()
@@ -188,8 +197,8 @@ def test_download_converts_caches_and_does_not_repeat(server, torch_model, torch
     folder = download(progress=lambda done, total: seen.append((done, total)))
     size = torch_checkpoint.stat().st_size
     assert seen[-1] == (size, size) and all(a <= b for (a, _), (b, _) in zip(seen, seen[1:]))
-    assert folder == default_weights_dir() and (folder / "params").is_dir()
-    assert not any(p.suffix in (".pth", ".part") for p in all_files(folder.parent))
+    assert folder == default_weights_dir() and is_weights_folder(folder)
+    assert not any(p.suffix == ".pth" or "download" in p.name for p in all_files(folder.parent))
     assert_same_params(load_vgg19(), expected_params(torch_model))
     download()
     load_vgg19()

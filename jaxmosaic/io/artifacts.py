@@ -55,10 +55,10 @@ def load_artifact(path: str | os.PathLike, kind: str, *, version: int = 1, array
     if not path.is_file():
         raise ArtifactError(f"{path}: no such {what} file")
     try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ArtifactError(f"{path}: not a jaxmosaic {what} (a single .npy array, not an .npz archive)")
-        with data:
+        with open(path, "rb") as handle:  # np.load leaves a path's file open when the archive is damaged
+            data = np.load(handle, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ArtifactError(f"{path}: not a jaxmosaic {what} (a single .npy array, not an .npz archive)")
             if "header" not in data.files:
                 raise ArtifactError(f"{path}: not a jaxmosaic {what} (no header)")
             header = json.loads(bytes(np.asarray(data["header"], np.uint8)).decode())

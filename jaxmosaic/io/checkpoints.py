@@ -1,74 +1,83 @@
-"""Checkpoints of an optimisation (pixels, optimiser state, step) with Orbax.
+"""Checkpoints of an optimisation (parameters, optimiser state, step) with Orbax.
 
-A checkpoint is a folder: `state/` (an Orbax StandardCheckpointer tree) and `meta.json` (the
-step and whatever settings the caller wants checked on resume). It is replaced atomically: a
-new checkpoint is written beside the old one and renamed over it, so an interrupted save never
-leaves a damaged checkpoint.
+A checkpoint is a versioned jaxmosaic folder (`jaxmosaic.io.folders`): each save writes a new
+version, `state/` (an Orbax StandardCheckpointer tree) and `meta.json` (the step and whatever
+settings the caller wants checked on resume), and then makes it current, so a save that is
+interrupted or killed at any point leaves the previous checkpoint loadable.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from jaxmosaic.errors import JaxmosaicError
-from jaxmosaic.io.files import replace_dir
+from jaxmosaic.io.folders import current_version, save_version
 
-__all__ = ["save_tree", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta"]
+__all__ = ["save_tree", "load_tree", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta"]
 
 
-def save_tree(directory: str | os.PathLike, tree, *, name: str, sidecars: dict[str, dict]) -> Path:
-    """Write `tree` (a pytree of arrays; NamedTuples allowed) as the Orbax folder `directory/name`,
-    plus one JSON file per `sidecars` entry, into a temporary folder renamed over `directory`."""
+def save_tree(directory: str | os.PathLike, tree, *, kind: str, name: str, sidecars: dict[str, dict]) -> Path:
+    """Write `tree` (a pytree of arrays; NamedTuples allowed) as the Orbax folder `name` plus one
+    JSON file per `sidecars` entry, as a new version of the versioned folder `directory`."""
     import orbax.checkpoint as ocp
 
-    directory = Path(directory).expanduser().absolute()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    def write(folder: Path) -> None:
         checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(tmp / name, jax.tree_util.tree_map(np.asarray, tree))
+        checkpointer.save(folder / name, jax.tree_util.tree_map(np.asarray, tree))
         checkpointer.wait_until_finished()
         for filename, content in sidecars.items():
-            (tmp / filename).write_text(json.dumps(content, indent=2) + "\n")
-        replace_dir(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+            (folder / filename).write_text(json.dumps(content, indent=2) + "\n")
+
+    save_version(directory, kind, write)
+    return Path(directory).expanduser().absolute()
+
+
+def load_tree(folder: Path, name: str, like=None, *, what: str):
+    """Restore the Orbax tree `folder/name` (following `like`'s structure, shapes and dtypes)."""
+    import orbax.checkpoint as ocp
+
+    abstract = None
+    if like is not None:
+        abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), like)
+    try:
+        return ocp.StandardCheckpointer().restore(folder / name, abstract)
+    except Exception as err:  # orbax raises many types for a damaged or mismatched folder
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise JaxmosaicError(f"{folder}: cannot restore the {what} ({type(err).__name__}: {first})") from None
 
 
 def save_checkpoint(directory: str | os.PathLike, state, meta: dict) -> Path:
-    """Write `state` (a pytree of arrays; NamedTuples allowed) and `meta` (JSON) to `directory`."""
-    return save_tree(directory, state, name="state", sidecars={"meta.json": meta})
+    """Write `state` (a pytree of arrays; NamedTuples allowed) and `meta` (JSON) as the new
+    current version of the checkpoint folder `directory`."""
+    return save_tree(directory, state, kind="checkpoint", name="state", sidecars={"meta.json": meta})
+
+
+def _version(directory: str | os.PathLike) -> Path:
+    version = current_version(directory, "checkpoint")
+    if version is None or not (version / "meta.json").is_file():
+        raise JaxmosaicError(f"{directory}: no checkpoint there")
+    return version
 
 
 def read_checkpoint_meta(directory: str | os.PathLike) -> dict:
-    """The `meta.json` of a checkpoint folder."""
-    directory = Path(directory)
+    """The `meta.json` of a checkpoint folder's current version."""
+    version = _version(directory)
     try:
-        return json.loads((directory / "meta.json").read_text())
-    except FileNotFoundError:
-        raise JaxmosaicError(f"{directory}: no checkpoint there (meta.json is missing)") from None
-    except (OSError, json.JSONDecodeError) as err:
+        meta = json.loads((version / "meta.json").read_text())
+    except (OSError, ValueError) as err:
         raise JaxmosaicError(f"{directory}: cannot read the checkpoint ({err})") from None
+    if not isinstance(meta, dict):
+        raise JaxmosaicError(f"{directory}: damaged checkpoint (its meta.json is not an object)")
+    return meta
 
 
 def load_checkpoint(directory: str | os.PathLike, like) -> tuple:
     """(state, meta) from a checkpoint; `like` is a pytree of the same structure, shapes and dtypes
     (e.g. freshly initialised), which the restored arrays follow."""
-    import orbax.checkpoint as ocp
-
-    directory = Path(directory).expanduser().absolute()
     meta = read_checkpoint_meta(directory)
-    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), like)
-    try:
-        state = ocp.StandardCheckpointer().restore(directory / "state", abstract)
-    except Exception as err:  # orbax raises many types for a damaged or mismatched folder
-        raise JaxmosaicError(f"{directory}: cannot restore the checkpoint ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
-    return state, meta
+    return load_tree(_version(directory), "state", like, what="checkpoint"), meta

@@ -1,81 +1,89 @@
-"""Atomic writes that never replace an input file."""
+"""Atomic writes that never replace an input file.
+
+A file jaxmosaic writes goes to a temporary name beside it (`.NAME.jaxmosaic-PID-XXXX.tmp`) and is
+renamed over NAME only when complete; the temporaries a killed run left behind are removed the
+next time the same output is written.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import shutil
-import tempfile
+import re
+import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from jaxmosaic.errors import JaxmosaicError
 
-__all__ = ["atomic_path", "check_not_input", "check_outputs", "replace_dir", "write_json"]
+__all__ = ["atomic_path", "check_not_input", "write_json", "process_alive"]
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.jaxmosaic-(?P<pid>\d+)-[0-9a-f]+\.tmp")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id is running (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Remove the temporaries of `path` that killed runs left (their process is gone)."""
+    with contextlib.suppress(OSError):
+        for entry in path.parent.iterdir():
+            match = _TEMPORARY.fullmatch(entry.name)
+            if match and match["name"] == path.name and int(match["pid"]) != os.getpid() and not process_alive(int(match["pid"])):
+                entry.unlink(missing_ok=True)
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(path).expanduser().resolve()
 
 
 def check_not_input(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> None:
-    """Raise if `path` is one of `inputs` (compared after resolving links)."""
-    target = Path(path).resolve()
+    """Raise if `path` is one of `inputs` or lies inside an input folder (after resolving links)."""
+    target = _resolved(path)
     for item in inputs:
         source = Path(item)
-        if source.exists() and source.resolve() == target:
-            raise JaxmosaicError(f"{path}: refusing to overwrite an input file")
-
-
-def check_outputs(outputs: Iterable[str | os.PathLike | None], inputs: Iterable[str | os.PathLike]) -> None:
-    """Before any work starts: no output is an input, and each output's folder exists."""
-    inputs = list(inputs)
-    for output in outputs:
-        if output is None:
+        if not source.exists():
             continue
-        check_not_input(output, inputs)
-        parent = Path(output).parent
-        if not parent.is_dir():
-            raise JaxmosaicError(f"{output}: folder {parent} does not exist")
+        source = _resolved(source)
+        if source == target:
+            raise JaxmosaicError(f"{path}: refusing to overwrite an input file")
+        if source.is_dir() and target.is_relative_to(source):
+            raise JaxmosaicError(f"{path}: inside the input folder {item}; write outputs elsewhere")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it over `path`, else remove it.
-
-    The temporary name keeps the suffix so that writers choosing a format by extension work.
-    """
+    """Yield a temporary path beside `path`; on success rename it over `path`, else remove it."""
     path = Path(path)
     check_not_input(path, inputs)
     if path.is_dir():
-        raise JaxmosaicError(f"{path}: is a directory, expected a file name")
+        raise JaxmosaicError(f"{path}: is a folder, expected a file name")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise JaxmosaicError(f"{path}: folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    _remove_leftovers(path)
+    tmp = parent / f".{path.name}.jaxmosaic-{os.getpid()}-{secrets.token_hex(4)}.tmp"
     try:
-        yield tmp_path
-        # mkstemp makes the file private (0600); give it the permissions a plain open() would
+        tmp.touch(exist_ok=False)
+        yield tmp
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
+        os.chmod(tmp, 0o666 & ~umask)  # the permissions a plain open() would give
+        os.replace(tmp, path)
     finally:
-        tmp_path.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: str | os.PathLike, obj, inputs: Iterable[str | os.PathLike] = ()) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path, inputs) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def replace_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Move the finished folder `tmp` to `target`, replacing an older one only once `tmp` is complete."""
-    tmp, target = Path(tmp), Path(target)
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

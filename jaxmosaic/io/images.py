@@ -11,13 +11,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from jaxmosaic._version import __version__
 from jaxmosaic.errors import ImageError, JaxmosaicError
 from jaxmosaic.io.files import atomic_path
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "ImageWarning", "load_image", "image_size", "save_image", "save_gif",
-           "scan_folder", "image_files"]
+           "check_image_name", "image_software", "scan_folder", "image_files"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 """The file suffixes taken for images when a folder is scanned."""
@@ -144,6 +145,44 @@ def _to_uint8(image) -> np.ndarray:
     return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+SOFTWARE = f"jaxmosaic {__version__}"
+_SOFTWARE_TAG = 0x0131  # EXIF and TIFF "Software"
+
+
+def _signed(fmt: str) -> dict:
+    """Pillow save options that record jaxmosaic as the file's software, where the format has a
+    place for it (a PNG text chunk, EXIF, a TIFF tag, a GIF comment)."""
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Software", SOFTWARE)
+        return {"pnginfo": info}
+    if fmt in ("JPEG", "WEBP"):
+        exif = Image.Exif()
+        exif[_SOFTWARE_TAG] = SOFTWARE
+        return {"exif": exif.tobytes()}
+    if fmt == "TIFF":
+        return {"tiffinfo": {_SOFTWARE_TAG: SOFTWARE}}
+    if fmt == "GIF":
+        return {"comment": SOFTWARE.encode()}
+    return {}
+
+
+def image_software(path: str | os.PathLike) -> str:
+    """The software an image file says wrote it ("" when it does not say)."""
+    with Image.open(path) as picture:
+        software = picture.info.get("Software") or picture.info.get("comment") or picture.getexif().get(_SOFTWARE_TAG) or ""
+    return software.decode(errors="replace") if isinstance(software, bytes) else str(software)
+
+
+def check_image_name(path: str | os.PathLike) -> str:
+    """The format Pillow writes for the path's suffix, or an ImageError naming the file."""
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise ImageError(f"{path}: unknown image extension {path.suffix!r} (use .png, .jpg, .webp, ...)")
+    return fmt
+
+
 def save_image(path: str | os.PathLike, image, *, inputs: Iterable[str | os.PathLike] = (), quality: int = 95) -> Path:
     """Write a float image in [0, 1] (HW, HWC or 1HWC) atomically; the format follows the suffix.
 
@@ -152,15 +191,13 @@ def save_image(path: str | os.PathLike, image, *, inputs: Iterable[str | os.Path
     """
     path = Path(path)
     pixels = _to_uint8(image)
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None:
-        raise ImageError(f"{path}: unknown image extension {path.suffix!r} (use .png, .jpg, .webp, ...)")
+    fmt = check_image_name(path)
     picture = Image.fromarray(pixels)
     if fmt == "JPEG" and picture.mode == "RGBA":
         picture = picture.convert("RGB")
     try:
         with atomic_path(path, inputs) as tmp:
-            picture.save(tmp, format=fmt, **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))
+            picture.save(tmp, format=fmt, **_signed(fmt), **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))
     except ImageError:
         raise
     except Exception as err:  # the message must name the output file whatever went wrong
@@ -192,7 +229,8 @@ def save_gif(
         pictures.append(picture.convert("P", palette=Image.Palette.ADAPTIVE, colors=256))
     durations = [duration_ms] * (len(pictures) - 1) + [1000]
     with atomic_path(path, inputs) as tmp:
-        pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:], loop=0, duration=durations)
+        pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:], loop=0, duration=durations,
+                         **_signed("GIF"))
     return path
 
 

@@ -1,0 +1,199 @@
+"""Folders jaxmosaic writes: each carries a marker naming its kind, and only such a folder (or an
+empty one) is ever written into, cleaned or replaced.
+
+Two shapes:
+
+- `OutputFolder` (tile sets, cluster montages, frames): files side by side; the marker lists the
+  files jaxmosaic wrote there, so a run that writes fewer files removes the stale ones it wrote
+  before, and nothing else.
+- versioned folders (`save_version`, `current_version`; checkpoints and weights): each save is
+  written completely into a new version inside the folder, then a pointer file is replaced
+  atomically, then older versions are removed. A kill at any point leaves the old or the new
+  version loadable under the folder's name; what a killed save left is removed by the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from jaxmosaic.errors import JaxmosaicError
+from jaxmosaic.io.files import atomic_path, process_alive
+
+__all__ = ["MARKER", "FolderError", "folder_kind", "check_folder", "OutputFolder", "save_version", "current_version"]
+
+MARKER = ".jaxmosaic"
+"""The marker file of a folder jaxmosaic writes: JSON {"jaxmosaic": KIND, "version": 1, "files": [...]}."""
+
+_POINTER = "current"
+_VERSION = re.compile(r"v\d{20}")
+_PARTIAL = re.compile(r"\.partial-(?P<pid>\d+)-[0-9a-f]+")
+# what a folder of each kind held before folders carried markers (read and replaced as jaxmosaic's own):
+# (the entry that must be there, every entry that may be)
+_LEGACY = {"weights": ("params", {"params", "source.json"}), "checkpoint": ("state", {"state", "meta.json"})}
+
+
+class FolderError(JaxmosaicError):
+    """A folder is not jaxmosaic's own of the expected kind, or is damaged."""
+
+
+def _read_marker(path: Path) -> dict | None:
+    try:
+        data = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("jaxmosaic"), str) else None
+
+
+def _write_marker(path: Path, kind: str, files: Iterable[str] = ()) -> None:
+    with atomic_path(path / MARKER) as tmp:
+        tmp.write_text(json.dumps({"jaxmosaic": kind, "version": 1, "files": sorted(set(files))}) + "\n")
+
+
+def folder_kind(path: str | os.PathLike) -> str | None:
+    """The kind jaxmosaic's marker gives a folder, or None (no folder, no marker)."""
+    marker = _read_marker(Path(path))
+    return None if marker is None else marker["jaxmosaic"]
+
+
+def _legacy(path: Path, kind: str) -> bool:
+    if kind not in _LEGACY:
+        return False
+    required, allowed = _LEGACY[kind]
+    return (path / required).is_dir() and {entry.name for entry in path.iterdir()} <= allowed
+
+
+def check_folder(path: str | os.PathLike, kind: str) -> None:
+    """Raise unless jaxmosaic may write `path` as a folder of `kind`: absent, empty, or carrying
+    the marker of that kind (a folder written before markers existed counts by its contents)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise FolderError(f"{path}: exists and is not a folder")
+    found = folder_kind(path)
+    if found == kind or (found is None and (not any(path.iterdir()) or _legacy(path, kind))):
+        return
+    what = f"a jaxmosaic {found} folder" if found else "a folder jaxmosaic did not write"
+    raise FolderError(f"{path}: {what}, not a {kind} folder; refusing to write into it (choose a new folder)")
+
+
+def _claim(path: Path, kind: str) -> dict:
+    """Check, create if needed, and mark the folder; its marker as it was."""
+    check_folder(path, kind)
+    path.mkdir(parents=True, exist_ok=True)
+    marker = _read_marker(path)
+    if marker is None:
+        marker = {"jaxmosaic": kind, "files": []}
+        _write_marker(path, kind)
+    return marker
+
+
+class OutputFolder:
+    """A folder of files jaxmosaic writes and owns (see the module doc).
+
+    Use `expect` for the names a run will write (so a killed run leaves them listed), `file(name)`
+    for the path of each file written, and `finish` to drop the files of earlier runs that this
+    run did not write again.
+    """
+
+    def __init__(self, path: str | os.PathLike, kind: str):
+        self.path, self.kind = Path(path), kind
+        self.previous = {name for name in _claim(self.path, kind).get("files", []) if _plain(name)}
+        self.listed = set(self.previous)
+        self.written: set[str] = set()
+
+    def expect(self, names: Iterable[str]) -> None:
+        new = {name for name in names if name not in self.listed}
+        if new:
+            self.listed |= new
+            _write_marker(self.path, self.kind, self.listed)
+
+    def file(self, name: str) -> Path:
+        if not _plain(name):
+            raise ValueError(f"{name!r} is not a plain file name")
+        self.expect([name])
+        self.written.add(name)
+        return self.path / name
+
+    def finish(self) -> list[str]:
+        """Remove the files earlier runs wrote that this one did not; the names removed."""
+        stale = sorted(self.listed - self.written)
+        for name in stale:
+            target = self.path / name
+            if target.is_symlink() or target.is_file():
+                target.unlink()
+        _write_marker(self.path, self.kind, self.written)
+        return stale
+
+
+def _plain(name: str) -> bool:
+    return bool(name) and name not in (".", "..", MARKER, _POINTER) and "/" not in name and "\\" not in name
+
+
+def _remove_debris(path: Path) -> None:
+    """Partial versions of saves whose process is gone, and versions no pointer names."""
+    current = _pointer(path)
+    for entry in path.iterdir():
+        partial = _PARTIAL.fullmatch(entry.name)
+        stale_partial = partial and not process_alive(int(partial["pid"]))
+        old_version = _VERSION.fullmatch(entry.name) and entry.name != current
+        if (stale_partial or old_version) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+
+
+def _pointer(path: Path) -> str | None:
+    try:
+        name = json.loads((path / _POINTER).read_text())["version"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return name if isinstance(name, str) and _VERSION.fullmatch(name) else None
+
+
+def save_version(path: str | os.PathLike, kind: str, write: Callable[[Path], None]) -> Path:
+    """Write a new version of the versioned folder `path` with `write(folder)` and make it the
+    current one (see the module doc). Returns the version's folder."""
+    path = Path(path).expanduser().absolute()
+    legacy = path.exists() and folder_kind(path) is None and any(path.iterdir())
+    _claim(path, kind)
+    _remove_debris(path)
+    partial = path / f".partial-{os.getpid()}-{secrets.token_hex(4)}"
+    partial.mkdir()
+    try:
+        write(partial)
+        version = path / f"v{time.time_ns():020d}"
+        os.rename(partial, version)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial)
+    with atomic_path(path / _POINTER) as tmp:
+        tmp.write_text(json.dumps({"version": version.name}) + "\n")
+    if legacy:
+        for name in _LEGACY[kind][1]:
+            target = path / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    _remove_debris(path)
+    return version
+
+
+def current_version(path: str | os.PathLike, kind: str) -> Path | None:
+    """The folder of the current version of a versioned folder of `kind`; the folder itself for
+    one written before versions existed; None when `path` holds no such version."""
+    path = Path(path).expanduser().absolute()
+    if not path.is_dir():
+        return None
+    found = folder_kind(path)
+    if found is None:
+        return path if _legacy(path, kind) else None
+    if found != kind:
+        raise FolderError(f"{path}: a jaxmosaic {found} folder, not a {kind} folder")
+    name = _pointer(path)
+    if name is None or not (path / name).is_dir():
+        return None
+    return path / name
