@@ -143,7 +143,7 @@ def test_cli_hybrid_ratios_preview_gif_metrics(tmp_path):
     for name in ("h-ratio0.1.png", "h-ratio1.png", "h-ratio0.1-preview.png", "h.gif"):
         assert (tmp_path / name).is_file(), name
     assert sorted(p.name for p in (tmp_path / "h-frames").iterdir()) == [
-        "step00010-ratio0.1.png", "step00010-ratio1.png", "step00020-ratio0.1.png", "step00020-ratio1.png"]
+        ".jaxmosaic", "step00010-ratio0.1.png", "step00010-ratio1.png", "step00020-ratio0.1.png", "step00020-ratio1.png"]
     image = load_image(tmp_path / "h-ratio1.png")
     assert image.shape == (48, 48, 3)
     preview = load_image(tmp_path / "h-ratio1-preview.png")

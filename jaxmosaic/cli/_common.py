@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.progress import TimeRemainingColumn, TransferSpeedColumn
 
-from jaxmosaic.errors import JaxmosaicError
+from jaxmosaic.errors import ConfigError, JaxmosaicError
 from jaxmosaic.io.files import write_json
 from jaxmosaic.weights import cache_dir, load_vgg19, random_vgg19
 
@@ -26,6 +26,7 @@ state = {"debug": False}
 WeightsOption = Annotated[
     str | None, typer.Option(help="Weights folder or .pth, or 'random' (default: $JAXMOSAIC_WEIGHTS, then the cache).")]
 MetricsOption = Annotated[Path | None, typer.Option(help="Write a JSON summary here.")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace output files that exist although jaxmosaic did not write them.")]
 
 
 def error_line(message: str) -> None:
@@ -49,6 +50,9 @@ def guarded(command):
         except KeyboardInterrupt:
             error_line("interrupted")
             raise typer.Exit(130) from None
+        except ConfigError as err:  # a setting named in Python terms: name its flag
+            error_line(f"--{err.field.replace('_', '-')}: {err.reason}")
+            raise typer.Exit(1) from None
         except (JaxmosaicError, ValueError, OSError) as err:
             if state["debug"]:
                 traceback.print_exc()

@@ -22,7 +22,8 @@ import typer
 
 from jaxmosaic.config import ConfigError, setting, settings_dict, whole
 from jaxmosaic.io.checkpoints import load_checkpoint, read_checkpoint_meta, save_checkpoint
-from jaxmosaic.io.files import check_outputs
+from jaxmosaic.io.folders import OutputFolder
+from jaxmosaic.io.outputs import check_outputs
 from jaxmosaic.io.images import save_gif, save_image
 from jaxmosaic.optimize import Diverged, Problem, Progress, Resume, initial_state, make_optimizer, solve
 from jaxmosaic.resources import check_memory
@@ -43,6 +44,7 @@ class RunConfig:
     checkpoint_every: int = setting(50, "Steps between checkpoints.")
     resume: bool = setting(False, "Continue from --checkpoint (--steps may be raised to run longer).")
     metrics: Path | None = setting(None, "Write a JSON summary here.")
+    overwrite: bool = setting(False, "Replace output files that exist although jaxmosaic did not write them.")
 
     def __post_init__(self):
         whole("save_every", self.save_every, minimum=0)
@@ -72,13 +74,13 @@ class _Interrupted(Exception):
 
 
 class _Frames:
-    """GIF frames (the images side by side, kept in memory) and PNG frames every `every` steps."""
+    """GIF frames (the images side by side, kept in memory) and PNG frames every `every` steps in
+    a frames folder of jaxmosaic's own."""
 
     def __init__(self, gif: Path | None, folder: Path | None, every: int, tags: Sequence[str], inputs, multistage: bool):
-        self.gif, self.folder, self.every, self.tags, self.inputs = gif, folder, every, list(tags), list(inputs)
+        self.gif, self.every, self.tags, self.inputs = gif, every, list(tags), list(inputs)
         self.multistage, self.frames = multistage, []
-        if folder:
-            folder.mkdir(exist_ok=True)
+        self.folder = OutputFolder(folder, "frames") if folder else None
 
     def record(self, progress: Progress, images: np.ndarray) -> None:
         if self.gif:
@@ -86,7 +88,7 @@ class _Frames:
         if self.folder and progress.step % self.every == 0:
             prefix = f"scale{progress.stage}-" if self.multistage else ""
             for tag, image in zip(self.tags, images):
-                save_image(self.folder / f"{prefix}step{progress.step:05d}{tag}.png", image, inputs=self.inputs)
+                save_image(self.folder.file(f"{prefix}step{progress.step:05d}{tag}.png"), image, inputs=self.inputs)
 
     def write(self) -> list[str]:
         written = []
@@ -94,7 +96,8 @@ class _Frames:
             save_gif(self.gif, self.frames, inputs=self.inputs)
             written.append(str(self.gif))
         if self.folder:
-            written.append(str(self.folder))
+            self.folder.finish()
+            written.append(str(self.folder.path))
         return written
 
 
@@ -157,7 +160,9 @@ def optimise(job: Job, run: RunConfig) -> None:
     gif = job.out.with_suffix(".gif") if run.gif else None
     folder = output_name(job.out, "frames", "") if run.save_every else None
     pictures = [path for path, _ in job.pictures]
-    check_outputs([*job.outputs, *pictures, gif, run.metrics, folder, run.checkpoint], job.inputs)
+    weights = [Path(job.weights)] if job.weights not in (None, "random") else []
+    check_outputs([run.metrics], [*job.inputs, *weights], images=[*job.outputs, *pictures, gif], overwrite=run.overwrite,
+                  folders=[(folder, "frames"), (run.checkpoint, "checkpoint")])
     inputs = job.load()
     check_memory(job.memory(inputs), f"this {job.technique} run")
     problem = job.problem(inputs)
@@ -171,7 +176,7 @@ def optimise(job: Job, run: RunConfig) -> None:
         solution = _solve(job, run, problem, resume, frames)
     except _Interrupted as stop:
         images = np.asarray(problem.finish(problem.view(stop.progress.params)))
-        written = _write_images(job, images)
+        written = _write_images(job, images) + frames.write()
         saved = f" and checkpoint {run.checkpoint} (continue with --resume)" if run.checkpoint else ""
         where = f" of scale {stop.progress.label}" if len(problem.stages) > 1 else ""
         error_line(f"interrupted at step {stop.progress.step}{where}; wrote {', '.join(written) or 'nothing'}{saved}")

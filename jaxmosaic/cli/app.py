@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from jaxmosaic._version import __version__
 from jaxmosaic.cli import features, hybrid, mosaic, style, texture, vq, weights
-from jaxmosaic.cli._common import enable_compilation_cache, state
+from jaxmosaic.cli._common import enable_compilation_cache, error_line, state
+
+class _OneLineErrors(TyperGroup):
+    """The command group: a usage error (a missing argument, a value of the wrong type) is one
+    line naming the option, like every other error, with exit status 2."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as err:  # click's usage errors and bad parameters derive from it
+            if not standalone_mode:
+                raise
+            where = f" (see {err.ctx.command_path} --help)" if getattr(err, "ctx", None) is not None else ""
+            error_line(f"{err.format_message()}{where}")
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            error_line("aborted")
+            sys.exit(1)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
+
 
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="jaxmosaic",
     help="Photomosaics, hybrid images, texture synthesis, patch VQ and neural style transfer in JAX.",
     rich_markup_mode="rich",

@@ -11,16 +11,16 @@ import jax
 import numpy as np
 import typer
 
-from jaxmosaic.cli._common import MetricsOption, WeightsOption, echo, guarded, vgg_params, write_metrics
+from jaxmosaic.cli._common import MetricsOption, OverwriteOption, WeightsOption, echo, guarded, vgg_params, write_metrics
 from jaxmosaic.cli._options import command
 from jaxmosaic.config import choice, names, setting, settings_dict, whole
 from jaxmosaic.image import fit_shape, resize
 from jaxmosaic.io.artifacts import save_artifact
-from jaxmosaic.io.files import check_outputs
+from jaxmosaic.io.outputs import check_outputs
 from jaxmosaic.io.images import load_image, save_image
 from jaxmosaic.pictures import feature_montage
 from jaxmosaic.resources import activation_bytes, check_memory
-from jaxmosaic.vgg import Pooling, check_layers, vgg19_features
+from jaxmosaic.vgg import Pooling, check_layers, smallest_side, vgg19_features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,13 +46,18 @@ def features(
     weights: WeightsOption = None,
     preview: Annotated[Path | None, typer.Option(help="Also write a PNG showing the strongest channels of each layer.")] = None,
     metrics: MetricsOption = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Extract VGG19 features of an image (the building block of style, texture and mosaic)."""
     if out.suffix != ".npz":
         raise ValueError(f"--out {out}: expected a .npz file name")
-    check_outputs([out, preview, metrics], [image])
+    check_outputs([out, metrics], [image, *([Path(weights)] if weights not in (None, "random") else [])], images=[preview],
+                  overwrite=overwrite)
     pixels = load_image(image)
     height, width = fit_shape(*pixels.shape[:2], config.size)
+    if min(height, width) < smallest_side(config.layers):
+        raise ValueError(f"{image} at {width}x{height} is too small for the layers asked for: they need "
+                         f"{smallest_side(config.layers)} pixels a side (a larger --size, or a less elongated image)")
     check_memory(activation_bytes(height, width, config.layers) * 2, f"the features of {image} at {width}x{height}")
     params = vgg_params(weights, config.seed)
     extract = jax.jit(vgg19_features, static_argnames=("layers", "pooling"))

@@ -11,13 +11,15 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from jaxmosaic.cli._common import MetricsOption, WeightsOption, count_progress, echo, guarded, output_name, vgg_params
+from jaxmosaic.cli._common import MetricsOption, OverwriteOption, WeightsOption, count_progress, echo, guarded, output_name
+from jaxmosaic.cli._common import vgg_params
 from jaxmosaic.cli._common import write_metrics
 from jaxmosaic.cli._options import command
 from jaxmosaic.config import settings_dict
 from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.image import resize
-from jaxmosaic.io.files import check_outputs
+from jaxmosaic.io.outputs import check_outputs
+from jaxmosaic.io.folders import OutputFolder
 from jaxmosaic.io.images import load_image, save_image
 from jaxmosaic.pictures import contact_sheet, side_by_side
 from jaxmosaic.resources import check_memory
@@ -58,8 +60,9 @@ def _tile_library(tiles: str, config: LibraryConfig, weights: str | None, inputs
     return library, params
 
 
-def _sources(tiles: str) -> list[Path]:
-    return [Path(tiles)] if tiles != "gabor" and Path(tiles).exists() else []
+def _sources(source: str | None) -> list[Path]:
+    """A tile source or a --weights value as an input path (none for gabor, random or the lookup)."""
+    return [Path(source)] if source not in (None, "gabor", "random") and Path(source).exists() else []
 
 
 @guarded
@@ -73,12 +76,13 @@ def mosaic(
     weights: WeightsOption = None,
     preview: Annotated[bool, typer.Option("--preview", help="Also write OUT-preview.png: target and mosaic side by side.")] = False,
     metrics: MetricsOption = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Rebuild TARGET from tiles: each patch becomes its best-matching tile."""
     start = time.perf_counter()
     preview_path = output_name(out, "preview", ".png") if preview else None
     inputs = [target, *_sources(tiles)]
-    check_outputs([out, preview_path, metrics], inputs)
+    check_outputs([metrics], [*inputs, *_sources(weights)], images=[out, preview_path], overwrite=overwrite)
     image = load_image(target)
     check_memory(mosaic_memory(config, image.shape, 512 if library.features == FeatureKind.vgg else 64), f"a mosaic of {target}")
     tile_library, params = _tile_library(tiles, library, weights, inputs, cache=True)
@@ -109,19 +113,23 @@ tiles_app = typer.Typer(help="Generate tile sets.", no_args_is_help=True, rich_m
 @guarded
 @command(config=GaborTilesConfig)
 def gabor(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write the tiles into (created; must be empty if it exists).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the tiles into (created, or one this command wrote before).")],
     config: GaborTilesConfig,
 ) -> None:
     """Write the built-in Gabor tiles (OpenCV's getGaborKernel over a grid) as PNG files."""
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise JaxmosaicError(f"{out_dir}: folder is not empty")
+    check_outputs([], [], folders=[(out_dir, "tiles")])
     parameters = gabor_parameters()
+    count = len(parameters) * config.colors
+    check_memory(count * config.size**2 * 3 * 4 * 3, f"{count} tiles of {config.size}x{config.size}")
     images = np.asarray(gabor_tiles(parameters, config.size, gabor_colors(config.colors)))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for index, tile in enumerate(images):
-        save_image(out_dir / gabor_tile_name(index, parameters, config.colors), tile)
+    folder = OutputFolder(out_dir, "tiles")
+    names = [gabor_tile_name(index, parameters, config.colors) for index in range(len(images))]
+    folder.expect([*names, "contact-sheet.png"] if config.sheet else names)
+    for name, tile in zip(names, images):
+        save_image(folder.file(name), tile)
     if config.sheet:
-        save_image(out_dir / "contact-sheet.png", contact_sheet(images, thumb=min(config.size, 48)))
+        save_image(folder.file("contact-sheet.png"), contact_sheet(images, thumb=min(config.size, 48)))
+    folder.finish()
     echo(f"wrote {len(images)} tiles of {config.size}x{config.size} to {out_dir}")
 
 
@@ -137,11 +145,12 @@ def build(
     library: LibraryConfig,
     weights: WeightsOption = None,
     force: Annotated[bool, typer.Option("--force", help="Index again even if the library is up to date.")] = False,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Compute the features (and SVD) of a tile set and store them, re-indexing only when the folder changed."""
     if out.suffix != ".npz":
         raise JaxmosaicError(f"--out {out}: a tile library file must end in .npz")
-    check_outputs([out], _sources(tiles))
+    check_outputs([out], [*_sources(tiles), *_sources(weights)], overwrite=overwrite)
     if out.is_file() and not force:
         with contextlib.suppress(JaxmosaicError):
             old = load_library(out)

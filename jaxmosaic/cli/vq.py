@@ -11,10 +11,12 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from jaxmosaic.cli._common import MetricsOption, echo, guarded, output_name, write_metrics
+from jaxmosaic.cli._common import MetricsOption, OverwriteOption, echo, guarded, output_name, write_metrics
 from jaxmosaic.cli._options import command
-from jaxmosaic.config import settings_dict
-from jaxmosaic.io.files import atomic_path, check_outputs
+from jaxmosaic.config import MAX_INT, settings_dict
+from jaxmosaic.io.files import atomic_path
+from jaxmosaic.io.folders import OutputFolder
+from jaxmosaic.io.outputs import check_outputs
 from jaxmosaic.io.images import image_files, load_image, save_image
 from jaxmosaic.pictures import codebook_grid, dendrogram_image, montage, side_by_side
 from jaxmosaic.resources import check_memory
@@ -34,11 +36,12 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="The codebook (.npz); a picture of it goes to OUT-grid.png.")],
     config: VQConfig,
     metrics: MetricsOption = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Learn a codebook of patch shapes from IMAGES with k-means."""
     files = image_files(images)
     grid = output_name(out, "grid", ".png")
-    check_outputs([out, grid, metrics], [*files, *images])
+    check_outputs([out, metrics], [*files, *images], images=[grid], overwrite=overwrite)
     pictures = [load_image(path) for path in files]
     check_memory(train_memory(config, pictures, names=[str(path) for path in files]), "k-means on these patches")
     start = time.perf_counter()
@@ -62,13 +65,15 @@ def compress(
     image: Annotated[Path, typer.Argument(help="The image to compress.")],
     codebook: CodebookOption,
     out: Annotated[Path, typer.Option("--out", "-o", help="The reconstruction; OUT-side.png shows it next to the image.")],
-    stride: Annotated[int | None, typer.Option(help="Step between patches (default: the patch size, no overlap; smaller averages overlaps).")] = None,
+    stride: Annotated[int | None, typer.Option(help="Step between patches (default: the patch size, no overlap; smaller averages overlaps).",
+                                               min=1, max=4096)] = None,
     metrics: Annotated[Path | None, typer.Option(help="Write a JSON summary here (PSNR, bits per pixel, codes used).")] = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Replace every patch of IMAGE by its nearest codebook entry."""
     side = output_name(out, "side")
     inputs = [image, codebook]
-    check_outputs([out, side, metrics], inputs)
+    check_outputs([metrics], inputs, images=[out, side], overwrite=overwrite)
     book = load_codebook(codebook)
     start = time.perf_counter()
     result = compress_image(book, load_image(image), stride)
@@ -91,30 +96,30 @@ def cluster(
     images: Annotated[list[Path], typer.Argument(help="Images to group, or folders of them.")],
     codebook: CodebookOption,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: clusters.csv, cluster-N.png montages, dendrogram.png.")],
-    clusters: Annotated[int, typer.Option(help="Number of groups (at most).")] = 6,
+    clusters: Annotated[int, typer.Option(help="Number of groups (at most).", min=1, max=MAX_INT)] = 6,
     metrics: MetricsOption = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Group IMAGES by their histograms of patch codes (cosine distance, average linkage)."""
     files = image_files(images)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
     inputs = [*files, codebook]
-    check_outputs([out, metrics], [*inputs, *images])
+    check_outputs([metrics], [*inputs, *images], folders=[(out, "clusters")], overwrite=overwrite)
     book = load_codebook(codebook)
     pictures = [load_image(path) for path in files]
     start = time.perf_counter()
     groups, tree = group_images(book, pictures, clusters, names=[str(path) for path in files])
     seconds = time.perf_counter() - start
-    out.mkdir(exist_ok=True)
+    folder = OutputFolder(out, "clusters")
     table = io.StringIO()
     csv.writer(table).writerows([("image", "cluster"), *((str(path), int(group)) for path, group in zip(files, groups))])
-    with atomic_path(out / "clusters.csv", inputs) as tmp:
+    with atomic_path(folder.file("clusters.csv"), inputs) as tmp:
         tmp.write_text(table.getvalue())
     written = [out / "clusters.csv"]
     for group in sorted(set(groups.tolist())):
-        written.append(save_image(out / f"cluster-{group}.png", montage([pictures[i] for i in np.flatnonzero(groups == group)]),
-                                  inputs=inputs))
-    written.append(save_image(out / "dendrogram.png", dendrogram_image(tree, [path.stem for path in files]), inputs=inputs))
+        members = montage([pictures[i] for i in np.flatnonzero(groups == group)])
+        written.append(save_image(folder.file(f"cluster-{group}.png"), members, inputs=inputs))
+    written.append(save_image(folder.file("dendrogram.png"), dendrogram_image(tree, [path.stem for path in files]), inputs=inputs))
+    folder.finish()
     sizes = {int(g): int(np.sum(groups == g)) for g in sorted(set(groups.tolist()))}
     echo(f"{len(files)} images in {len(sizes)} clusters (sizes {', '.join(map(str, sizes.values()))}); wrote {out}")
     write_metrics(metrics, "vq-cluster", {"clusters": clusters, "patch": book.size, "stride": book.stride}, inputs, written,

@@ -11,7 +11,9 @@ import typer
 
 from jaxmosaic.cli._common import download_progress, echo, guarded
 from jaxmosaic.weights import convert as convert_weights
-from jaxmosaic.weights import default_weights_dir, random_vgg19, save_params, weights_info
+from jaxmosaic.config import MAX_INT
+from jaxmosaic.io.outputs import check_outputs
+from jaxmosaic.weights import default_weights_dir, is_weights_folder, random_vgg19, save_params, weights_info
 from jaxmosaic.weights import download as download_weights
 
 app = typer.Typer(help="Get, convert and inspect VGG19 weights.", no_args_is_help=True, rich_markup_mode="rich")
@@ -28,6 +30,7 @@ def convert(
     out: OutDir = None,
 ) -> None:
     """Convert a torchvision VGG19 checkpoint (read safely, without torch) to a jaxmosaic weights folder."""
+    check_outputs([], [pth], folders=[(out or default_weights_dir(), "weights")])
     folder = convert_weights(pth, out)
     echo(f"converted {pth} -> {folder}")
 
@@ -41,9 +44,11 @@ def download(
 ) -> None:
     """Download torchvision's VGG19 checkpoint, check its SHA-256, convert and cache it."""
     target = out or default_weights_dir()
-    if (target / "params").is_dir() and not force:
+    if is_weights_folder(target) and not force:
         echo(f"weights already in {target} (use --force to fetch again)")
         return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    check_outputs([], [], folders=[(target, "weights")])
     with download_progress() as progress:
         folder = download_weights(url, out, progress=progress, force=force)
     echo(f"VGG19 weights ready in {folder}")
@@ -53,12 +58,13 @@ def download(
 @guarded
 def random(
     out: Annotated[Path, typer.Option("--out", "-o", help="Weights folder to write.")],
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed.", min=0, max=MAX_INT)] = 0,
 ) -> None:
     """Write seeded random VGG19 weights (He-normal, each layer rescaled to mean activation 1).
 
     Random filters give plausible textures and styles but not the semantics of trained weights.
     """
+    check_outputs([], [], folders=[(out, "weights")])
     params = random_vgg19(jax.random.PRNGKey(seed))
     source = {"source": "random", "seed": seed, "format": "He-normal, per-layer mean activation 1"}
     echo(f"random weights (seed {seed}) -> {save_params(params, out, source)}")
