@@ -1,15 +1,19 @@
-"""One optax loop for every technique that optimises pixels, and the stages it runs in.
+"""One loop for every technique that optimises pixels, and the stages it runs in.
 
-`minimize`: a loss `value_fn(params, data) -> scalar` for one problem is minimised by gradient
-descent, Adam or L-BFGS (with its zoom line search). Steps run in jitted chunks (a `lax.scan`
-over `chunk` steps), so Python is visited once per chunk: for a progress bar, frames of a GIF,
-checkpoints. A batch of independent problems is one `vmap` of the chunk: each problem keeps its
-own optimiser state (and its own line search), so a batch gives the same results as separate runs.
-A step whose loss or update is not finite is not applied, and the problem stops there: the
-returned parameters are the last finite ones and `diverged_at` says where it happened.
+`minimize`: a batch of independent problems is minimised by gradient descent, Adam (optax) or
+L-BFGS (`jaxmosaic.lbfgs`: one curvature memory and one line search per problem). The loss is
+evaluated natively for the whole batch, `value_fn(params, data) -> (B,)` with a leading problem
+axis on the parameters, so a network sees one NHWC batch; the gradient of the summed losses is
+each problem's own gradient. Steps run in jitted chunks (a `lax.scan` over `chunk` steps), so
+Python is visited once per chunk: for a progress bar, frames of a GIF, checkpoints. A problem
+whose loss or update stops being finite stops alone: its parameters stay the last finite ones
+and `diverged_at` says where it happened. With a `jax.sharding.Mesh` of several devices the
+problem axis is sharded over them (padded to a multiple of the devices; each device runs its
+own problems, `jax.shard_map`), or with `split="height"` one image's height is (XLA's SPMD
+partitioner adds the halos the convolutions need).
 
 `solve`: a technique describes its optimisation as a `Problem` (stages, e.g. coarse to fine
-scales; how parameters become images; the loss terms of an image); `solve` runs the stages one
+scales; how parameters become images; the loss terms of images); `solve` runs the stages one
 after another with `minimize`, reports a `Progress` after every chunk, resumes from a `Resume`,
 and returns a `Solution`. Style transfer, texture synthesis and hybrid images are all solved so.
 """
@@ -25,14 +29,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxmosaic._problems import finite, select
 from jaxmosaic.errors import JaxmosaicError
+from jaxmosaic.lbfgs import batched_lbfgs
 
 __all__ = [
     "Optimizer",
     "make_optimizer",
     "learning_rate",
-    "initial_state",
+    "state_like",
     "make_chunk",
     "minimize",
     "ChunkReport",
@@ -45,20 +52,21 @@ __all__ = [
     "Diverged",
     "solve",
     "per_image",
+    "device_mesh",
 ]
 
 
 class Optimizer(enum.StrEnum):
-    """"sgd" (plain gradient descent), "adam", or "lbfgs" (optax's, with zoom line search)."""
+    """"sgd" (plain gradient descent), "adam", or "lbfgs" (batched, with a Wolfe line search)."""
 
     sgd = "sgd"
     adam = "adam"
     lbfgs = "lbfgs"
 
 
-def make_optimizer(name: str, learning_rate: float | None = None) -> optax.GradientTransformation:
-    """The optax transformation for an `Optimizer` (or its name); for L-BFGS the learning rate,
-    if given, scales its step before the line search."""
+def make_optimizer(name: str, learning_rate: float | None = None):
+    """optax's transformation for "sgd" or "adam", or the batched L-BFGS (`jaxmosaic.lbfgs`;
+    the learning rate, if given, scales its direction before the line search)."""
     try:
         name = Optimizer(name)
     except ValueError:
@@ -67,7 +75,7 @@ def make_optimizer(name: str, learning_rate: float | None = None) -> optax.Gradi
         return optax.sgd(learning_rate)
     if name == Optimizer.adam:
         return optax.adam(learning_rate)
-    return optax.lbfgs(learning_rate=learning_rate)
+    return batched_lbfgs(learning_rate)
 
 
 def learning_rate(optimizer: str, lr: float | None, default: float = 0.02) -> float | None:
@@ -76,61 +84,65 @@ def learning_rate(optimizer: str, lr: float | None, default: float = 0.02) -> fl
     return lr if lr is not None or optimizer == Optimizer.lbfgs else default
 
 
-def _optax_promotion():
+def _standard_promotion():
     """optax mixes integer and float scalars (Adam's decay ** count, for one), which JAX's strict
     dtype promotion refuses; its updates are traced with the standard rules, whatever the caller's."""
     return jax.numpy_dtype_promotion("standard")
 
 
-def initial_state(transform: optax.GradientTransformation, params, *, batched: bool = False):
-    """A fresh optimiser state for `params` (one per problem when `batched`)."""
-    with _optax_promotion():
-        return jax.vmap(transform.init)(params) if batched else transform.init(params)
+def state_like(optimizer: str, lr: float | None, params):
+    """A zero optimiser state of the structure, shapes and dtypes `minimize` makes for `params`
+    (a leading problem axis on every leaf): what a checkpoint is restored into."""
+    transform = make_optimizer(optimizer, lr)
+    with _standard_promotion():
+        if Optimizer(optimizer) == Optimizer.lbfgs:
+            batch = jax.tree_util.tree_leaves(params)[0].shape[0]
+            first = jax.tree_util.tree_leaves(params)[0]
+            return transform.init(params, jnp.zeros((batch,), first.dtype), jax.tree_util.tree_map(jnp.zeros_like, params))
+        return transform.init(params)
 
 
-def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+def _batched_value_and_grad(value_fn: Callable, data) -> Callable:
+    """params -> ((B,) losses, gradients): the gradient of the summed losses, which is each
+    problem's own gradient since problem i's loss depends on its own parameters only."""
+
+    def total(params):
+        values = value_fn(params, data)
+        return jnp.sum(values), values
+
+    def value_and_grad(params):
+        (_, values), grads = jax.value_and_grad(total, has_aux=True)(params)
+        return values, grads
+
+    return value_and_grad
 
 
-def make_chunk(value_fn: Callable, optimizer: optax.GradientTransformation, length: int, *, lbfgs: bool, batched: bool, data_axes=0):
+def make_chunk(value_fn: Callable, optimizer, length: int, *, lbfgs: bool):
     """A function (params, opt_state, good, data) -> (params, opt_state, good, losses) running
-    `length` steps; `losses[i]` is the loss before step i (NaN once a problem has stopped).
-    With `batched`, `data_axes` is the `vmap` in_axes of data (e.g. (0, None): shared weights).
+    `length` steps of a batch of problems; `losses[i]` holds each problem's loss before step i
+    (NaN once a problem has stopped). Not jitted here: callers jit it once per chunk length."""
 
-    Not jitted here: callers jit (or lower and compile) it once per chunk length.
-    """
-
-    def step(params, opt_state, data):
-        def value(p):
-            return value_fn(p, data)
-
+    def step(params, opt_state, good, data):
+        value_and_grad = _batched_value_and_grad(value_fn, data)
         if lbfgs:
-            loss, grad = optax.value_and_grad_from_state(value)(params, state=opt_state)
-            with _optax_promotion():
-                updates, opt_state = optimizer.update(grad, opt_state, params, value=loss, grad=grad, value_fn=value)
-        else:
-            loss, grad = jax.value_and_grad(value)(params)
-            with _optax_promotion():
-                updates, opt_state = optimizer.update(grad, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+            return optimizer.step(value_and_grad, params, opt_state, good)
+        values, grads = value_and_grad(params)
+        with _standard_promotion():
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, values
 
     def chunk(params, opt_state, good, data):
         def body(carry, _):
             params, opt_state, good = carry
-            new_params, new_state, loss = step(params, opt_state, data)
-            ok = good & jnp.isfinite(loss) & _all_finite(new_params)
-
-            def keep(new, old):
-                return jnp.where(ok, new, old)
-
-            carry = (jax.tree_util.tree_map(keep, new_params, params), jax.tree_util.tree_map(keep, new_state, opt_state), ok)
-            return carry, jnp.where(good, loss, jnp.nan)
+            new_params, new_state, values = step(params, opt_state, good, data)
+            ok = good & jnp.isfinite(values) & finite(new_params)
+            carry = (select(ok, new_params, params), select(ok, new_state, opt_state), ok)
+            return carry, jnp.where(good, values, jnp.nan)
 
         (params, opt_state, good), losses = jax.lax.scan(body, (params, opt_state, good), None, length=length)
         return params, opt_state, good, losses
 
-    return jax.vmap(chunk, in_axes=(0, 0, 0, data_axes)) if batched else chunk
+    return chunk
 
 
 class ChunkReport(NamedTuple):
@@ -151,6 +163,75 @@ class Outcome(NamedTuple):
     diverged_at: np.ndarray | None  # per problem: the step whose loss or update was not finite, or -1
     seconds: float  # wall time of the steps, compilation excluded
     compile_seconds: float
+    evaluations: np.ndarray | None = None  # L-BFGS: loss-and-gradient evaluations of each problem in this call
+
+
+def device_mesh(devices: int | None = None) -> Mesh | None:
+    """A one-axis mesh ("devices") over the first `devices` devices (default: all), or None for one."""
+    available = jax.devices()
+    count = len(available) if devices is None else devices
+    if not 1 <= count <= len(available):
+        raise ValueError(f"devices must be between 1 and the {len(available)} available, got {count}")
+    return Mesh(np.asarray(available[:count]), ("devices",)) if count > 1 else None
+
+
+def _pad(tree, size: int, batch: int | None = None):
+    """Every leaf with the leading problem axis (of `batch`, default: any) padded to `size` with
+    copies of its first problem; leaves without it (a step count) as they are."""
+    def pad(leaf):
+        leaf = jnp.asarray(leaf)
+        if leaf.ndim == 0 or (batch is not None and leaf.shape[0] != batch) or leaf.shape[0] == size:
+            return leaf
+        return jnp.concatenate([leaf, jnp.repeat(leaf[:1], size - leaf.shape[0], axis=0)])
+    return jax.tree_util.tree_map(pad, tree)
+
+
+def _per_problem_leaves(data_axes, data):
+    """`data_axes`, a prefix of data's structure (0: a leading problem axis; None: shared), as a
+    full tree of booleans: which leaves have the problem axis."""
+    return jax.tree_util.tree_map(lambda axis, sub: jax.tree_util.tree_map(lambda _: axis == 0, sub), data_axes, data,
+                                  is_leaf=lambda x: x is None)
+
+
+def _sharded_by_problem(chunk: Callable, mesh: Mesh, state, data, data_axes, size: int) -> Callable:
+    """The chunk run on each device for its own problems (`jax.shard_map`): independent problems
+    need no communication, and each problem's arithmetic is what it is on one device."""
+    problem, shared = PartitionSpec("devices"), PartitionSpec()
+
+    def spec_of(leaf):
+        return problem if getattr(leaf, "ndim", 0) and leaf.shape[0] == size else shared
+
+    state_specs = jax.tree_util.tree_map(spec_of, state)
+    data_specs = jax.tree_util.tree_map(lambda sharded: problem if sharded else shared, _per_problem_leaves(data_axes, data))
+    # check_vma off: the line search's loop starts from constants that become per-device values
+    return jax.shard_map(chunk, mesh=mesh, in_specs=(problem, state_specs, problem, data_specs),
+                         out_specs=(problem, state_specs, problem, PartitionSpec(None, "devices")), check_vma=False)
+
+
+def _distribute(params, data, data_axes, mesh: Mesh | None, split: str):
+    """Put params and data on the mesh: the problem axis (padded) or one image's height sharded,
+    everything shared replicated. Returns (params, data, padded batch size)."""
+    batch = jax.tree_util.tree_leaves(params)[0].shape[0]
+    if mesh is None:
+        return params, data, batch
+    devices = mesh.size
+    replicated = NamedSharding(mesh, PartitionSpec())
+    per_problem_leaves = _per_problem_leaves(data_axes, data)
+    if split == "height":
+        if batch != 1:
+            raise ValueError(f"split='height' shards one image, not a batch of {batch}")
+        for leaf in jax.tree_util.tree_leaves(params):
+            if leaf.ndim < 2 or leaf.shape[1] % devices:
+                raise ValueError(f"an image {leaf.shape[1]} px high does not split over {devices} devices; "
+                                 f"use a height divisible by {devices}")
+        spec = NamedSharding(mesh, PartitionSpec(None, "devices"))
+        return jax.device_put(params, spec), jax.device_put(data, replicated), batch
+    size = -(-batch // devices) * devices
+    per_problem = NamedSharding(mesh, PartitionSpec("devices"))
+    params = jax.device_put(_pad(params, size), per_problem)
+    data = jax.tree_util.tree_map(lambda sharded, leaf: jax.device_put(_pad(leaf, size), per_problem) if sharded
+                                  else jax.device_put(leaf, replicated), per_problem_leaves, data)
+    return params, data, size
 
 
 def minimize(
@@ -163,68 +244,134 @@ def minimize(
     steps: int,
     chunk: int | None = None,
     batched: bool = False,
-    data_axes=0,
+    data_axes=None,
     opt_state=None,
     start_step: int = 0,
     callback: Callable[[ChunkReport], None] | None = None,
+    mesh: Mesh | None = None,
+    split: str = "problems",
 ) -> Outcome:
-    """Minimise `value_fn(params, data)` from `params`, in jitted chunks of steps.
+    """Minimise from `params`, in jitted chunks of steps.
 
     Args:
-      value_fn: scalar loss of one problem.
-      params: initial parameters (a pytree); with `batched`, every leaf has a leading batch axis.
-      data: what the loss needs besides params (a pytree; batched like params when `batched`).
-      data_axes: with `batched`, which parts of data have the batch axis (a `vmap` in_axes
-        prefix, e.g. (0, None) for per-problem targets and shared network weights).
+      value_fn: without `batched`, the scalar loss of one problem, `value_fn(params, data)`;
+        with `batched`, the losses of a batch of problems at once: params with a leading
+        problem axis -> (B,), problem i's loss depending on problem i's params only (a network
+        then sees the batch natively).
+      params: initial parameters (a pytree; with `batched`, every leaf has the problem axis).
+      data: what the loss needs besides params (a pytree).
+      data_axes: with `batched`, which parts of data have the problem axis (0) and which are
+        shared (None), as a prefix of data's structure; used to pad and shard them.
       optimizer: an `Optimizer` or its name; `learning_rate` as `make_optimizer` takes it.
       steps: number of steps to run from `start_step` to `steps` (steps counts from 0).
       chunk: steps per compiled chunk (default min(50, steps)); the callback runs after each.
       opt_state: resume from this optimiser state (default: a fresh one).
       callback: called with a `ChunkReport` after each chunk; it may raise to stop.
+      mesh: a `jax.sharding.Mesh` with one axis "devices" (see `device_mesh`): the problem axis
+        is sharded over it, padded with copies of the first problem to a multiple of its size
+        (the copies are dropped from what is returned); with split="height" the image's
+        height is sharded instead (one problem; XLA adds the halos the convolutions need).
 
     Returns:
-      An `Outcome`. Stops early, after the chunk in which any problem diverged.
+      An `Outcome`. A problem whose loss or update stops being finite stops alone (the others
+      go on); the loop ends early after the chunk in which every problem has stopped.
     """
     if steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}")
+    if not batched:
+        one = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf)[None], params)
+        outcome = minimize(lambda p, d: value_fn(jax.tree_util.tree_map(lambda leaf: leaf[0], p), d)[None], one, data,
+                           optimizer=optimizer, learning_rate=learning_rate, steps=steps, chunk=chunk, batched=True,
+                           data_axes=None, opt_state=_batch_state(opt_state, optimizer, learning_rate, one),
+                           start_step=start_step, callback=None if callback is None else _unbatched(callback))
+        first = lambda tree: jax.tree_util.tree_map(lambda leaf: leaf[0] if getattr(leaf, "ndim", 0) else leaf, tree)  # noqa: E731
+        return outcome._replace(params=first(outcome.params), opt_state=first(outcome.opt_state),
+                                history=outcome.history[:, 0])
     transform = make_optimizer(optimizer, learning_rate)
-    lbfgs = optimizer == Optimizer.lbfgs
+    lbfgs = Optimizer(optimizer) == Optimizer.lbfgs
+    batch = jax.tree_util.tree_leaves(params)[0].shape[0]
+    params, data, size = _distribute(params, data, data_axes, mesh, split)
+    compile_seconds, seconds = 0.0, 0.0
+    evaluations_before = np.zeros(batch, np.int64)  # the evaluation of a fresh L-BFGS state counts
     if opt_state is None:
-        opt_state = initial_state(transform, params, batched=batched)
-    batch = jax.tree_util.tree_leaves(params)[0].shape[0] if batched else None
-    good = jnp.ones((batch,) if batched else (), bool)
+        opt_state, compile_seconds = _fresh_state(transform, lbfgs, value_fn, params, data)
+    else:
+        if lbfgs:
+            evaluations_before = np.asarray(opt_state.evaluations)[:batch]
+        if size != batch:
+            opt_state = _pad(opt_state, size, batch)
+    good = jnp.ones((size,), bool)
     chunk = max(1, min(chunk or 50, steps))
     compiled: dict[int, Any] = {}
-    compile_seconds = 0.0
-    seconds = 0.0
     history = []
     done = start_step
     while done < steps:
         length = min(chunk, steps - done)
         if length not in compiled:
             start = time.perf_counter()
-            function = jax.jit(make_chunk(value_fn, transform, length, lbfgs=lbfgs, batched=batched, data_axes=data_axes))
-            compiled[length] = function.lower(params, opt_state, good, data).compile()
+            function = make_chunk(value_fn, transform, length, lbfgs=lbfgs)
+            if mesh is not None and split == "problems":
+                function = _sharded_by_problem(function, mesh, opt_state, data, data_axes, size)
+            compiled[length] = jax.jit(function).lower(params, opt_state, good, data).compile()
             compile_seconds += time.perf_counter() - start
         start = time.perf_counter()
         params, opt_state, good, losses = jax.block_until_ready(compiled[length](params, opt_state, good, data))
         seconds += time.perf_counter() - start
-        losses = np.asarray(losses)
-        if batched:
-            losses = losses.T  # vmap puts the batch first: (batch, chunk) -> (chunk, batch)
+        losses = np.asarray(losses)[:, :batch]
         history.append(losses)
         done += length
         if callback is not None:
-            callback(ChunkReport(done, steps, losses, params, opt_state))
-        if not bool(np.all(np.asarray(good))):
-            break
-    full = np.concatenate(history, axis=0) if history else np.zeros((0,) if not batched else (0, batch))
+            callback(ChunkReport(done, steps, losses, _unpad(params, batch, size), _unpad(opt_state, batch, size)))
+        if not bool(np.any(np.asarray(good)[:batch])):
+            break  # every problem has stopped
+    full = np.concatenate(history, axis=0) if history else np.zeros((0, batch))
     diverged = None
-    if not bool(np.all(np.asarray(good))):
+    if not bool(np.all(np.asarray(good)[:batch])):
         bad = ~np.isfinite(full)
-        hit = bad.any(axis=0)
-        diverged = np.atleast_1d(np.where(hit, bad.argmax(axis=0) + start_step, -1))
-    return Outcome(params, opt_state, done, full, diverged, seconds, compile_seconds)
+        diverged = np.where(bad.any(axis=0), bad.argmax(axis=0) + start_step, -1)
+    evaluations = np.asarray(opt_state.evaluations)[:batch] - evaluations_before if lbfgs else None
+    return Outcome(_unpad(params, batch, size), _unpad(opt_state, batch, size), done, full, diverged, seconds,
+                   compile_seconds, evaluations)
+
+
+def _unpad(tree, batch: int, size: int):
+    """Drop the padding copies from every leaf that has the (padded) problem axis."""
+    if batch == size:
+        return tree
+    return jax.tree_util.tree_map(lambda leaf: leaf[:batch] if getattr(leaf, "ndim", 0) and leaf.shape[0] == size else leaf, tree)
+
+
+def _fresh_state(transform, lbfgs: bool, value_fn: Callable, params, data):
+    """(a fresh optimiser state, seconds spent compiling): L-BFGS starts from the loss and the
+    gradient at the start, evaluated once (and counted)."""
+    if not lbfgs:
+        with _standard_promotion():
+            return transform.init(params), 0.0
+    start = time.perf_counter()
+    evaluate = jax.jit(lambda p, d: _batched_value_and_grad(value_fn, d)(p))
+    compiled = evaluate.lower(params, data).compile()
+    compile_seconds = time.perf_counter() - start
+    value, grad = compiled(params, data)
+    state = transform.init(params, value, grad)
+    return state._replace(evaluations=state.evaluations + 1), compile_seconds
+
+
+def _batch_state(opt_state, optimizer, lr, params):
+    """A single problem's optimiser state given back to `minimize` without `batched`, with the
+    problem axis added where the batched state has one."""
+    if opt_state is None:
+        return None
+    like = state_like(optimizer, lr, params)
+    return jax.tree_util.tree_map(lambda leaf, model: jnp.asarray(leaf)[None] if jnp.ndim(model) == jnp.ndim(leaf) + 1
+                                  else jnp.asarray(leaf), opt_state, like)
+
+
+def _unbatched(callback):
+    def report(chunk_report: ChunkReport) -> None:
+        first = lambda tree: jax.tree_util.tree_map(lambda leaf: leaf[0] if getattr(leaf, "ndim", 0) else leaf, tree)  # noqa: E731
+        callback(chunk_report._replace(losses=chunk_report.losses[:, 0], params=first(chunk_report.params),
+                                       opt_state=first(chunk_report.opt_state)))
+    return report
 
 
 class Stage(NamedTuple):
@@ -232,19 +379,19 @@ class Stage(NamedTuple):
 
     label: str  # what it is, for people: e.g. "256x256"
     start: Callable[[Any], Any]  # the previous stage's final params (None before the first) -> start params
-    value_fn: Callable  # loss of one problem: (params, data) -> scalar
+    value_fn: Callable  # the losses of the batch, natively: (params with a problem axis, data) -> (B,)
     data: Any  # what the loss needs besides params
-    data_axes: Any = 0  # for a batched problem: the `vmap` in_axes of data
+    data_axes: Any = None  # which parts of data have the problem axis (0) or are shared (None)
 
 
 class Problem(NamedTuple):
-    """An optimisation as a technique describes it to `solve`."""
+    """An optimisation as a technique describes it to `solve`: a batch of `count` problems (one
+    image each), their parameters with a leading problem axis."""
 
     stages: Sequence[Callable[[], Stage]]  # built one at a time, in order (a resumed run skips the first ones)
     steps: tuple[int, ...]  # steps of each stage
     optimizer: str
     learning_rate: float | None
-    batched: bool  # params have a leading problem axis; each problem keeps its own optimiser state
     count: int  # images the problem produces
     view: Callable[[Any], Any]  # params -> images (count, H, W, C) in [0, 1]
     finish: Callable[[Any], Any]  # the last view -> the final images (e.g. original colours kept)
@@ -252,6 +399,7 @@ class Problem(NamedTuple):
     initial: Any = None  # params before the first stage; for a problem without stages, the answer
     facts: dict = {}  # values the technique derived from its settings (reported in the metrics)
     notes: tuple = ()  # lines worth telling the user before the work starts
+    split: bool = False  # with a mesh: shard the image's height (one problem) instead of the problems
 
 
 class Progress(NamedTuple):
@@ -288,6 +436,7 @@ class Solution(NamedTuple):
     opt_state: Any
     stage: int  # the last stage run
     facts: dict = {}  # the problem's derived values (e.g. a calibrated loss weight)
+    evaluations: np.ndarray | None = None  # L-BFGS: loss-and-gradient evaluations of each problem
 
 
 class Diverged(JaxmosaicError, FloatingPointError):
@@ -299,7 +448,7 @@ class Diverged(JaxmosaicError, FloatingPointError):
 
 
 def solve(problem: Problem, *, callback: Callable[[Progress], None] | None = None, resume: Resume | None = None,
-          chunk: int | None = None) -> Solution:
+          chunk: int | None = None, mesh: Mesh | None = None) -> Solution:
     """Run the problem's stages in order (each from the previous one's result) and return the
     final images with their loss terms.
 
@@ -308,14 +457,19 @@ def solve(problem: Problem, *, callback: Callable[[Progress], None] | None = Non
       callback: called with a `Progress` after each chunk; it may raise to stop the run.
       resume: continue at this stage and step with this state instead of starting over.
       chunk: steps per compiled chunk (default: `minimize`'s).
+      mesh: devices to share the work (`device_mesh`): the problems, or with `problem.split`
+        one image's height, sharded over them.
 
     Raises:
-      Diverged: a loss or update stopped being finite; the error holds the last finite images.
+      Diverged: a problem's loss or update stopped being finite; the others ran to the end, and
+        the error holds every image (the last finite ones of the problems that diverged).
     """
     first = resume.stage if resume is not None else 0
     total = sum(problem.steps)
     params, opt_state = problem.initial, None
     history, steps, seconds, compile_seconds = [], 0, 0.0, 0.0
+    diverged = np.full(problem.count, -1)
+    evaluations = np.zeros(problem.count, np.int64)
     index = first
     for index in range(first, len(problem.stages)):
         stage = problem.stages[index]()
@@ -332,25 +486,30 @@ def solve(problem: Problem, *, callback: Callable[[Progress], None] | None = Non
                                   total, chunk_report.losses, chunk_report.params, chunk_report.opt_state))
 
         outcome = minimize(stage.value_fn, x, stage.data, optimizer=problem.optimizer, learning_rate=problem.learning_rate,
-                           steps=problem.steps[index], chunk=chunk, batched=problem.batched, data_axes=stage.data_axes,
-                           opt_state=state, start_step=start_step, callback=report)
+                           steps=problem.steps[index], chunk=chunk, batched=True, data_axes=stage.data_axes,
+                           opt_state=state, start_step=start_step, callback=report, mesh=mesh,
+                           split="height" if problem.split else "problems")
         params, opt_state = outcome.params, outcome.opt_state
         history.append(outcome.history)
         steps += outcome.steps - start_step
         seconds += outcome.seconds
         compile_seconds += outcome.compile_seconds
+        if outcome.evaluations is not None:
+            evaluations += outcome.evaluations
         if outcome.diverged_at is not None:
-            solution = _solution(problem, params, opt_state, steps, history, seconds, compile_seconds, index)
-            where = int(np.max(outcome.diverged_at))
-            place = f" of stage {stage.label}" if len(problem.stages) > 1 else ""
-            raise Diverged(f"the optimisation diverged at step {where}{place} (loss not finite)", solution)
-    return _solution(problem, params, opt_state, steps, history, seconds, compile_seconds, index)
+            diverged = np.where((diverged < 0) & (outcome.diverged_at >= 0), outcome.diverged_at + before, diverged)
+    solution = _solution(problem, params, opt_state, steps, history, seconds, compile_seconds, index,
+                         evaluations if problem.optimizer == Optimizer.lbfgs else None)
+    if np.any(diverged >= 0):
+        which = ", ".join(f"image {i + 1} at step {int(step)}" for i, step in enumerate(diverged) if step >= 0)
+        raise Diverged(f"the optimisation diverged ({which}; loss not finite)", solution)
+    return solution
 
 
-def _solution(problem, params, opt_state, steps, history, seconds, compile_seconds, stage) -> Solution:
+def _solution(problem, params, opt_state, steps, history, seconds, compile_seconds, stage, evaluations) -> Solution:
     images = problem.finish(problem.view(params))
     return Solution(np.asarray(images), problem.terms(images), steps, history, seconds, compile_seconds, params,
-                    opt_state, stage, problem.facts)
+                    opt_state, stage, problem.facts, evaluations)
 
 
 def per_image(loss: tuple) -> list[dict]:

@@ -25,9 +25,12 @@ def available_bytes() -> int | None:
         return None
 
 
-def check_memory(needed: int, what: str) -> None:
-    """Raise if `needed` bytes (an estimate of the peak) exceed what is free."""
+def check_memory(needed: int, what: str, *, devices: int = 1) -> None:
+    """Raise if `needed` bytes (an estimate of the peak) exceed what is free. Shared over
+    `devices` accelerators, each holds its share; host devices (CPU) share the host's memory."""
     free = available_bytes()
+    if devices > 1 and jax.devices()[0].platform != "cpu":
+        needed = -(-needed // devices)
     if free is not None and needed > free:
         raise JaxmosaicError(
             f"{what} needs about {needed / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free; "

@@ -15,6 +15,7 @@ import numpy as np
 __all__ = [
     "spectrum_projection",
     "spectrum_loss",
+    "spectrum_losses",
     "spectrum_distance",
     "periodic_component",
     "spectrum_target",
@@ -53,6 +54,8 @@ def spectrum_projection(x: jax.Array, exemplar: jax.Array) -> jax.Array:
     x = jnp.asarray(x)
     exemplar = jnp.asarray(exemplar, x.dtype)
     x_hat, u_hat = _fft(x), _fft(exemplar)
+    if u_hat.ndim < x_hat.ndim:  # one exemplar for a batch
+        u_hat = u_hat.reshape((1,) * (x_hat.ndim - u_hat.ndim) + u_hat.shape)
     phi = jnp.sum(x_hat * jnp.conj(u_hat), axis=-1, keepdims=True)
     nonzero = jnp.abs(phi) > 0
     safe = jnp.where(nonzero, phi, 1.0)  # keeps the gradient of |phi| finite where phi = 0
@@ -60,15 +63,27 @@ def spectrum_projection(x: jax.Array, exemplar: jax.Array) -> jax.Array:
     return _ifft(phase * u_hat, x.shape).astype(x.dtype)
 
 
-def spectrum_loss(x: jax.Array, exemplar: jax.Array) -> jax.Array:
-    """1/2 ||x - P(x)||^2 (summed over a batch), with P `spectrum_projection`.
+def spectrum_losses(x: jax.Array, exemplar: jax.Array) -> jax.Array:
+    """1/2 ||x - P(x)||^2 of each image of an NHWC batch (one exemplar for all, or one each) -> (N,).
 
     P(x) is held constant in the gradient, which is therefore exactly x - P(x): the gradient of
     half the squared distance to a set at a point with a unique closest point (the paper's
     gradient; differentiating through P gives the same, as a test checks).
     """
-    projected = jax.lax.stop_gradient(spectrum_projection(x, exemplar))
-    return 0.5 * jnp.sum(jnp.square(x - projected))
+    x = jnp.asarray(x)
+    x = x if x.ndim == 4 else x[None]
+    exemplar = jnp.asarray(exemplar, x.dtype)
+    # one image at a time: a batched FFT may round otherwise than the image's own, and an
+    # optimiser amplifies the last bit into another image
+    exemplars = exemplar if exemplar.ndim == 4 else [exemplar] * x.shape[0]
+    projected = jnp.stack([spectrum_projection(image, target) for image, target in zip(x, exemplars)])
+    return 0.5 * jnp.sum(jnp.square(x - jax.lax.stop_gradient(projected)), axis=(1, 2, 3))
+
+
+def spectrum_loss(x: jax.Array, exemplar: jax.Array) -> jax.Array:
+    """1/2 ||x - P(x)||^2 (summed over a batch), with P `spectrum_projection` held constant in
+    the gradient (see `spectrum_losses`)."""
+    return jnp.sum(spectrum_losses(x, exemplar))
 
 
 def spectrum_distance(x: jax.Array, exemplar: jax.Array) -> jax.Array:

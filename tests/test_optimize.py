@@ -36,11 +36,40 @@ def test_lbfgs_reaches_scipy_minimum():
 def test_batched_problems_are_independent():
     starts = jnp.asarray([[-1.2, 1.0], [0.5, 0.5], [2.0, 2.0]], jnp.float32)
     scales = jnp.asarray([100.0, 10.0, 1.0])
-    together = minimize(rosenbrock, starts, scales, optimizer="lbfgs", steps=40, batched=True, chunk=8)
+    together = minimize(jax.vmap(rosenbrock), starts, scales, optimizer="lbfgs", steps=40, batched=True, data_axes=0, chunk=8)
     for i in range(3):
         alone = minimize(rosenbrock, starts[i], scales[i], optimizer="lbfgs", steps=40, chunk=8)
         np.testing.assert_allclose(np.asarray(together.params[i]), np.asarray(alone.params), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(together.history[:, i], alone.history, rtol=1e-5)
+        assert together.evaluations[i] == alone.evaluations[0]
+
+
+def test_lbfgs_evaluations_are_counted_as_the_loss_runs():
+    calls = []
+
+    def counted(x, data):
+        jax.debug.callback(lambda: calls.append(1))
+        return rosenbrock(x, data)
+
+    alone = minimize(counted, jnp.asarray([-1.2, 1.0, -0.5]), 100.0, optimizer="lbfgs", steps=30, chunk=10)
+    assert len(calls) == int(alone.evaluations[0])  # one problem: every evaluation is its own
+    assert len(calls) <= 1.5 * 30 + 1
+    calls.clear()
+    batch = minimize(jax.vmap(counted), jnp.asarray([[-1.2, 1.0], [0.5, 0.5]]), jnp.asarray([100.0, 1.0]),
+                     optimizer="lbfgs", steps=30, batched=True, data_axes=0, chunk=10)
+    # a batch evaluates all its problems at once: as often as its most demanding problem needs, at most
+    assert max(batch.evaluations) <= len(calls) <= sum(batch.evaluations)
+
+
+def test_a_diverging_problem_stops_alone():
+    def explode(x, data):
+        return jnp.sum(jnp.exp(x * data), axis=1)
+
+    out = minimize(explode, jnp.ones((2, 2)), jnp.asarray([[1.0], [0.0]]), optimizer="sgd", learning_rate=-100.0, steps=30,
+                   chunk=10, batched=True, data_axes=0)
+    assert out.diverged_at.tolist() == [1, -1] and out.steps == 30
+    assert np.all(np.isfinite(out.history[:, 1])) and np.all(np.isnan(out.history[2:, 0]))
+    assert np.all(np.isfinite(np.asarray(out.params)))
 
 
 def test_nan_guard_keeps_the_last_finite_params():
@@ -51,7 +80,7 @@ def test_nan_guard_keeps_the_last_finite_params():
     out = minimize(explode, jnp.ones(2), 1.0, optimizer="sgd", learning_rate=-100.0, steps=50, chunk=10,
                    callback=lambda report: seen.append(report.step))
     assert out.diverged_at is not None and int(out.diverged_at[0]) == 1
-    assert out.steps == 10 and seen == [10]  # stopped after the chunk where it happened
+    assert out.steps == 10 and seen == [10]  # stopped after the chunk where it happened: nothing else runs
     assert np.all(np.isfinite(np.asarray(out.params)))
     assert float(out.params[0]) == pytest.approx(1 + 100 * np.e, rel=1e-5)  # the one finite step
 
@@ -78,3 +107,19 @@ def test_bad_arguments():
         minimize(rosenbrock, jnp.zeros(2), 1.0, steps=0)
     with pytest.raises(ValueError, match="optimizer"):
         minimize(rosenbrock, jnp.zeros(2), 1.0, optimizer="newton", steps=3)
+
+
+def test_an_lbfgs_problem_that_stopped_costs_the_batch_nothing():
+    calls = []
+
+    def counted(x, data):
+        jax.debug.callback(lambda: calls.append(1))
+        return jax.vmap(rosenbrock)(x, data)
+
+    starts = jnp.asarray([[-1.2, 1.0], [0.5, 0.5]], jnp.float32)
+    out = minimize(counted, starts, jnp.asarray([jnp.nan, 1.0]), optimizer="lbfgs", steps=30, batched=True, data_axes=0,
+                   chunk=10)
+    assert out.diverged_at.tolist() == [0, -1]  # the NaN problem stops at once, the other runs on
+    assert float(rosenbrock(out.params[1], 1.0)) < 1e-6
+    # the stopped problem is never searched for again: the batch evaluates about as often as the healthy problem needs
+    assert len(calls) <= int(out.evaluations[1]) + 2

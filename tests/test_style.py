@@ -14,7 +14,7 @@ from jaxmosaic.image import resize
 from jaxmosaic.io.checkpoints import load_checkpoint, save_checkpoint
 from jaxmosaic.io.images import load_image
 from jaxmosaic.losses import content_loss, gram_matrix, style_layer_loss, tv_loss
-from jaxmosaic.optimize import Resume, initial_state, make_optimizer
+from jaxmosaic.optimize import Resume, state_like
 from jaxmosaic.techniques.style import (
     STYLE_LAYERS,
     StyleConfig,
@@ -79,7 +79,7 @@ def test_content_reconstruction_from_noise(random_params):
     content = sample("chelsea.png", 64, 64)
     result = run(random_params, content, [content], size=64, steps=(200,), content_weight=1.0, style_weight=0.0,
                  style_layers=("relu1_1",), chunk=200)
-    start, end = float(result.history[0][0]), result.loss[0]["content"]
+    start, end = float(result.history[0][0, 0]), result.loss[0]["content"]
     assert start / end >= 100, (start, end)
 
 
@@ -87,14 +87,14 @@ def test_style_synthesis_from_noise(random_params):
     style = sample("brick.png", 64, 64)
     result = run(random_params, style, [style], size=64, steps=(200,), content_weight=0.0, style_weight=1.0,
                  content_layers=("relu1_1",), chunk=200)
-    start, end = float(result.history[0][0]), result.loss[0]["style"]
+    start, end = float(result.history[0][0, 0]), result.loss[0]["style"]
     assert start / end >= 100, (start, end)
 
 
 def test_default_run_lowers_the_loss_in_every_accepted_step(random_params):
     content, style = sample("astronaut.png", 64, 64), sample("brick.png", 64, 64)
     result = run(random_params, content, [style], size=64, steps=(30,), chunk=30)
-    history = result.history[0]
+    history = result.history[0][:, 0]
     assert np.all(np.diff(history) <= 1e-6 * history[0]), history
     assert history[-1] < 0.5 * history[0]
 
@@ -111,34 +111,32 @@ def test_resume_reproduces_the_uninterrupted_run(random_params, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run(random_params, content, [style], callback=at_fifty, **settings)
-    like = np.zeros((64, 64, 3), np.float32)
-    state, meta = load_checkpoint(tmp_path / "ck", {"params": like, "opt_state": initial_state(make_optimizer("lbfgs"), like)})
+    like = np.zeros((1, 64, 64, 3), np.float32)
+    state, meta = load_checkpoint(tmp_path / "ck", {"params": like, "opt_state": state_like("lbfgs", None, like)})
     resumed = run(random_params, content, [style], resume=Resume(0, meta["step"], state["params"], state["opt_state"]), **settings)
     assert resumed.steps == 50
     assert np.abs(resumed.images - full.images).max() <= 1e-5
     assert resumed.loss[0]["total"] == pytest.approx(full.loss[0]["total"], rel=1e-6)
 
 
-@pytest.mark.parametrize("optimizer, lr, image_mean, loss_rel", [("lbfgs", None, 0.02, 0.05), ("adam", 0.02, 1e-3, 1e-3)])
-def test_batch_of_styles_equals_separate_runs(random_params, optimizer, lr, image_mean, loss_rel):
-    # 20 steps: a last-bit difference between a batched and a single convolution can send L-BFGS's
-    # line search down the other branch, and Adam's normalised steps move a pixel by the learning
-    # rate whatever the sign of a near-zero gradient, so pixels are compared on average and the
-    # losses relatively (measured: L-BFGS up to 0.010 and 1.8%, Adam 0.0007 and 1.3e-4), while the
-    # loss itself falls by 3x (Adam) to 28x (L-BFGS).
+@pytest.mark.parametrize("optimizer, lr", [("lbfgs", None), ("adam", 0.02)])
+def test_batch_of_styles_equals_separate_runs(random_params, optimizer, lr):
+    # The batch runs through the network natively, each image's arithmetic as it is alone (the
+    # Gram matrices and L-BFGS's per-problem sums one image at a time), so even 30 L-BFGS steps,
+    # which amplify any last-bit difference through the line search, end where separate runs end.
     content = sample("astronaut.png", 48, 48)
-    styles = [sample("brick.png", 48, 48), sample("coffee.png", 40, 56)]
-    settings = dict(size=48, steps=(20,), chunk=20, optimizer=optimizer, lr=lr, **SHALLOW)
+    styles = [sample("brick.png", 48, 48), sample("coffee.png", 40, 56), sample("rocket.jpg", 48, 48)]
+    settings = dict(size=48, steps=(30,), chunk=15, optimizer=optimizer, lr=lr, **SHALLOW)
     batch = run(random_params, content, styles, batch=True, **settings)
-    assert batch.images.shape == (2, 48, 48, 3)
-    differences = []
+    assert batch.images.shape == (3, 48, 48, 3)
     for i, style in enumerate(styles):
         alone = run(random_params, content, [style], **settings)
-        differences.append(np.abs(batch.images[i] - alone.images[0]).mean())
-        assert differences[-1] <= image_mean
-        assert batch.loss[i]["total"] == pytest.approx(alone.loss[0]["total"], rel=loss_rel)
-        assert alone.loss[0]["total"] < 0.5 * alone.history[0][0]
-    assert np.abs(batch.images[0] - batch.images[1]).mean() > 5 * max(differences)  # two styles, two images
+        np.testing.assert_allclose(batch.images[i], alone.images[0], atol=1e-5)
+        assert batch.loss[i]["total"] == pytest.approx(alone.loss[0]["total"], rel=1e-4)
+        assert alone.loss[0]["total"] < 0.5 * alone.history[0][0, 0]
+        if optimizer == "lbfgs":
+            assert batch.evaluations[i] == alone.evaluations[0] <= 1.5 * 30
+    assert np.abs(batch.images[0] - batch.images[1]).mean() > 0.01  # two styles, two images
 
 
 def test_blending_two_styles_blends_their_grams(random_params):
@@ -172,7 +170,7 @@ def test_multiscale_upsamples_the_previous_scale(random_params):
     assert result.images.shape == (1, 64, 64, 3)
     assert [len(h) for h in result.history] == [20, 5]
     fresh = run(random_params, content, [style], size=64, steps=(5,), **SHALLOW)
-    assert result.history[1][0] < fresh.history[0][0]
+    assert result.history[1][0, 0] < fresh.history[0][0, 0]
 
 
 def test_bad_settings_raise_config_errors_naming_the_field():

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 import typer
 
@@ -25,7 +26,7 @@ from jaxmosaic.io.checkpoints import load_checkpoint, read_checkpoint_meta, save
 from jaxmosaic.io.folders import OutputFolder
 from jaxmosaic.io.outputs import check_outputs
 from jaxmosaic.io.images import save_gif, save_image
-from jaxmosaic.optimize import Diverged, Problem, Progress, Resume, initial_state, make_optimizer, solve
+from jaxmosaic.optimize import Diverged, Problem, Progress, Resume, device_mesh, solve, state_like
 from jaxmosaic.resources import check_memory
 from jaxmosaic.cli._common import echo, err_console, error_line, output_name, write_metrics
 
@@ -45,9 +46,13 @@ class RunConfig:
     resume: bool = setting(False, "Continue from --checkpoint (--steps may be raised to run longer).")
     metrics: Path | None = setting(None, "Write a JSON summary here.")
     overwrite: bool = setting(False, "Replace output files that exist although jaxmosaic did not write them.")
+    devices: int | None = setting(None, "Devices to share the batch over (default: all); 1 for one.")
+    split_image: bool = setting(False, "Split one image's height over the devices (for an output too large for one).")
 
     def __post_init__(self):
         whole("save_every", self.save_every, minimum=0)
+        if self.devices is not None:
+            whole("devices", self.devices, minimum=1, maximum=len(jax.devices()))
         whole("checkpoint_every", self.checkpoint_every, minimum=1)
         if self.resume and self.checkpoint is None:
             raise ConfigError("resume", "needs a checkpoint folder")
@@ -121,7 +126,7 @@ def _resume(job: Job, run: RunConfig, problem: Problem) -> Resume:
     if changed:
         raise ConfigError("resume", f"the checkpoint {run.checkpoint} was made with other settings ({', '.join(changed)}); start a new one")
     like = np.zeros(meta["shape"], np.float32)
-    state = initial_state(make_optimizer(problem.optimizer, problem.learning_rate), like, batched=problem.batched)
+    state = state_like(problem.optimizer, problem.learning_rate, like)
     restored, meta = load_checkpoint(run.checkpoint, {"params": like, "opt_state": state})
     echo(f"resuming from {run.checkpoint}: stage {meta['stage'] + 1} of {len(problem.stages)}, step {meta['step']}")
     return Resume(meta["stage"], meta["step"], restored["params"], restored["opt_state"])
@@ -131,6 +136,14 @@ def _save_checkpoint(job: Job, run: RunConfig, progress: Progress) -> None:
     meta = {"format": _CHECKPOINT_FORMAT, "technique": job.technique, "settings": _record(job), "stage": progress.stage,
             "step": progress.step, "shape": list(np.shape(progress.params))}
     save_checkpoint(run.checkpoint, {"params": progress.params, "opt_state": progress.opt_state}, meta)
+
+
+def _figures(job: Job, problem: Problem, solution) -> dict:
+    """The technique's own figures for the metrics: derived settings, L-BFGS evaluations per step."""
+    figures = dict(problem.facts)
+    if solution.evaluations is not None and solution.steps:
+        figures["evaluations_per_step"] = [round(float(n) / solution.steps, 4) for n in solution.evaluations]
+    return {job.technique: figures} if figures else {}
 
 
 def _chunk(run: RunConfig, total: int) -> int:
@@ -164,8 +177,13 @@ def optimise(job: Job, run: RunConfig) -> None:
     check_outputs([run.metrics], [*job.inputs, *weights], images=[*job.outputs, *pictures, gif], overwrite=run.overwrite,
                   folders=[(folder, "frames"), (run.checkpoint, "checkpoint")])
     inputs = job.load()
-    check_memory(job.memory(inputs), f"this {job.technique} run")
-    problem = job.problem(inputs)
+    mesh = device_mesh(run.devices)
+    devices = 1 if mesh is None else mesh.size
+    check_memory(job.memory(inputs), f"this {job.technique} run", devices=devices)
+    problem = job.problem(inputs)._replace(split=run.split_image and mesh is not None)
+    if run.split_image and problem.count > 1:
+        raise ConfigError("split_image", f"splits one image over the devices, not a batch of {problem.count}; "
+                                         "the devices share a batch by themselves")
     for note in problem.notes:
         echo(note)
     resume = _resume(job, run, problem) if run.resume else None
@@ -173,7 +191,7 @@ def optimise(job: Job, run: RunConfig) -> None:
     tags = [Path(path).stem.removeprefix(job.out.stem) for path in job.outputs]
     frames = _Frames(gif, folder, run.save_every, tags, job.inputs, len(problem.stages) > 1)
     try:
-        solution = _solve(job, run, problem, resume, frames)
+        solution = _solve(job, run, problem, resume, frames, mesh)
     except _Interrupted as stop:
         images = np.asarray(problem.finish(problem.view(stop.progress.params)))
         written = _write_images(job, images) + frames.write()
@@ -195,10 +213,10 @@ def optimise(job: Job, run: RunConfig) -> None:
     write_metrics(run.metrics, job.technique, {**settings_dict(job.config), "weights": job.weights or "lookup"}, job.inputs,
                   written, steps=solution.steps, seconds=solution.seconds, compile_seconds=solution.compile_seconds,
                   wall_seconds=time.perf_counter() - start, loss=solution.loss if numbered else solution.loss[0],
-                  **({job.technique: problem.facts} if problem.facts else {}))
+                  **_figures(job, problem, solution))
 
 
-def _solve(job: Job, run: RunConfig, problem: Problem, resume: Resume | None, frames: _Frames):
+def _solve(job: Job, run: RunConfig, problem: Problem, resume: Resume | None, frames: _Frames, mesh):
     """`solve` with the progress bar, frames, checkpoints and a Ctrl-C that stops after the chunk."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
 
@@ -227,7 +245,7 @@ def _solve(job: Job, run: RunConfig, problem: Problem, resume: Resume | None, fr
                 if stop["asked"]:
                     raise _Interrupted(progress)
 
-            solution = solve(problem, callback=on_chunk, resume=resume, chunk=_chunk(run, sum(problem.steps)))
+            solution = solve(problem, callback=on_chunk, resume=resume, chunk=_chunk(run, sum(problem.steps)), mesh=mesh)
     finally:
         if main:
             signal.signal(signal.SIGINT, previous)

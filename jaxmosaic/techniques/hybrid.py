@@ -35,6 +35,7 @@ __all__ = [
     "HybridConfig",
     "HybridInputs",
     "hybrid_loss",
+    "hybrid_losses",
     "seen_from_afar",
     "hybrid_fourier",
     "fit_pair",
@@ -108,6 +109,21 @@ def seen_from_afar(images, kernel, *, gamma: float = 2.2, padding: str = "zeros"
     return linear_to_srgb(separable_blur(srgb_to_linear(images, gamma=gamma), kernel, padding=padding), gamma=gamma)
 
 
+def hybrid_losses(x, near, far, *, m_precise, m_blurred, kernel, gamma: float = 2.2, padding: str = "zeros", far_seen=None):
+    """The original article's loss of each image of an NHWC batch -> (totals (N,),
+    {"precise", "blurred"}: (N,) each); the weights may be one per image or shared.
+    See `hybrid_loss` for the arguments."""
+    x = jnp.asarray(x)
+    if far_seen is None:
+        far_seen = seen_from_afar(far, kernel, gamma=gamma, padding=padding)
+    near, far_seen = jnp.asarray(near, x.dtype), jnp.asarray(far_seen, x.dtype)
+    near = near if near.ndim == 4 else near[None]
+    far_seen = far_seen if far_seen.ndim == 4 else far_seen[None]
+    precise = jnp.sum((x - near) ** 2, axis=(1, 2, 3))
+    blurred = jnp.sum((seen_from_afar(x, kernel, gamma=gamma, padding=padding) - far_seen) ** 2, axis=(1, 2, 3))
+    return m_precise * precise + m_blurred * blurred, {"precise": precise, "blurred": blurred}
+
+
 def hybrid_loss(x, near, far, *, m_precise, m_blurred, kernel, gamma: float = 2.2, padding: str = "zeros", far_seen=None):
     """The original article's loss, summed over every pixel and channel of `x` (one image or a batch).
 
@@ -123,10 +139,11 @@ def hybrid_loss(x, near, far, *, m_precise, m_blurred, kernel, gamma: float = 2.
     Returns:
       (total, {"precise": sum((x - near)^2), "blurred": sum of squared blurred differences}).
     """
-    if far_seen is None:
-        far_seen = seen_from_afar(far, kernel, gamma=gamma, padding=padding)
-    precise = jnp.sum((x - near) ** 2)
-    blurred = jnp.sum((seen_from_afar(x, kernel, gamma=gamma, padding=padding) - far_seen) ** 2)
+    x = jnp.asarray(x)
+    batch = x if x.ndim == 4 else x[None]
+    _, terms = hybrid_losses(batch, near, far, m_precise=1.0, m_blurred=1.0, kernel=kernel, gamma=gamma, padding=padding,
+                             far_seen=far_seen)
+    precise, blurred = jnp.sum(terms["precise"]), jnp.sum(terms["blurred"])
     return m_precise * precise + m_blurred * blurred, {"precise": precise, "blurred": blurred}
 
 
@@ -192,9 +209,9 @@ def hybrid_problem(config: HybridConfig, inputs: HybridInputs, params=None) -> P
     m_blurred = jnp.full((len(ratios),), config.m_blurred, jnp.float32)
 
     def loss(x, weights):
-        return hybrid_loss(x, near, None, m_precise=weights[0], m_blurred=weights[1], far_seen=far_seen, **options)
+        return hybrid_losses(x, near, None, m_precise=weights[0], m_blurred=weights[1], far_seen=far_seen, **options)
 
-    terms_of = jax.jit(jax.vmap(loss))
+    terms_of = jax.jit(loss)
 
     def terms(images):
         return per_image(terms_of(jnp.asarray(images), (m_precise, m_blurred)))
@@ -204,8 +221,8 @@ def hybrid_problem(config: HybridConfig, inputs: HybridInputs, params=None) -> P
 
     if fourier:
         image = constructed(config.sigma_high or config.sigma)
-        return Problem((), (), config.optimizer, config.lr, True, 1, lambda x: x, lambda x: x, terms,
-                       initial=image[None], notes=(note,))
+        return Problem((), (), config.optimizer, config.lr, 1, lambda x: x, lambda x: x, terms, initial=image[None],
+                       notes=(note,))
 
     def start(_):
         theta = {HybridInit.grey: lambda: jnp.zeros(near.shape, jnp.float32), HybridInit.near: lambda: _logit(near),
@@ -215,15 +232,15 @@ def hybrid_problem(config: HybridConfig, inputs: HybridInputs, params=None) -> P
     def value(theta, weights):
         return loss(jax.nn.sigmoid(theta), weights)[0]
 
-    stage = Stage(f"{near.shape[1]}x{near.shape[0]}", start, value, (m_precise, m_blurred))
-    return Problem((lambda: stage,), (config.steps,), config.optimizer, config.lr, True, len(ratios), jax.nn.sigmoid,
+    stage = Stage(f"{near.shape[1]}x{near.shape[0]}", start, value, (m_precise, m_blurred), data_axes=0)
+    return Problem((lambda: stage,), (config.steps,), config.optimizer, config.lr, len(ratios), jax.nn.sigmoid,
                    lambda x: x, terms, notes=(note,))
 
 
 def hybrid_optimize(config: HybridConfig, inputs: HybridInputs, *, callback: Callable[[Progress], None] | None = None,
-                    chunk: int | None = None) -> Solution:
-    """One hybrid per ratio m_precise / m_blurred, all in one vmapped, compiled loop (or the
-    fourier construction, with `config.method`).
+                    chunk: int | None = None, mesh=None) -> Solution:
+    """One hybrid per ratio m_precise / m_blurred, optimised together as one batch through the
+    blur (or the fourier construction, with `config.method`); `mesh` shares the ratios over devices.
 
     `HybridConfig()` is the original article's run: 512 px, grey start, plain gradient descent
     with lr 0.3 on the summed loss, 200 steps, kernel 15, sigma 3, zero padding; ratio 0.1 (the
@@ -232,4 +249,4 @@ def hybrid_optimize(config: HybridConfig, inputs: HybridInputs, *, callback: Cal
     Returns:
       A `Solution`: images (R, H, W, 3) and per image {"total", "precise", "blurred"}.
     """
-    return solve(hybrid_problem(config, inputs), callback=callback, chunk=chunk)
+    return solve(hybrid_problem(config, inputs), callback=callback, chunk=chunk, mesh=mesh)

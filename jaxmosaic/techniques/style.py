@@ -22,7 +22,7 @@ import numpy as np
 from jaxmosaic.color import rgb_to_yiq, yiq_to_rgb
 from jaxmosaic.config import ConfigError, choice, layer_weights, names, number, numbers, setting, whole, wholes
 from jaxmosaic.image import fit_shape, resize
-from jaxmosaic.losses import content_loss, gram_targets, style_loss, tv_loss
+from jaxmosaic.losses import content_losses, gram_targets, style_losses, tv_losses
 from jaxmosaic.optimize import Optimizer, Problem, Progress, Resume, Solution, Stage, learning_rate, per_image, solve
 from jaxmosaic.resources import activation_bytes, optimisation_bytes
 from jaxmosaic.vgg import Pooling, check_layers, smallest_side, vgg19_features
@@ -36,6 +36,7 @@ __all__ = [
     "StyleTargets",
     "style_targets",
     "style_transfer_loss",
+    "style_transfer_losses",
     "keep_colors",
     "style_memory",
     "style_problem",
@@ -151,17 +152,27 @@ def style_targets(params, content: jax.Array, styles: Sequence[jax.Array], *, bl
     return StyleTargets({name: content_features[name][0] for name in content_layers}, grams)
 
 
+def style_transfer_losses(x: jax.Array, targets: StyleTargets, params, *, style_weights: Mapping[str, float], alpha=1.0,
+                          beta=1e3, tv_weight=0.0, pooling: str = "max") -> tuple[jax.Array, dict]:
+    """The loss of each image of an NHWC batch, the network run once on the whole batch:
+    (totals (N,), {"content", "style", "tv"}: (N,) each). `targets` are shared by the batch or
+    hold one entry per image (content features (N, H, W, C), Gram matrices (N, C, C))."""
+    layers = tuple(dict.fromkeys((*targets.content, *style_weights)))
+    features = vgg19_features(params, x, layers, pooling=pooling)
+    l_content = sum(content_losses(features[name], targets.content[name]) for name in targets.content)
+    l_style = style_losses({name: features[name] for name in style_weights}, targets.grams, style_weights)
+    tv = tv_losses(x)
+    return alpha * l_content + beta * l_style + tv_weight * tv, {"content": l_content, "style": l_style, "tv": tv}
+
+
 def style_transfer_loss(x: jax.Array, targets: StyleTargets, params, *, style_weights: Mapping[str, float], alpha=1.0,
                         beta=1e3, tv_weight=0.0, pooling: str = "max") -> tuple[jax.Array, dict]:
     """(total, {"content", "style", "tv"}) for one HWC image: the unweighted L_content (summed over
     the content layers), L_style = sum_l w_l E_l, and TV; total = alpha L_content + beta L_style +
     tv_weight TV."""
-    layers = tuple(dict.fromkeys((*targets.content, *style_weights)))
-    features = vgg19_features(params, x[None], layers, pooling=pooling)
-    l_content = sum(content_loss(features[name][0], targets.content[name]) for name in targets.content)
-    l_style = style_loss({name: features[name][0] for name in style_weights}, targets.grams, style_weights)
-    tv = tv_loss(x)
-    return alpha * l_content + beta * l_style + tv_weight * tv, {"content": l_content, "style": l_style, "tv": tv}
+    totals, terms = style_transfer_losses(x[None], targets, params, style_weights=style_weights, alpha=alpha, beta=beta,
+                                          tv_weight=tv_weight, pooling=pooling)
+    return totals[0], {name: value[0] for name, value in terms.items()}
 
 
 def keep_colors(stylised: jax.Array, content: jax.Array) -> jax.Array:
@@ -251,53 +262,54 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
 
     def value(pixels, data):
         targets, network = data
-        return style_transfer_loss(pixels, targets, network, **settings)[0]
+        return style_transfer_losses(pixels, targets, network, **settings)[0]
 
     def stage(index: int) -> Stage:
         height, width = fit_shape(*content.shape[:2], config.sizes[index])
 
         def start(previous):
             if previous is None:
-                x = _start(config, inputs, height, width, count)
-                return x if config.batch else x[0]
+                return _start(config, inputs, height, width, count)
             return resize(previous, height, width)
 
         return Stage(f"{width}x{height}", start, value, (targets_at(height, width), params),
-                     data_axes=(0, None) if config.batch else None)
+                     data_axes=(0 if config.batch else None, None))
 
     def view(pixels):
-        return jnp.clip(pixels if config.batch else pixels[None], 0.0, 1.0)
+        return jnp.clip(pixels, 0.0, 1.0)
 
     def finish(images):
         if not config.original_colors:
             return images
         return keep_colors(images, jnp.broadcast_to(resize(content, *images.shape[1:3]), images.shape))
 
-    terms_of = jax.jit(jax.vmap(lambda x, t, p: style_transfer_loss(x, t, p, **settings),
-                                in_axes=(0, 0 if config.batch else None, None)))
+    terms_of = jax.jit(lambda x, t, p: style_transfer_losses(x, t, p, **settings))
 
     def terms(images):
         return per_image(terms_of(jnp.asarray(images), targets_at(*images.shape[1:3]), params))
 
     return Problem(tuple(functools.partial(stage, i) for i in range(len(config.sizes))), config.step_counts,
-                   config.optimizer, config.learning_rate, config.batch, count, view, finish, terms)
+                   config.optimizer, config.learning_rate, count, view, finish, terms)
 
 
 def style_transfer(config: StyleConfig, inputs: StyleInputs, params, *, callback: Callable[[Progress], None] | None = None,
-                   resume: Resume | None = None, chunk: int | None = None) -> Solution:
+                   resume: Resume | None = None, chunk: int | None = None, mesh=None, split_image: bool = False) -> Solution:
     """Stylise `inputs.content` with `inputs.styles`, coarse to fine over `config.sizes`.
 
     Args:
       config: the settings (`StyleConfig()` is the paper's).
       inputs: the content image, the style images (blended into one target, or with
-        `config.batch` one output each, optimised together in one vmapped, compiled loop) and
-        the starting image when `config.init` names one.
+        `config.batch` one output each, optimised together as one batch through the network)
+        and the starting image when `config.init` names one.
       params: VGG19 params.
       callback: called with a `jaxmosaic.optimize.Progress` after each chunk of steps.
       resume: continue from a `Resume` (e.g. a checkpoint) instead of starting over.
       chunk: steps per compiled chunk.
+      mesh: devices to share the work (`jaxmosaic.optimize.device_mesh`): the batch of styles
+        is sharded over them, or with `split_image` the one output's height.
 
     Returns:
       A `Solution`: images (count, H, W, 3) and per image {"total", "content", "style", "tv"}.
     """
-    return solve(style_problem(config, inputs, params), callback=callback, resume=resume, chunk=chunk)
+    problem = style_problem(config, inputs, params)._replace(split=split_image)
+    return solve(problem, callback=callback, resume=resume, chunk=chunk, mesh=mesh)

@@ -26,10 +26,10 @@ import numpy as np
 
 from jaxmosaic.config import ConfigError, MAX_INT, choice, layer_weights, names, number, setting, whole
 from jaxmosaic.image import fit_shape, resize
-from jaxmosaic.losses import gram_targets, style_loss
+from jaxmosaic.losses import gram_targets, style_losses
 from jaxmosaic.optimize import Optimizer, Problem, Progress, Solution, Stage, learning_rate, per_image, solve
 from jaxmosaic.resources import optimisation_bytes
-from jaxmosaic.spectrum import spectrum_loss, spectrum_target
+from jaxmosaic.spectrum import spectrum_losses, spectrum_target
 from jaxmosaic.vgg import VGG19_LAYERS, Pooling, check_layers, smallest_side, vgg19_features
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "TextureTargets",
     "texture_targets",
     "texture_loss",
+    "texture_losses",
     "calibrate_spectrum_weight",
     "match_histograms",
     "is_gray",
@@ -164,15 +165,24 @@ def texture_targets(params, exemplar: jax.Array, *, size: tuple[int, int] | None
                           spectrum_target(exemplar, height, width))
 
 
+def texture_losses(x: jax.Array, targets: TextureTargets, params, *, layer_weights: Mapping[str, float], spectrum_weight=0.0,
+                   pooling: str = "avg", padding: str = "zeros") -> tuple[jax.Array, dict]:
+    """The loss of each image of an NHWC batch, the network run once on the whole batch:
+    (totals (N,), {"gram", "spectrum"}: (N,) each), as `texture_loss` defines them."""
+    features = vgg19_features(params, _rgb(x), tuple(layer_weights), pooling=pooling, padding=padding)
+    gram = style_losses(features, targets.grams, layer_weights)
+    spectrum = spectrum_losses(x, targets.spectrum)
+    return gram + spectrum_weight * spectrum, {"gram": gram, "spectrum": spectrum}
+
+
 def texture_loss(x: jax.Array, targets: TextureTargets, params, *, layer_weights: Mapping[str, float], spectrum_weight=0.0,
                  pooling: str = "avg", padding: str = "zeros") -> tuple[jax.Array, dict]:
     """(total, {"gram", "spectrum"}) for one HWC image: gram = sum_l w_l E_l, spectrum =
     1/2 ||x - P(x)||^2 unweighted, total = gram + spectrum_weight * spectrum. With padding
     "circular" the network sees x as a torus (for tileable textures)."""
-    features = vgg19_features(params, _rgb(x)[None], tuple(layer_weights), pooling=pooling, padding=padding)
-    gram = style_loss({name: features[name][0] for name in layer_weights}, targets.grams, layer_weights)
-    spectrum = spectrum_loss(x, targets.spectrum)
-    return gram + spectrum_weight * spectrum, {"gram": gram, "spectrum": spectrum}
+    totals, terms = texture_losses(x[None], targets, params, layer_weights=layer_weights, spectrum_weight=spectrum_weight,
+                                   pooling=pooling, padding=padding)
+    return totals[0], {name: value[0] for name, value in terms.items()}
 
 
 def calibrate_spectrum_weight(params, targets: TextureTargets, layer_weights: Mapping[str, float], *, channels: int,
@@ -253,53 +263,54 @@ def texture_problem(config: TextureConfig, inputs: TextureInputs, params) -> Pro
     if beta == "auto":
         beta = calibrate_spectrum_weight(params, targets, weights, channels=channels, pooling=config.pooling, padding=padding)
     settings = {"layer_weights": weights, "spectrum_weight": float(beta), "pooling": config.pooling, "padding": padding}
-    batched = count > 1  # one texture runs unbatched: under vmap L-BFGS's line-search branches become selects
 
     def start(_):
         if inputs.start is not None:
             image = jnp.asarray(inputs.start, jnp.float32)[..., :channels]
             if image.shape[-1] != channels:
                 image = jnp.repeat(image, channels, axis=-1)
-            x = jnp.broadcast_to(resize(image, height, width), (count, height, width, channels))
-        else:
-            keys = jnp.stack([jax.random.PRNGKey(config.seed + i) for i in range(count)])
-            x = jax.vmap(lambda key: jax.random.uniform(key, (height, width, channels), jnp.float32))(keys)
-        return x if batched else x[0]
+            return jnp.broadcast_to(resize(image, height, width), (count, height, width, channels))
+        keys = jnp.stack([jax.random.PRNGKey(config.seed + i) for i in range(count)])
+        return jax.vmap(lambda key: jax.random.uniform(key, (height, width, channels), jnp.float32))(keys)
 
     def value(pixels, data):
         t, p = data
-        return texture_loss(pixels, t, p, **settings)[0]
+        return texture_losses(pixels, t, p, **settings)[0]
 
     def view(pixels):
-        return jnp.clip(pixels if batched else pixels[None], 0.0, 1.0)
+        return jnp.clip(pixels, 0.0, 1.0)
 
     def finish(images):
         if not config.match_histogram:
             return images
         return jax.vmap(match_histograms, in_axes=(0, None))(images, jnp.asarray(exemplar))
 
-    terms_of = jax.jit(jax.vmap(lambda x, t, p: texture_loss(x, t, p, **settings), in_axes=(0, None, None)))
+    terms_of = jax.jit(lambda x, t, p: texture_losses(x, t, p, **settings))
 
     def terms(images):
         return per_image(terms_of(jnp.asarray(images), targets, params))
 
     stage = Stage(f"{width}x{height}", start, value, (targets, params), data_axes=None)
     facts = {"spectrum_weight": float(beta), "gray": channels == 1, "size": [width, height]}
-    return Problem((lambda: stage,), (config.steps,), config.optimizer, config.learning_rate, batched, count, view, finish,
-                   terms, facts=facts)
+    return Problem((lambda: stage,), (config.steps,), config.optimizer, config.learning_rate, count, view, finish, terms,
+                   facts=facts)
 
 
 def synthesize_texture(config: TextureConfig, inputs: TextureInputs, params, *,
-                       callback: Callable[[Progress], None] | None = None, chunk: int | None = None) -> Solution:
-    """Synthesise `config.variations` textures like `inputs.exemplar`, all in one compiled call.
+                       callback: Callable[[Progress], None] | None = None, chunk: int | None = None, mesh=None,
+                       split_image: bool = False) -> Solution:
+    """Synthesise `config.variations` textures like `inputs.exemplar`, optimised together as one
+    batch through the network.
 
     Variation i starts from uniform noise drawn with PRNGKey(seed + i), so it equals a separate
     run with seed + i; with `inputs.start` every variation starts from that image instead. With
     `config.tileable` the network uses circular padding (the spectrum term is periodic already),
-    so the output wraps around seamlessly.
+    so the output wraps around seamlessly. `mesh` shares the variations (or, with `split_image`,
+    one texture's height) over devices.
 
     Returns:
       A `Solution`: images (N, H, W, C), C = 1 for grey textures, and per image
       {"total", "gram", "spectrum" (unweighted)}.
     """
-    return solve(texture_problem(config, inputs, params), callback=callback, chunk=chunk)
+    problem = texture_problem(config, inputs, params)._replace(split=split_image)
+    return solve(problem, callback=callback, chunk=chunk, mesh=mesh)

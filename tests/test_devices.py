@@ -1,0 +1,85 @@
+"""Several devices: batches sharded over forced host devices, and one image split over them, give
+the images of one device. Each case runs in a subprocess, since XLA_FLAGS must be set before JAX
+is imported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import ROOT, SAMPLES
+
+SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + sys.argv[1]
+    os.environ["JAXMOSAIC_NO_COMPILATION_CACHE"] = "1"
+    import jax, numpy as np
+    from typer.testing import CliRunner
+    from jaxmosaic import HybridConfig, HybridInputs, StyleConfig, StyleInputs, TextureConfig, TextureInputs, load_image
+    from jaxmosaic import hybrid_optimize, random_vgg19, resize, style_transfer, synthesize_texture
+    from jaxmosaic.optimize import device_mesh
+    from jaxmosaic.cli import app
+
+    samples, out = sys.argv[2], sys.argv[3]
+    devices = len(jax.devices())
+    mesh = device_mesh()
+    params = random_vgg19(jax.random.PRNGKey(0))
+    def image(name, h, w):
+        return np.asarray(resize(load_image(os.path.join(samples, name)), h, w))
+    names = ["brick.png", "coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png"]
+    styles = [image(names[i % 5], 32 + 4 * (i // 5), 32) for i in range(devices)]
+    shallow = dict(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"))
+    report = {"devices": devices}
+
+    def compare(name, run):
+        one, many = run(None), run(mesh)
+        report[name] = {"difference": float(np.abs(one.images - many.images).max()),
+                        "spec": [str(axis) for axis in many.params.sharding.spec], "mesh": int(many.params.sharding.mesh.size),
+                        "loss": max(abs(a["total"] - b["total"]) / abs(a["total"]) for a, b in zip(one.loss, many.loss))}
+
+    content = image("astronaut.png", 32, 32)
+    compare("style", lambda m: style_transfer(StyleConfig(size=32, steps=(4,), batch=True, **shallow),
+                                              StyleInputs(content, styles), params, mesh=m))
+    compare("texture", lambda m: synthesize_texture(TextureConfig(steps=3, variations=devices, layers=("relu1_1", "pool1")),
+                                                    TextureInputs(image("brick.png", 32, 32)), params, mesh=m))
+    compare("hybrid", lambda m: hybrid_optimize(HybridConfig(size=0, steps=5, ratios=(0.1, 0.3, 1.0, 3.0, 10.0)),
+                                                HybridInputs(image("astronaut.png", 32, 32), image("coffee.png", 32, 32)), mesh=m))
+    tall = image("chelsea.png", 64, 48)
+    compare("style split", lambda m: style_transfer(StyleConfig(size=64, steps=(2,), **shallow),
+                                                    StyleInputs(tall, styles[:1]), params, mesh=m, split_image=m is not None))
+    compare("texture split", lambda m: synthesize_texture(TextureConfig(steps=2, layers=("relu1_1", "pool1")),
+                                                          TextureInputs(tall), params, mesh=m, split_image=m is not None))
+    runner = CliRunner()
+    for count in ("1", str(devices)):
+        result = runner.invoke(app, ["style", os.path.join(samples, "astronaut.png"), os.path.join(samples, "brick.png"),
+                                     os.path.join(samples, "coffee.png"), "-o", os.path.join(out, f"d{count}.png"), "--batch",
+                                     "--devices", count, "--weights", "random", "--size", "32", "--steps", "3",
+                                     "--content-layers", "relu2_1", "--style-layers", "relu1_1,relu2_1"])
+        assert result.exit_code == 0, result.output
+    report["cli"] = all(np.array_equal(load_image(os.path.join(out, f"d1-style{i}.png")),
+                                       load_image(os.path.join(out, f"d{devices}-style{i}.png"))) for i in (1, 2))
+    print(json.dumps(report))
+""")
+
+
+@pytest.mark.parametrize("devices", [4, 8])
+def test_batches_and_split_images_on_forced_host_devices_equal_one_device(tmp_path, devices):
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(devices), str(SAMPLES), str(tmp_path)], capture_output=True,
+                            text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["devices"] == devices
+    for name in ("style", "texture", "hybrid"):  # each device runs its own problems
+        case = report[name]
+        assert case["difference"] <= 1e-4 and case["loss"] <= 1e-4, (name, case)
+    for name in ("style", "texture"):  # as many problems as devices: one each
+        assert report[name]["mesh"] == devices and report[name]["spec"][:1] == ["devices"], (name, report[name])
+    for name in ("style split", "texture split"):  # the Gram sums cross devices: equal but for the last bits
+        case = report[name]
+        assert case["difference"] <= 1e-4 and case["loss"] <= 1e-4, (name, case)
+        assert case["mesh"] == devices and case["spec"][:2] == ["None", "devices"], (name, case)
+    assert report["cli"] is True
