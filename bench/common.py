@@ -91,3 +91,19 @@ def jit_and_eager_seconds(fn: Callable, args: tuple, repeats: int) -> dict:
         eager_seconds = timeit(lambda: jax.block_until_ready(fn(*args)), repeats=max(1, repeats - 1))["min"]
     return {"jit s/iter": jit_seconds, "eager s/iter": eager_seconds, "eager / jit": eager_seconds / jit_seconds,
             "first call s": compile_seconds}
+
+
+def vgg_conv_flops(size: int, deepest: str, width: int | None = None) -> float:
+    """Multiply-adds x 2 of VGG19's convolutions up to `deepest`, forward only, for one image of
+    size x width (default square)."""
+    from jaxmosaic.vgg import VGG19_LAYERS, layer_channels
+
+    flops, height, width, channels = 0.0, size, width or size, 3
+    for name in VGG19_LAYERS[: VGG19_LAYERS.index(deepest) + 1]:
+        if name.startswith("conv"):
+            out = layer_channels(name)
+            flops += 2 * height * width * channels * out * 9
+            channels = out
+        elif name.startswith("pool"):
+            height, width = height // 2, width // 2
+    return flops

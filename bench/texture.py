@@ -4,8 +4,7 @@ One iteration = the loss (Gram matrices at relu1_1, pool1..pool4 with average po
 beta/2 ||x - P(x)||^2) and its gradient in the image, on the brick sample at each size, random
 VGG19 weights in torchvision's layout shared by both libraries. Also: the seconds per step of a
 whole L-BFGS synthesis (line search included), and with Adam of one texture and of 4 variations
-in one vmapped call. (L-BFGS variations under vmap are left out: optax's line search under vmap
-costs about 4 gradient evaluations per step per texture, each about 3x slower; see the README.)
+optimised as one batch (bench/batch.py compares batches in detail).
 
     python bench/texture.py [--sizes 256] [--repeats 3] [--steps 20]
 """
@@ -89,7 +88,7 @@ def main() -> None:
         adam_four = synthesize_texture(TextureConfig(variations=4, **adam), inputs, params, chunk=chunk)
         row = {"size": size, **timing, "L-BFGS s/step": run.seconds / args.steps,
                "adam s/step": adam_one.seconds / args.steps, "adam 4 variations s/step": adam_four.seconds / args.steps,
-               "4 separate / 4 vmapped": 4 * adam_one.seconds / adam_four.seconds}
+               "4 separate / 4 batched": 4 * adam_one.seconds / adam_four.seconds}
         if not args.no_torch:
             try:
                 torch_seconds, threads = torch_step_seconds(params, x, exemplar, args.repeats)
@@ -101,7 +100,7 @@ def main() -> None:
     path = write_results("texture", {"config": vars(args), "rows": rows})
     print("texture synthesis: seconds per iteration (Gram + spectrum loss and its gradient), random VGG19 weights")
     print(markdown_table(rows, ["size", "jit s/iter", "eager s/iter", "torch s/iter", "eager / jit", "torch / jit",
-                                "L-BFGS s/step", "adam s/step", "adam 4 variations s/step", "4 separate / 4 vmapped", "first call s"]))
+                                "L-BFGS s/step", "adam s/step", "adam 4 variations s/step", "4 separate / 4 batched", "first call s"]))
     print(f"\nwrote {path}")
 
 

@@ -19,25 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import first_call_seconds, markdown_table, matmul_peak_gflops, timeit, write_results  # noqa: E402
+from common import first_call_seconds, markdown_table, matmul_peak_gflops, timeit, vgg_conv_flops, write_results  # noqa: E402
 
 from jaxmosaic import VGG19_LAYERS, random_vgg19, vgg19_features  # noqa: E402
-from jaxmosaic.vgg import IMAGENET_MEAN, IMAGENET_STD, VGG19_CONVS, layer_channels  # noqa: E402
+from jaxmosaic.vgg import IMAGENET_MEAN, IMAGENET_STD, VGG19_CONVS  # noqa: E402
 
 LAYER = "relu5_1"
-
-
-def conv_flops(size: int) -> float:
-    """Multiply-adds x 2 of the convolutions up to LAYER, forward only, for one size x size image."""
-    flops, side, channels = 0.0, size, 3
-    for name in VGG19_LAYERS[: VGG19_LAYERS.index(LAYER) + 1]:
-        if name.startswith("conv"):
-            out = layer_channels(name)
-            flops += 2 * side * side * channels * out * 9
-            channels = out
-        elif name.startswith("pool"):
-            side //= 2
-    return flops
 
 
 def loss_nhwc(params, image):
@@ -90,7 +77,7 @@ def main() -> None:
     print(f"float32 matmul peak (jitted 2048^3): {peak:.1f} GFLOP/s")
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
-        flops = 2 * conv_flops(size)  # forward + input gradient (no weight gradients are needed)
+        flops = 2 * vgg_conv_flops(size, LAYER)  # forward + input gradient (no weight gradients are needed)
         image = jax.random.uniform(jax.random.PRNGKey(1), (1, size, size, 3))
         image_nchw = jnp.transpose(image, (0, 3, 1, 2))
         repeats = args.repeats if size <= 256 else max(2, args.repeats // 2)
