@@ -31,6 +31,8 @@ __all__ = [
     "names",
     "layer_weights",
     "MAX_INT",
+    "parse_tile",
+    "tile_setting",
 ]
 
 MAX_INT = 2**31 - 1
@@ -156,3 +158,20 @@ def layer_weights(name: str, layers: Sequence[str], weights: Sequence[float] | N
     if sum(weights) <= 0:
         raise ConfigError(name, "the weights must not all be zero")
     return dict(zip(layers, weights))
+
+
+def parse_tile(text: str) -> int | str:
+    """"auto" or a number of pixels."""
+    text = text.strip().lower()
+    return "auto" if text == "auto" else int(text)
+
+
+def tile_setting(name: str, value, overlap: int) -> int | str | None:
+    """A tile size: None (untiled), "auto" or whole pixels (at least 64), with an overlap below
+    half of it."""
+    if value is None or value == "auto":
+        return value
+    value = whole(name, value, minimum=64)
+    if overlap * 2 >= value:
+        raise ConfigError("overlap", f"must be less than half the tile ({value} px), got {overlap}")
+    return value

@@ -34,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxmosaic._problems import finite, select
 from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.lbfgs import batched_lbfgs
+from jaxmosaic.tiling import blend_tile, tile_window, visit_order
 
 __all__ = [
     "Optimizer",
@@ -45,12 +46,15 @@ __all__ = [
     "ChunkReport",
     "Outcome",
     "Stage",
+    "Tiles",
     "Problem",
     "Progress",
     "Resume",
     "Solution",
     "Diverged",
     "solve",
+    "tiled_steps",
+    "tiled_state",
     "per_image",
     "device_mesh",
 ]
@@ -374,6 +378,21 @@ def _unbatched(callback):
     return report
 
 
+class Tiles(NamedTuple):
+    """How a stage too large for the memory is refined one overlapping tile at a time (see
+    `jaxmosaic.tiling`): in passes, each visiting every tile once in a shuffled order and giving
+    it up to `steps` steps from a fresh optimiser state, until every tile has had the stage's
+    steps; each refined tile is blended back with its window. The stage's params are then the
+    whole images (count, H, W, C); its value_fn takes tiles, and its data comes from `data`."""
+
+    grid: Sequence[tuple[int, int]]  # (top, left) of every tile
+    shape: tuple[int, int]  # (height, width) of a tile
+    overlap: int  # px over which a tile's edge blends into its neighbours
+    steps: int  # steps per visit
+    data: Callable[[int, int], Any]  # (top, left) -> the data of the tile's loss there
+    seed: int = 0  # of the visiting order
+
+
 class Stage(NamedTuple):
     """One leg of an optimisation, e.g. one scale of a coarse-to-fine run."""
 
@@ -382,6 +401,7 @@ class Stage(NamedTuple):
     value_fn: Callable  # the losses of the batch, natively: (params with a problem axis, data) -> (B,)
     data: Any  # what the loss needs besides params
     data_axes: Any = None  # which parts of data have the problem axis (0) or are shared (None)
+    tiles: Tiles | None = None  # refine tile by tile (the stage's steps count per tile and tile: see `tiled_steps`)
 
 
 class Problem(NamedTuple):
@@ -414,6 +434,7 @@ class Progress(NamedTuple):
     losses: np.ndarray  # loss before each step of the chunk: (chunk,) or (chunk, count)
     params: Any
     opt_state: Any
+    tile: tuple[int, int, int] | None = None  # in a tiled stage: (the tile just refined, of tiles, pass)
 
 
 class Resume(NamedTuple):
@@ -480,15 +501,18 @@ def solve(problem: Problem, *, callback: Callable[[Progress], None] | None = Non
         else:
             x = stage.start(params)
 
-        def report(chunk_report: ChunkReport, stage=stage, index=index, before=before) -> None:
+        def report(chunk_report: ChunkReport, stage=stage, index=index, before=before, tile=None) -> None:
             if callback is not None:
                 callback(Progress(index, stage.label, chunk_report.step, chunk_report.total, before + chunk_report.step,
-                                  total, chunk_report.losses, chunk_report.params, chunk_report.opt_state))
+                                  total, chunk_report.losses, chunk_report.params, chunk_report.opt_state, tile))
 
-        outcome = minimize(stage.value_fn, x, stage.data, optimizer=problem.optimizer, learning_rate=problem.learning_rate,
-                           steps=problem.steps[index], chunk=chunk, batched=True, data_axes=stage.data_axes,
-                           opt_state=state, start_step=start_step, callback=report, mesh=mesh,
-                           split="height" if problem.split else "problems")
+        if stage.tiles is not None:
+            outcome = _refine_tiles(stage, problem, x, problem.steps[index], start_step, report)
+        else:
+            outcome = minimize(stage.value_fn, x, stage.data, optimizer=problem.optimizer, learning_rate=problem.learning_rate,
+                               steps=problem.steps[index], chunk=chunk, batched=True, data_axes=stage.data_axes,
+                               opt_state=state, start_step=start_step, callback=report, mesh=mesh,
+                               split="height" if problem.split else "problems")
         params, opt_state = outcome.params, outcome.opt_state
         history.append(outcome.history)
         steps += outcome.steps - start_step
@@ -504,6 +528,89 @@ def solve(problem: Problem, *, callback: Callable[[Progress], None] | None = Non
         which = ", ".join(f"image {i + 1} at step {int(step)}" for i, step in enumerate(diverged) if step >= 0)
         raise Diverged(f"the optimisation diverged ({which}; loss not finite)", solution)
     return solution
+
+
+def tiled_steps(steps: int, tiles: Tiles) -> int:
+    """The steps a tiled stage counts (and reports, and checkpoints at): `steps` for every tile."""
+    return steps * len(tiles.grid)
+
+
+def tiled_state(count: int):
+    """The optimiser state a tiled stage reports and checkpoints: none is kept between visits."""
+    return jnp.zeros((count,), jnp.float32)
+
+
+def _tile_visits(tiles: Tiles, steps: int) -> list[tuple[int, int, int]]:
+    """(pass, tile, steps) of every visit, in order, for `steps` tiled steps."""
+    per_tile, done, visits, index = steps // len(tiles.grid), 0, [], 0
+    while done < per_tile:
+        length = min(tiles.steps, per_tile - done)
+        visits += [(index, tile, length) for tile in visit_order(len(tiles.grid), index, tiles.seed)]
+        done, index = done + length, index + 1
+    return visits
+
+
+def _refiner(value_fn: Callable, optimizer: str, lr: float | None, length: int):
+    """A function (tiles, data) -> (tiles, losses, good, evaluations): `length` steps from a
+    fresh optimiser state (the evaluation that starts L-BFGS counted)."""
+    transform = make_optimizer(optimizer, lr)
+    lbfgs = Optimizer(optimizer) == Optimizer.lbfgs
+    chunk = make_chunk(value_fn, transform, length, lbfgs=lbfgs)
+
+    def refine(params, data):
+        with _standard_promotion():
+            if lbfgs:
+                value, grad = _batched_value_and_grad(value_fn, data)(params)
+                state = transform.init(params, value, grad)
+            else:
+                state = transform.init(params)
+        good = jnp.ones((jax.tree_util.tree_leaves(params)[0].shape[0],), bool)
+        params, state, good, losses = chunk(params, state, good, data)
+        evaluations = state.evaluations + 1 if lbfgs else jnp.zeros(good.shape, jnp.int32)
+        return params, losses, good, evaluations
+
+    return refine
+
+
+def _refine_tiles(stage: Stage, problem: Problem, images, steps: int, start_step: int, report: Callable) -> Outcome:
+    """A tiled stage (see `Tiles`), as `minimize` reports a stage: after every visit."""
+    tiles = stage.tiles
+    images = jnp.asarray(images)
+    count, height, width = images.shape[:3]
+    compiled: dict[int, Any] = {}
+    history, seconds, compile_seconds = [], 0.0, 0.0
+    evaluations = np.zeros(count, np.int64)
+    diverged = np.full(count, -1)
+    done = 0
+    visits = _tile_visits(tiles, steps)
+    for pass_index, tile, length in visits:
+        if done + length <= start_step:
+            done += length
+            continue
+        top, left = tiles.grid[tile]
+        before = images[:, top:top + tiles.shape[0], left:left + tiles.shape[1]]
+        data = tiles.data(top, left)
+        if length not in compiled:
+            start = time.perf_counter()
+            function = _refiner(stage.value_fn, problem.optimizer, problem.learning_rate, length)
+            compiled[length] = jax.jit(function).lower(before, data).compile()
+            compile_seconds += time.perf_counter() - start
+        start = time.perf_counter()
+        after, losses, good, used = jax.block_until_ready(compiled[length](before, data))
+        window = jnp.asarray(tile_window(top, left, tiles.shape, (height, width), tiles.overlap))
+        images = jax.block_until_ready(blend_tile(images, before, after, window, top, left))
+        seconds += time.perf_counter() - start
+        losses = np.asarray(losses)
+        history.append(losses)
+        evaluations += np.asarray(used)
+        bad = ~np.asarray(good)
+        diverged = np.where((diverged < 0) & bad, done + np.argmax(~np.isfinite(losses), axis=0), diverged)
+        done += length
+        report(ChunkReport(done, steps, losses, images, tiled_state(count)), tile=(tile, len(tiles.grid), pass_index))
+    full = np.concatenate(history, axis=0) if history else np.zeros((0, count))
+    lbfgs = Optimizer(problem.optimizer) == Optimizer.lbfgs
+    return Outcome(images, tiled_state(count), done, full, diverged if np.any(diverged >= 0) else None, seconds,
+                   compile_seconds, evaluations if lbfgs else None)
 
 
 def _solution(problem, params, opt_state, steps, history, seconds, compile_seconds, stage, evaluations) -> Solution:

@@ -21,6 +21,7 @@ __all__ = [
     "distance_preview",
     "feature_montage",
     "dendrogram_image",
+    "tile_map",
 ]
 
 
@@ -159,3 +160,31 @@ def dendrogram_image(tree: np.ndarray, labels: Sequence[str], *, width: int = 90
         ImageDraw.Draw(text).text((0, 0), str(name)[:22], fill="black")
         picture.paste(text.rotate(90, expand=True), (int(x) - 6, int(y) + 6))
     return np.asarray(picture, np.float32) / 255.0
+
+
+def tile_map(image, grid: Sequence[tuple[int, int]], shape: tuple[int, int], *, overlap: int = 0, side: int = 1024) -> np.ndarray:
+    """A thumbnail of `image` (at most `side` px) with the tiles it was refined in drawn over it:
+    each tile's outline in a colour of its own, and its overlaps with its neighbours tinted."""
+    image = _rgb(image)
+    height, width = image.shape[:2]
+    scale = min(1.0, side / max(height, width))
+    out_h, out_w = max(1, round(height * scale)), max(1, round(width * scale))
+    picture = np.asarray(resize(image, out_h, out_w), np.float32).copy() if scale < 1 else image.copy()
+    cover = np.zeros((out_h, out_w), np.int32)
+    boxes = []
+    for top, left in grid:
+        y0, x0 = round(top * scale), round(left * scale)
+        y1, x1 = min(out_h, round((top + shape[0]) * scale)), min(out_w, round((left + shape[1]) * scale))
+        cover[y0:y1, x0:x1] += 1
+        boxes.append((y0, x0, y1, x1))
+    overlapping = cover > 1
+    picture[overlapping] = 0.7 * picture[overlapping] + 0.3 * np.array([1.0, 1.0, 1.0], np.float32)
+    hues = np.linspace(0.0, 1.0, len(boxes), endpoint=False)
+    for (y0, x0, y1, x1), hue in zip(boxes, hues):
+        colour = np.clip(np.abs(((hue * 6 + np.array([0.0, 4.0, 2.0])) % 6) - 3) - 1, 0, 1).astype(np.float32)
+        line = max(1, round(2 * max(out_h, out_w) / 1024))
+        picture[y0:y0 + line, x0:x1] = colour
+        picture[max(y0, y1 - line):y1, x0:x1] = colour
+        picture[y0:y1, x0:x0 + line] = colour
+        picture[y0:y1, max(x0, x1 - line):x1] = colour
+    return picture

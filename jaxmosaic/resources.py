@@ -9,7 +9,7 @@ import jax
 from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.vgg import activation_floats
 
-__all__ = ["available_bytes", "check_memory", "optimisation_bytes", "activation_bytes"]
+__all__ = ["available_bytes", "memory_budget", "check_memory", "optimisation_bytes", "activation_bytes", "largest_tile"]
 
 
 def available_bytes() -> int | None:
@@ -25,16 +25,27 @@ def available_bytes() -> int | None:
         return None
 
 
-def check_memory(needed: int, what: str, *, devices: int = 1) -> None:
-    """Raise if `needed` bytes (an estimate of the peak) exceed what is free. Shared over
-    `devices` accelerators, each holds its share; host devices (CPU) share the host's memory."""
+def memory_budget(max_memory: float | None = None) -> int | None:
+    """Bytes a run may use: `max_memory` GiB when given, else what is free less a 10% margin
+    (None when the system does not say)."""
+    if max_memory is not None:
+        return int(max_memory * 2**30)
     free = available_bytes()
+    return None if free is None else int(free * 0.9)
+
+
+def check_memory(needed: int, what: str, *, devices: int = 1, budget: int | None = None, hint: str = "") -> None:
+    """Raise if `needed` bytes (an estimate of the peak) exceed `budget` (default: what is
+    free). Shared over `devices` accelerators, each holds its share; host devices (CPU) share
+    the host's memory. `hint` names a further way out (e.g. "--tile auto")."""
+    free = available_bytes() if budget is None else budget
     if devices > 1 and jax.devices()[0].platform != "cpu":
         needed = -(-needed // devices)
     if free is not None and needed > free:
+        limit = "is free" if budget is None else "is allowed"
         raise JaxmosaicError(
-            f"{what} needs about {needed / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB is free; "
-            "use a smaller size or fewer images at once"
+            f"{what} needs about {needed / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB {limit}; "
+            f"use a smaller size or fewer images at once{', or ' + hint if hint else ''}"
         )
 
 
@@ -47,3 +58,14 @@ def optimisation_bytes(height: int, width: int, layers, batch: int = 1, channels
     """Bytes one L-BFGS step through VGG19 holds at its peak: every activation up to the deepest
     layer twice (forward and its gradient, float32) plus the optimiser's image-sized buffers."""
     return 2 * activation_bytes(height, width, layers, batch) + batch * 30 * height * width * channels * 4 + 200 * 2**20
+
+
+def largest_tile(budget: int | None, layers, batch: int = 1, *, fixed: int = 0, step: int = 64, most: int = 1024) -> int:
+    """The largest square tile (a multiple of `step`, at most `most`) whose optimisation fits in
+    `budget` bytes besides `fixed` bytes held anyway; `step` when none does."""
+    if budget is None:
+        return most
+    side = most
+    while side > step and optimisation_bytes(side, side, layers, batch) + fixed > budget:
+        side -= step
+    return side

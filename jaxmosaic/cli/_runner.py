@@ -26,8 +26,9 @@ from jaxmosaic.io.checkpoints import load_checkpoint, read_checkpoint_meta, save
 from jaxmosaic.io.folders import OutputFolder
 from jaxmosaic.io.outputs import check_outputs
 from jaxmosaic.io.images import save_gif, save_image
-from jaxmosaic.optimize import Diverged, Problem, Progress, Resume, device_mesh, solve, state_like
-from jaxmosaic.resources import check_memory
+from jaxmosaic.image import resize
+from jaxmosaic.optimize import Diverged, Problem, Progress, Resume, device_mesh, solve, state_like, tiled_state
+from jaxmosaic.resources import check_memory, memory_budget
 from jaxmosaic.cli._common import echo, err_console, error_line, output_name, write_metrics
 
 __all__ = ["RunConfig", "Job", "optimise"]
@@ -89,7 +90,7 @@ class _Frames:
 
     def record(self, progress: Progress, images: np.ndarray) -> None:
         if self.gif:
-            self.frames.append(np.concatenate(list(images), axis=1))
+            self.frames.append(np.concatenate([_thumbnail(image) for image in images], axis=1))
         if self.folder and progress.step % self.every == 0:
             prefix = f"scale{progress.stage}-" if self.multistage else ""
             for tag, image in zip(self.tags, images):
@@ -104,6 +105,16 @@ class _Frames:
             self.folder.finish()
             written.append(str(self.folder.path))
         return written
+
+
+def _thumbnail(image: np.ndarray, side: int = 512) -> np.ndarray:
+    """A GIF frame of an image: at most `side` px a side (a print-size output is not kept whole
+    for every frame)."""
+    height, width = image.shape[:2]
+    if max(height, width) <= side:
+        return image
+    scale = side / max(height, width)
+    return np.asarray(resize(image, max(1, round(height * scale)), max(1, round(width * scale))))
 
 
 def _describe(loss: dict) -> str:
@@ -126,7 +137,7 @@ def _resume(job: Job, run: RunConfig, problem: Problem) -> Resume:
     if changed:
         raise ConfigError("resume", f"the checkpoint {run.checkpoint} was made with other settings ({', '.join(changed)}); start a new one")
     like = np.zeros(meta["shape"], np.float32)
-    state = state_like(problem.optimizer, problem.learning_rate, like)
+    state = tiled_state(like.shape[0]) if meta.get("tiled") else state_like(problem.optimizer, problem.learning_rate, like)
     restored, meta = load_checkpoint(run.checkpoint, {"params": like, "opt_state": state})
     echo(f"resuming from {run.checkpoint}: stage {meta['stage'] + 1} of {len(problem.stages)}, step {meta['step']}")
     return Resume(meta["stage"], meta["step"], restored["params"], restored["opt_state"])
@@ -134,7 +145,7 @@ def _resume(job: Job, run: RunConfig, problem: Problem) -> Resume:
 
 def _save_checkpoint(job: Job, run: RunConfig, progress: Progress) -> None:
     meta = {"format": _CHECKPOINT_FORMAT, "technique": job.technique, "settings": _record(job), "stage": progress.stage,
-            "step": progress.step, "shape": list(np.shape(progress.params))}
+            "step": progress.step, "shape": list(np.shape(progress.params)), "tiled": progress.tile is not None}
     save_checkpoint(run.checkpoint, {"params": progress.params, "opt_state": progress.opt_state}, meta)
 
 
@@ -179,7 +190,12 @@ def optimise(job: Job, run: RunConfig) -> None:
     inputs = job.load()
     mesh = device_mesh(run.devices)
     devices = 1 if mesh is None else mesh.size
-    check_memory(job.memory(inputs), f"this {job.technique} run", devices=devices)
+    tiles = hasattr(job.config, "tile")
+    if tiles and job.config.tile is not None and run.split_image:
+        raise ConfigError("split_image", "splits one image over several devices; --tile refines it tile by tile on one: choose one")
+    budget = memory_budget(job.config.max_memory) if tiles and job.config.max_memory is not None else None
+    check_memory(job.memory(inputs), f"this {job.technique} run", devices=devices, budget=budget,
+                 hint="--tile auto" if tiles and job.config.tile is None else "")
     problem = job.problem(inputs)._replace(split=run.split_image and mesh is not None)
     if run.split_image and problem.count > 1:
         raise ConfigError("split_image", f"splits one image over the devices, not a batch of {problem.count}; "
@@ -238,7 +254,13 @@ def _solve(job: Job, run: RunConfig, problem: Problem, resume: Resume | None, fr
                 last["progress"] = progress
                 images = np.asarray(problem.view(progress.params))
                 where = f"{progress.label} " if len(problem.stages) > 1 else ""
-                bar.update(task, completed=progress.done, loss=where + _describe(problem.terms(images)[0]))
+                if progress.tile is None:
+                    loss = _describe(problem.terms(images)[0])
+                else:  # the whole image's terms would cost a pass over every tile: the tile's loss
+                    tile, tiles, pass_index = progress.tile
+                    losses = np.asarray(progress.losses).reshape(len(progress.losses), -1)[:, 0]
+                    loss = f"pass {pass_index + 1}, tile {tile + 1}/{tiles}: loss {losses[-1]:.5g}"
+                bar.update(task, completed=progress.done, loss=where + loss)
                 frames.record(progress, images)
                 if run.checkpoint and (progress.step % run.checkpoint_every == 0 or stop["asked"]):
                     _save_checkpoint(job, run, progress)

@@ -11,7 +11,8 @@ from jaxmosaic.cli._common import WeightsOption, guarded, output_name, vgg_param
 from jaxmosaic.cli._options import command
 from jaxmosaic.cli._runner import Job, RunConfig, optimise
 from jaxmosaic.io.images import load_image
-from jaxmosaic.techniques.style import INITS, StyleConfig, StyleInputs, style_memory, style_problem
+from jaxmosaic.pictures import tile_map
+from jaxmosaic.techniques.style import INITS, StyleConfig, StyleInputs, style_memory, style_problem, style_tiles
 
 
 @guarded
@@ -23,6 +24,7 @@ def style(
     config: StyleConfig,
     run: RunConfig,
     weights: WeightsOption = None,
+    preview: Annotated[bool, typer.Option("--preview", help="Also write OUT-tiles.png: the tiles of the last scale over a thumbnail of the result.")] = False,
 ) -> None:
     """Paint CONTENT in the style of STYLE (Gatys, Ecker and Bethge)."""
     init = [] if config.init in INITS else [Path(config.init)]
@@ -32,5 +34,12 @@ def style(
         return StyleInputs(load_image(content), [load_image(path) for path in styles],
                            load_image(init[0]) if init else None, [str(path) for path in styles])
 
+
+    def tiles_picture(inputs: StyleInputs, images):
+        last = style_tiles(config, inputs)[-1]
+        grid, shape = (last.grid, last.shape) if last.tile is not None else (((0, 0),), (last.height, last.width))
+        return tile_map(images[0], grid, shape, overlap=config.overlap)
+
+    pictures = [(output_name(out, "tiles", ".png"), tiles_picture)] if preview else []
     optimise(Job("style", config, out, outputs, [content, *styles, *init], load, lambda inputs: style_memory(config, inputs),
-                 lambda inputs: style_problem(config, inputs, vgg_params(weights, config.seed)), weights=weights), run)
+                 lambda inputs: style_problem(config, inputs, vgg_params(weights, config.seed)), pictures, weights=weights), run)

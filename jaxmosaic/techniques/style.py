@@ -20,12 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmosaic.color import rgb_to_yiq, yiq_to_rgb
-from jaxmosaic.config import ConfigError, choice, layer_weights, names, number, numbers, setting, whole, wholes
+from jaxmosaic.config import (ConfigError, choice, layer_weights, names, number, numbers, parse_tile, setting, tile_setting,
+                              whole, wholes)
 from jaxmosaic.image import fit_shape, resize
 from jaxmosaic.losses import content_losses, gram_targets, style_losses, tv_losses
-from jaxmosaic.optimize import Optimizer, Problem, Progress, Resume, Solution, Stage, learning_rate, per_image, solve
-from jaxmosaic.resources import activation_bytes, optimisation_bytes
-from jaxmosaic.vgg import Pooling, check_layers, smallest_side, vgg19_features
+from jaxmosaic.optimize import Optimizer, Problem, Progress, Resume, Solution, Stage, Tiles, learning_rate, per_image, solve
+from jaxmosaic.resources import activation_bytes, largest_tile, memory_budget, optimisation_bytes
+from jaxmosaic.tiling import tile_grid, tiled_grams, tiled_style_terms
+from jaxmosaic.vgg import Pooling, check_layers, layer_stride, smallest_side, vgg19_features
 
 __all__ = [
     "CONTENT_LAYERS",
@@ -39,6 +41,8 @@ __all__ = [
     "style_transfer_losses",
     "keep_colors",
     "style_memory",
+    "style_tiles",
+    "ScaleTiles",
     "style_problem",
     "style_transfer",
 ]
@@ -70,6 +74,13 @@ class StyleConfig:
     seed: int = setting(0, "Seed of the noise (and of --weights random).")
     style_scale: float = setting(1.0, "Style image size relative to the output's.")
     original_colors: bool = setting(False, "Keep the content's colours (transfer luminance only, YIQ).")
+    tile: int | str | None = setting(
+        None, "Refine every scale larger than T px, or too large for --max-memory, in overlapping tiles of T px (memory of one tile); 'auto' picks T from the memory.",
+        parse=parse_tile, example="auto or a number")
+    overlap: int = setting(64, "Overlap of neighbouring tiles in px, blended with a smooth window.")
+    tile_steps: int = setting(10, "Steps a tile gets per visit; passes over all tiles repeat until each has had the scale's steps.")
+    max_memory: float | None = setting(None, "Memory budget in GiB that decides which scales are tiled and --tile auto (default: what is free, less 10%).",
+                                       resume=False)
 
     def __post_init__(self):
         put = functools.partial(object.__setattr__, self)
@@ -99,6 +110,11 @@ class StyleConfig:
             raise ConfigError("init", "expected noise, content, style or an image path")
         whole("seed", self.seed, minimum=0)
         put("style_scale", number("style_scale", self.style_scale, above=0.0, maximum=64.0))
+        whole("overlap", self.overlap, minimum=0)
+        put("tile", tile_setting("tile", self.tile, self.overlap))
+        whole("tile_steps", self.tile_steps, minimum=1)
+        if self.max_memory is not None:
+            put("max_memory", number("max_memory", self.max_memory, above=0.0))
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -197,19 +213,28 @@ def _style_sizes(config: StyleConfig, inputs: StyleInputs, size: int) -> tuple[t
     return (height, width), [fit_shape(*style.shape[:2], side) for style in inputs.styles]
 
 
-def style_memory(config: StyleConfig, inputs: StyleInputs) -> int:
-    """Check the inputs against the settings (before any work) and estimate the peak memory of
-    the run in bytes: the optimisation at the largest scale and the style images' features."""
+class ScaleTiles(NamedTuple):
+    """How one scale runs: untiled (tile None), or in tiles of `tile` px."""
+
+    height: int
+    width: int
+    tile: int | None
+    grid: tuple[tuple[int, int], ...] = ()  # (top, left) of every tile
+    shape: tuple[int, int] | None = None  # (height, width) of a tile
+
+
+_HALO = 96  # px of context around a tile of the statistics taken tile by tile (`jaxmosaic.tiling`)
+
+
+def _check_inputs(config: StyleConfig, inputs: StyleInputs) -> None:
     if not inputs.styles:
         raise ValueError("at least one style image is needed")
     if config.style_blend is not None and len(config.style_blend) != len(inputs.styles):
         raise ConfigError("style_blend", f"has {len(config.style_blend)} weights for {len(inputs.styles)} style images")
     if config.init not in INITS and inputs.init is None:
         raise ConfigError("init", f"{config.init!r} is neither noise, content, style nor a given image")
-    count = len(inputs.styles) if config.batch else 1
     layers = (*config.content_layers, *config.style_layers)
     smallest = smallest_side(config.style_layers)
-    peak = 0
     for size in config.sizes:
         (height, width), style_shapes = _style_sizes(config, inputs, size)
         if min(height, width) < smallest_side(layers):
@@ -220,8 +245,72 @@ def style_memory(config: StyleConfig, inputs: StyleInputs) -> int:
             if min(h, w) < smallest:
                 raise ValueError(f"{name} becomes {w}x{h} at this scale, too thin for the style layers "
                                  f"(they need {smallest} pixels a side); use a larger style_scale or another image")
-        styles = sum(activation_bytes(h, w, config.style_layers) for h, w in style_shapes)
-        peak = max(peak, optimisation_bytes(height, width, layers, count) + styles)
+
+
+def _held(height: int, width: int, count: int) -> int:
+    """Bytes of whole images a tiled scale holds besides a tile's optimisation: the images, the
+    content, the blended copy, a view for the progress and the final picture."""
+    return (5 * count + 2) * height * width * 3 * 4
+
+
+def _statistic_tile(tile: int) -> int:
+    return max(32, tile // 32 * 32)
+
+
+def _style_bytes(config: StyleConfig, shapes, tile: int | None) -> int:
+    """Peak bytes of the style images' Gram matrices: whole, or tile by tile with a halo."""
+    if tile is None:
+        return sum(activation_bytes(h, w, config.style_layers) for h, w in shapes)
+    side = _statistic_tile(tile) + 2 * _HALO
+    return max(activation_bytes(min(h, side), min(w, side), config.style_layers) for h, w in shapes)
+
+
+def style_tiles(config: StyleConfig, inputs: StyleInputs) -> list[ScaleTiles]:
+    """Which scales are tiled and how: every scale larger than `config.tile`, or, with a tile
+    setting, whose untiled optimisation does not fit `config.max_memory` (default: what is free);
+    `tile="auto"` takes the largest tile that fits."""
+    count = len(inputs.styles) if config.batch else 1
+    layers = (*config.content_layers, *config.style_layers)
+    budget = memory_budget(config.max_memory)
+    plans = []
+    for size in config.sizes:
+        (height, width), shapes = _style_sizes(config, inputs, size)
+        tile = None
+        if config.tile is not None:
+            untiled = optimisation_bytes(height, width, layers, count) + _style_bytes(config, shapes, None)
+            fits = budget is None or untiled <= budget
+            if config.tile == "auto":
+                if not fits:
+                    fixed = _held(height, width, count) + _style_bytes(config, shapes, 512)
+                    tile = largest_tile(budget, layers, count, fixed=fixed)
+            elif max(height, width) > config.tile or not fits:
+                tile = config.tile
+        if tile is not None and tile >= max(height, width):
+            tile = None
+        if tile is None:
+            plans.append(ScaleTiles(height, width, None))
+        else:
+            shape = (min(tile, height), min(tile, width))
+            plans.append(ScaleTiles(height, width, tile, tuple(tile_grid(height, width, tile, config.overlap)), shape))
+    return plans
+
+
+def style_memory(config: StyleConfig, inputs: StyleInputs) -> int:
+    """Check the inputs against the settings (before any work) and estimate the peak memory of
+    the run in bytes: the optimisation at the largest scale (of one tile at a tiled scale) and
+    the style images' features."""
+    _check_inputs(config, inputs)
+    count = len(inputs.styles) if config.batch else 1
+    layers = (*config.content_layers, *config.style_layers)
+    peak = 0
+    for size, plan in zip(config.sizes, style_tiles(config, inputs)):
+        _, shapes = _style_sizes(config, inputs, size)
+        if plan.tile is None:
+            needed = optimisation_bytes(plan.height, plan.width, layers, count) + _style_bytes(config, shapes, None)
+        else:
+            needed = (optimisation_bytes(*plan.shape, layers, count) + _held(plan.height, plan.width, count)
+                      + _style_bytes(config, shapes, plan.tile))
+        peak = max(peak, needed)
     return peak
 
 
@@ -240,40 +329,89 @@ def _start(config: StyleConfig, inputs: StyleInputs, height: int, width: int, co
 
 def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
     """The style transfer as a `Problem`: one stage per scale, coarse to fine, each starting from
-    the previous result upsampled; with `config.batch` one image per style, else one image."""
+    the previous result upsampled; with `config.batch` one image per style, else one image. A
+    tiled scale (`style_tiles`) is refined tile by tile: each tile's loss is the content loss on
+    its region plus the style loss against the whole style image's Gram matrices, scaled to the
+    tile's positions, so every tile aims at the same style."""
     style_memory(config, inputs)
+    plans = style_tiles(config, inputs)
     content = jnp.asarray(inputs.content, jnp.float32)
     styles = [jnp.asarray(style, jnp.float32) for style in inputs.styles]
     count = len(styles) if config.batch else 1
     weights = config.style_weights
     settings = {"style_weights": weights, "alpha": config.content_weight, "beta": config.style_weight,
                 "tv_weight": config.tv_weight, "pooling": config.pooling}
+    tile_of = {(plan.height, plan.width): plan.tile for plan in plans}
+
+    def scaled_styles(height: int, width: int) -> list:
+        side = max(16, round(max(height, width) * config.style_scale))
+        return [resize(style, *fit_shape(*style.shape[:2], side)) for style in styles]
+
+    @functools.cache
+    def grams_at(height: int, width: int) -> dict:
+        """The style Gram targets of an output of this size: blended, or one per style (batch)."""
+        tile = tile_of.get((height, width))
+        each = []
+        for style in scaled_styles(height, width):
+            if tile is None:
+                each.append(gram_targets(params, style, tuple(weights), size=(height, width), pooling=config.pooling))
+            else:
+                each.append(tiled_grams(params, style, tuple(weights), tile=_statistic_tile(tile), halo=_HALO,
+                                        pooling=config.pooling, size=(height, width)))
+        if config.batch:
+            return {name: jnp.stack([grams[name] for grams in each]) for name in weights}
+        blend = np.full(len(each), 1.0 / len(each)) if config.style_blend is None else np.asarray(config.style_blend) / sum(config.style_blend)
+        return {name: sum(float(b) * grams[name] for b, grams in zip(blend, each)) for name in weights}
 
     @functools.cache
     def targets_at(height: int, width: int) -> StyleTargets:
         scaled = resize(content, height, width)
-        side = max(16, round(max(height, width) * config.style_scale))
-        scaled_styles = [resize(style, *fit_shape(*style.shape[:2], side)) for style in styles]
-        options = {"content_layers": config.content_layers, "style_layers": tuple(weights), "pooling": config.pooling}
-        if not config.batch:
-            return style_targets(params, scaled, scaled_styles, blend=config.style_blend, **options)
-        each = [style_targets(params, scaled, [style], **options) for style in scaled_styles]
-        return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *each)
+        features = vgg19_features(params, scaled[None], config.content_layers, pooling=config.pooling)
+        return StyleTargets({name: features[name][0] for name in config.content_layers}, grams_at(height, width))
 
     def value(pixels, data):
         targets, network = data
         return style_transfer_losses(pixels, targets, network, **settings)[0]
 
+    def tiles(plan: ScaleTiles) -> Tiles:
+        scaled = resize(content, plan.height, plan.width)
+        ratio = {name: _cells(*plan.shape, name) / _cells(plan.height, plan.width, name) for name in weights}
+        grams = {name: value * ratio[name] for name, value in grams_at(plan.height, plan.width).items()}
+        features = jax.jit(lambda crop: vgg19_features(params, crop[None], config.content_layers, pooling=config.pooling))
+
+        def data(top: int, left: int):
+            crop = jax.lax.dynamic_slice(scaled, (top, left, 0), (*plan.shape, 3))
+            content_features = features(crop)
+            return StyleTargets({name: content_features[name][0] for name in config.content_layers}, grams), params
+
+        return Tiles(plan.grid, plan.shape, config.overlap, config.tile_steps, data, config.seed)
+
+    def tile_value(plan: ScaleTiles):
+        """A tile's loss, weighted as its share of the whole image's: content and TV sum over the
+        tile's own positions, while E_l is per position, so w_l is scaled by the tile's share of
+        the positions (the tile's gradient is then the whole loss's gradient there)."""
+        shares = {name: weight * _cells(*plan.shape, name) / _cells(plan.height, plan.width, name)
+                  for name, weight in weights.items()}
+        tile_settings = {**settings, "style_weights": shares}
+
+        def value_of_tile(pixels, data):
+            targets, network = data
+            return style_transfer_losses(pixels, targets, network, **tile_settings)[0]
+
+        return value_of_tile
+
     def stage(index: int) -> Stage:
-        height, width = fit_shape(*content.shape[:2], config.sizes[index])
+        plan = plans[index]
 
         def start(previous):
             if previous is None:
-                return _start(config, inputs, height, width, count)
-            return resize(previous, height, width)
+                return _start(config, inputs, plan.height, plan.width, count)
+            return resize(previous, plan.height, plan.width)
 
-        return Stage(f"{width}x{height}", start, value, (targets_at(height, width), params),
-                     data_axes=(0 if config.batch else None, None))
+        axes = (0 if config.batch else None, None)
+        if plan.tile is not None:
+            return Stage(f"{plan.width}x{plan.height} in {len(plan.grid)} tiles", start, tile_value(plan), None, axes, tiles(plan))
+        return Stage(f"{plan.width}x{plan.height}", start, value, (targets_at(plan.height, plan.width), params), axes)
 
     def view(pixels):
         return jnp.clip(pixels, 0.0, 1.0)
@@ -286,10 +424,27 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
     terms_of = jax.jit(lambda x, t, p: style_transfer_losses(x, t, p, **settings))
 
     def terms(images):
-        return per_image(terms_of(jnp.asarray(images), targets_at(*images.shape[1:3]), params))
+        height, width = images.shape[1:3]
+        tile = tile_of.get((height, width))
+        if tile is None:
+            return per_image(terms_of(jnp.asarray(images), targets_at(height, width), params))
+        parts = tiled_style_terms(params, images, resize(content, height, width), grams_at(height, width), weights,
+                                  config.content_layers, tile=_statistic_tile(tile), halo=_HALO, pooling=config.pooling)
+        total = config.content_weight * parts["content"] + config.style_weight * parts["style"] + config.tv_weight * parts["tv"]
+        return per_image((total, parts))
 
-    return Problem(tuple(functools.partial(stage, i) for i in range(len(config.sizes))), config.step_counts,
-                   config.optimizer, config.learning_rate, count, view, finish, terms)
+    steps = tuple(steps if plan.tile is None else steps * len(plan.grid) for plan, steps in zip(plans, config.step_counts))
+    facts = {"tiles": [{"scale": f"{plan.width}x{plan.height}", "tile": plan.tile, "count": len(plan.grid)}
+                       for plan in plans if plan.tile is not None]} if any(plan.tile for plan in plans) else {}
+    notes = tuple(f"scale {plan.width}x{plan.height}: {len(plan.grid)} tiles of {plan.shape[1]}x{plan.shape[0]} px, "
+                  f"{config.overlap} px overlap" for plan in plans if plan.tile is not None)
+    return Problem(tuple(functools.partial(stage, i) for i in range(len(config.sizes))), steps,
+                   config.optimizer, config.learning_rate, count, view, finish, terms, facts=facts, notes=notes)
+
+
+def _cells(height: int, width: int, layer: str) -> int:
+    stride = layer_stride(layer)
+    return (height // stride) * (width // stride)
 
 
 def style_transfer(config: StyleConfig, inputs: StyleInputs, params, *, callback: Callable[[Progress], None] | None = None,
