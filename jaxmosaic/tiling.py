@@ -16,19 +16,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxmosaic.losses import gram_matrix
+from jaxmosaic.resources import largest_tile
 from jaxmosaic.vgg import layer_stride, vgg19_features
 
 __all__ = [
+    "TilePlan",
+    "plan_tiles",
     "tile_starts",
     "tile_grid",
     "tile_window",
     "visit_order",
+    "held_bytes",
+    "position_share",
+    "HALO",
+    "statistic_tile",
     "blend_tile",
     "tiled_grams",
     "tiled_style_terms",
@@ -36,6 +44,53 @@ __all__ = [
 ]
 
 _ALIGN = 32  # tile starts of the statistics are multiples of the deepest pooling stride
+HALO = 96
+"""px of context around each tile of statistics taken tile by tile: enough for Gram matrices up
+to relu5_1 to equal the whole image's to 5e-7 (tests/test_tiling.py)."""
+
+
+def statistic_tile(tile: int) -> int:
+    """The tile of the statistics for an optimisation tile of `tile` px: a multiple of 32."""
+    return max(_ALIGN, tile // _ALIGN * _ALIGN)
+
+
+class TilePlan(NamedTuple):
+    """How an image of (height, width) is optimised: whole (tile None), or in tiles of `tile` px."""
+
+    height: int
+    width: int
+    tile: int | None
+    grid: tuple[tuple[int, int], ...] = ()  # (top, left) of every tile
+    shape: tuple[int, int] | None = None  # (height, width) of a tile
+
+
+def plan_tiles(height: int, width: int, setting: int | str | None, overlap: int, *, untiled: int, budget: int | None,
+               layers: Sequence[str], count: int = 1, fixed: int = 0) -> TilePlan:
+    """Whether and how to tile an image: with `setting` T (px), when it is larger than T or its
+    `untiled` optimisation (bytes) does not fit `budget`; with "auto", only when it does not fit,
+    in the largest tile that does besides the `fixed` bytes held anyway; with None, never."""
+    fits = budget is None or untiled <= budget
+    tile = None
+    if setting == "auto":
+        tile = None if fits else largest_tile(budget, layers, count, fixed=fixed)
+    elif setting is not None and (max(height, width) > setting or not fits):
+        tile = setting
+    if tile is None or tile >= max(height, width):
+        return TilePlan(height, width, None)
+    return TilePlan(height, width, tile, tuple(tile_grid(height, width, tile, overlap)), (min(tile, height), min(tile, width)))
+
+
+def position_share(plan: TilePlan, layer: str) -> float:
+    """A tile's share of the image's positions at a layer: E_l is per position while sums over
+    positions (content, spectrum, TV) are not, so a tile's w_l times this makes the tile's
+    gradient the whole loss's gradient there."""
+    return _cells(*plan.shape, layer) / _cells(plan.height, plan.width, layer)
+
+
+def held_bytes(height: int, width: int, count: int, channels: int = 3) -> int:
+    """Bytes of whole images a tiled optimisation holds besides a tile's: the images, the
+    content or targets, the blended copy, a view for the progress and the final picture."""
+    return (5 * count + 2) * height * width * channels * 4
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -117,7 +172,7 @@ def _check_statistics(tile: int, halo: int) -> None:
         raise ValueError(f"tiles and halos of tiled statistics must be multiples of {_ALIGN} px, got {tile} and {halo}")
 
 
-def tiled_grams(params, image, layers: Sequence[str], *, tile: int = 512, halo: int = 128, pooling: str = "max",
+def tiled_grams(params, image, layers: Sequence[str], *, tile: int = 512, halo: int = HALO, pooling: str = "max",
                 size: tuple[int, int] | None = None) -> dict:
     """`jaxmosaic.losses.gram_targets` of an HWC image, taken tile by tile (memory of one tile
     plus its halo): {layer: G (C, C)} scaled to the positions of an output of `size`."""
@@ -142,22 +197,25 @@ def _cells(height: int, width: int, layer: str) -> int:
 
 
 def tiled_style_terms(params, images, content, grams: Mapping[str, jax.Array], style_weights: Mapping[str, float],
-                      content_layers: Sequence[str], *, tile: int = 512, halo: int = 128, pooling: str = "max") -> dict:
-    """The unweighted style-transfer terms of large images (N, H, W, 3) against one content image
-    (H, W, 3) and Gram targets (C, C), or (N, C, C) one per image, taken tile by tile:
-    {"content": (N,), "style": (N,), "tv": (N,)} as `style_transfer_losses` defines them."""
+                      content_layers: Sequence[str] = (), *, tile: int = 512, halo: int = HALO, pooling: str = "max") -> dict:
+    """The unweighted style-transfer terms of large images (N, H, W, C) against one content image
+    (H, W, 3; None for none) and Gram targets (C, C), or (N, C, C) one per image, taken tile by
+    tile: {"content": (N,) (with a content image), "style": (N,), "tv": (N,)} as
+    `style_transfer_losses` defines them (grey images are seen in three channels)."""
     _check_statistics(tile, halo)
     images = jnp.asarray(images, jnp.float32)
     count, height, width = images.shape[:3]
-    content = jnp.asarray(content, jnp.float32)
+    network = jnp.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+    content_layers = tuple(content_layers) if content is not None else ()
     layers = tuple(dict.fromkeys((*content_layers, *style_weights)))
     run = jax.jit(_interiors, static_argnames=("layers", "spans", "pooling"))
     sums = {name: jnp.zeros((count,) + (grams[name].shape[-1],) * 2) for name in style_weights}
     l_content = jnp.zeros(count)
     for rows in _statistic_tiles(height, tile, halo):
         for columns in _statistic_tiles(width, tile, halo):
-            crops = jnp.concatenate([images[:, rows[0]:rows[1], columns[0]:columns[1]],
-                                     content[None, rows[0]:rows[1], columns[0]:columns[1]]])
+            crops = network[:, rows[0]:rows[1], columns[0]:columns[1]]
+            if content is not None:
+                crops = jnp.concatenate([crops, jnp.asarray(content, jnp.float32)[None, rows[0]:rows[1], columns[0]:columns[1]]])
             features = run(params, crops, layers, (rows, columns), pooling)
             for name in content_layers:
                 l_content = l_content + 0.5 * jnp.sum(jnp.square(features[name][:count] - features[name][count:]), axis=(1, 2, 3))
@@ -172,7 +230,8 @@ def tiled_style_terms(params, images, content, grams: Mapping[str, jax.Array], s
         l_style = l_style + weight * jnp.sum(jnp.square(sums[name] - target), axis=(1, 2)) / (4.0 * channels**2 * positions**2)
     dy = jnp.sum(jnp.square(images[:, 1:] - images[:, :-1]), axis=(1, 2, 3))
     dx = jnp.sum(jnp.square(images[:, :, 1:] - images[:, :, :-1]), axis=(1, 2, 3))
-    return {"content": l_content, "style": l_style, "tv": dy + dx}
+    terms = {"content": l_content} if content is not None else {}
+    return {**terms, "style": l_style, "tv": dy + dx}
 
 
 def seam_ratio(image, grid: Sequence[tuple[int, int]], shape: tuple[int, int], *, band: int = 1, margin: int = 4,

@@ -20,14 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmosaic.color import rgb_to_yiq, yiq_to_rgb
-from jaxmosaic.config import (ConfigError, choice, layer_weights, names, number, numbers, parse_tile, setting, tile_setting,
+from jaxmosaic.config import (ConfigError, choice, layer_weights, names, number, numbers, check_tiling, parse_tile, setting,
                               whole, wholes)
 from jaxmosaic.image import fit_shape, resize
 from jaxmosaic.losses import content_losses, gram_targets, style_losses, tv_losses
 from jaxmosaic.optimize import Optimizer, Problem, Progress, Resume, Solution, Stage, Tiles, learning_rate, per_image, solve
-from jaxmosaic.resources import activation_bytes, largest_tile, memory_budget, optimisation_bytes
-from jaxmosaic.tiling import tile_grid, tiled_grams, tiled_style_terms
-from jaxmosaic.vgg import Pooling, check_layers, layer_stride, smallest_side, vgg19_features
+from jaxmosaic.resources import activation_bytes, memory_budget, optimisation_bytes
+from jaxmosaic.tiling import HALO, TilePlan, held_bytes, position_share, statistic_tile, plan_tiles, tiled_grams, tiled_style_terms
+from jaxmosaic.vgg import Pooling, check_layers, smallest_side, vgg19_features
 
 __all__ = [
     "CONTENT_LAYERS",
@@ -42,7 +42,6 @@ __all__ = [
     "keep_colors",
     "style_memory",
     "style_tiles",
-    "ScaleTiles",
     "style_problem",
     "style_transfer",
 ]
@@ -110,11 +109,7 @@ class StyleConfig:
             raise ConfigError("init", "expected noise, content, style or an image path")
         whole("seed", self.seed, minimum=0)
         put("style_scale", number("style_scale", self.style_scale, above=0.0, maximum=64.0))
-        whole("overlap", self.overlap, minimum=0)
-        put("tile", tile_setting("tile", self.tile, self.overlap))
-        whole("tile_steps", self.tile_steps, minimum=1)
-        if self.max_memory is not None:
-            put("max_memory", number("max_memory", self.max_memory, above=0.0))
+        check_tiling(self)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -213,19 +208,6 @@ def _style_sizes(config: StyleConfig, inputs: StyleInputs, size: int) -> tuple[t
     return (height, width), [fit_shape(*style.shape[:2], side) for style in inputs.styles]
 
 
-class ScaleTiles(NamedTuple):
-    """How one scale runs: untiled (tile None), or in tiles of `tile` px."""
-
-    height: int
-    width: int
-    tile: int | None
-    grid: tuple[tuple[int, int], ...] = ()  # (top, left) of every tile
-    shape: tuple[int, int] | None = None  # (height, width) of a tile
-
-
-_HALO = 96  # px of context around a tile of the statistics taken tile by tile (`jaxmosaic.tiling`)
-
-
 def _check_inputs(config: StyleConfig, inputs: StyleInputs) -> None:
     if not inputs.styles:
         raise ValueError("at least one style image is needed")
@@ -247,25 +229,18 @@ def _check_inputs(config: StyleConfig, inputs: StyleInputs) -> None:
                                  f"(they need {smallest} pixels a side); use a larger style_scale or another image")
 
 
-def _held(height: int, width: int, count: int) -> int:
-    """Bytes of whole images a tiled scale holds besides a tile's optimisation: the images, the
-    content, the blended copy, a view for the progress and the final picture."""
-    return (5 * count + 2) * height * width * 3 * 4
-
-
-def _statistic_tile(tile: int) -> int:
-    return max(32, tile // 32 * 32)
+_RUNTIME = 512 * 2**20  # the process itself: Python, JAX and the compiled programs
 
 
 def _style_bytes(config: StyleConfig, shapes, tile: int | None) -> int:
     """Peak bytes of the style images' Gram matrices: whole, or tile by tile with a halo."""
     if tile is None:
         return sum(activation_bytes(h, w, config.style_layers) for h, w in shapes)
-    side = _statistic_tile(tile) + 2 * _HALO
+    side = statistic_tile(tile) + 2 * HALO
     return max(activation_bytes(min(h, side), min(w, side), config.style_layers) for h, w in shapes)
 
 
-def style_tiles(config: StyleConfig, inputs: StyleInputs) -> list[ScaleTiles]:
+def style_tiles(config: StyleConfig, inputs: StyleInputs) -> list[TilePlan]:
     """Which scales are tiled and how: every scale larger than `config.tile`, or, with a tile
     setting, whose untiled optimisation does not fit `config.max_memory` (default: what is free);
     `tile="auto"` takes the largest tile that fits."""
@@ -275,23 +250,10 @@ def style_tiles(config: StyleConfig, inputs: StyleInputs) -> list[ScaleTiles]:
     plans = []
     for size in config.sizes:
         (height, width), shapes = _style_sizes(config, inputs, size)
-        tile = None
-        if config.tile is not None:
-            untiled = optimisation_bytes(height, width, layers, count) + _style_bytes(config, shapes, None)
-            fits = budget is None or untiled <= budget
-            if config.tile == "auto":
-                if not fits:
-                    fixed = _held(height, width, count) + _style_bytes(config, shapes, 512)
-                    tile = largest_tile(budget, layers, count, fixed=fixed)
-            elif max(height, width) > config.tile or not fits:
-                tile = config.tile
-        if tile is not None and tile >= max(height, width):
-            tile = None
-        if tile is None:
-            plans.append(ScaleTiles(height, width, None))
-        else:
-            shape = (min(tile, height), min(tile, width))
-            plans.append(ScaleTiles(height, width, tile, tuple(tile_grid(height, width, tile, config.overlap)), shape))
+        untiled = optimisation_bytes(height, width, layers, count) + _style_bytes(config, shapes, None)
+        fixed = held_bytes(height, width, count) + _style_bytes(config, shapes, 512)
+        plans.append(plan_tiles(height, width, config.tile, config.overlap, untiled=untiled, budget=budget, layers=layers,
+                                count=count, fixed=fixed))
     return plans
 
 
@@ -308,8 +270,9 @@ def style_memory(config: StyleConfig, inputs: StyleInputs) -> int:
         if plan.tile is None:
             needed = optimisation_bytes(plan.height, plan.width, layers, count) + _style_bytes(config, shapes, None)
         else:
-            needed = (optimisation_bytes(*plan.shape, layers, count) + _held(plan.height, plan.width, count)
-                      + _style_bytes(config, shapes, plan.tile))
+            side = statistic_tile(plan.tile) + 2 * HALO  # the final loss, taken tile by tile, sees images and content
+            step = max(optimisation_bytes(*plan.shape, layers, count), activation_bytes(side, side, layers, count + 1))
+            needed = step + held_bytes(plan.height, plan.width, count) + _style_bytes(config, shapes, plan.tile) + _RUNTIME
         peak = max(peak, needed)
     return peak
 
@@ -356,7 +319,7 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
             if tile is None:
                 each.append(gram_targets(params, style, tuple(weights), size=(height, width), pooling=config.pooling))
             else:
-                each.append(tiled_grams(params, style, tuple(weights), tile=_statistic_tile(tile), halo=_HALO,
+                each.append(tiled_grams(params, style, tuple(weights), tile=statistic_tile(tile), halo=HALO,
                                         pooling=config.pooling, size=(height, width)))
         if config.batch:
             return {name: jnp.stack([grams[name] for grams in each]) for name in weights}
@@ -373,9 +336,9 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
         targets, network = data
         return style_transfer_losses(pixels, targets, network, **settings)[0]
 
-    def tiles(plan: ScaleTiles) -> Tiles:
+    def tiles(plan: TilePlan) -> Tiles:
         scaled = resize(content, plan.height, plan.width)
-        ratio = {name: _cells(*plan.shape, name) / _cells(plan.height, plan.width, name) for name in weights}
+        ratio = {name: position_share(plan, name) for name in weights}
         grams = {name: value * ratio[name] for name, value in grams_at(plan.height, plan.width).items()}
         features = jax.jit(lambda crop: vgg19_features(params, crop[None], config.content_layers, pooling=config.pooling))
 
@@ -386,12 +349,11 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
 
         return Tiles(plan.grid, plan.shape, config.overlap, config.tile_steps, data, config.seed)
 
-    def tile_value(plan: ScaleTiles):
+    def tile_value(plan: TilePlan):
         """A tile's loss, weighted as its share of the whole image's: content and TV sum over the
         tile's own positions, while E_l is per position, so w_l is scaled by the tile's share of
         the positions (the tile's gradient is then the whole loss's gradient there)."""
-        shares = {name: weight * _cells(*plan.shape, name) / _cells(plan.height, plan.width, name)
-                  for name, weight in weights.items()}
+        shares = {name: weight * position_share(plan, name) for name, weight in weights.items()}
         tile_settings = {**settings, "style_weights": shares}
 
         def value_of_tile(pixels, data):
@@ -429,7 +391,7 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
         if tile is None:
             return per_image(terms_of(jnp.asarray(images), targets_at(height, width), params))
         parts = tiled_style_terms(params, images, resize(content, height, width), grams_at(height, width), weights,
-                                  config.content_layers, tile=_statistic_tile(tile), halo=_HALO, pooling=config.pooling)
+                                  config.content_layers, tile=statistic_tile(tile), halo=HALO, pooling=config.pooling)
         total = config.content_weight * parts["content"] + config.style_weight * parts["style"] + config.tv_weight * parts["tv"]
         return per_image((total, parts))
 
@@ -440,11 +402,6 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
                   f"{config.overlap} px overlap" for plan in plans if plan.tile is not None)
     return Problem(tuple(functools.partial(stage, i) for i in range(len(config.sizes))), steps,
                    config.optimizer, config.learning_rate, count, view, finish, terms, facts=facts, notes=notes)
-
-
-def _cells(height: int, width: int, layer: str) -> int:
-    stride = layer_stride(layer)
-    return (height // stride) * (width // stride)
 
 
 def style_transfer(config: StyleConfig, inputs: StyleInputs, params, *, callback: Callable[[Progress], None] | None = None,

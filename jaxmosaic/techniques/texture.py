@@ -24,11 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmosaic.config import ConfigError, MAX_INT, choice, layer_weights, names, number, setting, whole
+from jaxmosaic.config import ConfigError, MAX_INT, check_tiling, choice, layer_weights, names, number, parse_tile, setting, whole
 from jaxmosaic.image import fit_shape, resize
 from jaxmosaic.losses import gram_targets, style_losses
-from jaxmosaic.optimize import Optimizer, Problem, Progress, Solution, Stage, learning_rate, per_image, solve
-from jaxmosaic.resources import optimisation_bytes
+from jaxmosaic.optimize import Optimizer, Problem, Progress, Solution, Stage, Tiles, learning_rate, per_image, solve
+from jaxmosaic.resources import activation_bytes, memory_budget, optimisation_bytes
+from jaxmosaic.tiling import HALO, TilePlan, held_bytes, plan_tiles, position_share, statistic_tile, tiled_style_terms
 from jaxmosaic.spectrum import spectrum_losses, spectrum_target
 from jaxmosaic.vgg import VGG19_LAYERS, Pooling, check_layers, smallest_side, vgg19_features
 
@@ -46,6 +47,7 @@ __all__ = [
     "match_histograms",
     "is_gray",
     "texture_memory",
+    "texture_tiles",
     "texture_problem",
     "synthesize_texture",
 ]
@@ -97,6 +99,13 @@ class TextureConfig:
     optimizer: Optimizer = setting(Optimizer.lbfgs, "lbfgs (as in the paper), adam or sgd.")
     lr: float | None = setting(None, "Learning rate (adam, sgd: default 0.02; lbfgs: scales its step).")
     seed: int = setting(0, "Seed of the starting noise (and of --weights random).")
+    tile: int | str | None = setting(
+        None, "Refine an output larger than T px, or too large for --max-memory, in overlapping tiles of T px (memory of one tile); 'auto' picks T from the memory.",
+        parse=parse_tile, example="auto or a number")
+    overlap: int = setting(64, "Overlap of neighbouring tiles in px, blended with a smooth window.")
+    tile_steps: int = setting(10, "Steps a tile gets per visit; passes over all tiles repeat until each has had --steps.")
+    max_memory: float | None = setting(None, "Memory budget in GiB that decides whether to tile and --tile auto (default: what is free, less 10%).",
+                                       resume=False)
 
     def __post_init__(self):
         put = functools.partial(object.__setattr__, self)
@@ -119,6 +128,9 @@ class TextureConfig:
         if self.lr is not None:
             put("lr", number("lr", self.lr, above=0.0))
         whole("seed", self.seed, minimum=0, maximum=MAX_INT - self.variations)
+        check_tiling(self)
+        if self.tile is not None and self.tileable:
+            raise ConfigError("tile", "does not go with tileable: a texture refined in tiles cannot wrap around")
 
     @property
     def weights(self) -> dict[str, float]:
@@ -246,7 +258,22 @@ def texture_memory(config: TextureConfig, inputs: TextureInputs) -> int:
     out_height, out_width = config.output_size(inputs.exemplar.shape)
     if min(out_height, out_width) < smallest:
         raise ConfigError("size", f"{out_width}x{out_height} is too small: the layers up to {deepest} need at least {smallest} pixels a side")
-    return optimisation_bytes(out_height, out_width, layers, config.variations) + optimisation_bytes(height, width, layers) // 2
+    plan = texture_tiles(config, inputs)
+    exemplar = optimisation_bytes(height, width, layers) // 2
+    if plan.tile is None:
+        return optimisation_bytes(out_height, out_width, layers, config.variations) + exemplar
+    return optimisation_bytes(*plan.shape, layers, config.variations) + held_bytes(out_height, out_width, config.variations) + exemplar
+
+
+def texture_tiles(config: TextureConfig, inputs: TextureInputs) -> TilePlan:
+    """Whether the output is refined in tiles and how: when it is larger than `config.tile`, or,
+    with a tile setting, when its untiled optimisation does not fit `config.max_memory` (default:
+    what is free); `tile="auto"` takes the largest tile that fits."""
+    height, width = config.output_size(inputs.exemplar.shape)
+    untiled = optimisation_bytes(height, width, config.layers, config.variations)
+    fixed = held_bytes(height, width, config.variations) + activation_bytes(*inputs.exemplar.shape[:2], config.layers)
+    return plan_tiles(height, width, config.tile, config.overlap, untiled=untiled, budget=memory_budget(config.max_memory),
+                      layers=config.layers, count=config.variations, fixed=fixed)
 
 
 def texture_problem(config: TextureConfig, inputs: TextureInputs, params) -> Problem:
@@ -258,10 +285,15 @@ def texture_problem(config: TextureConfig, inputs: TextureInputs, params) -> Pro
     channels, count = exemplar.shape[-1], config.variations
     padding = "circular" if config.tileable else "zeros"
     weights = config.weights
+    plan = texture_tiles(config, inputs)
     targets = texture_targets(params, exemplar, size=(height, width), layers=tuple(weights), pooling=config.pooling)
     beta = config.spectrum_weight
-    if beta == "auto":
+    if beta == "auto" and plan.tile is None:
         beta = calibrate_spectrum_weight(params, targets, weights, channels=channels, pooling=config.pooling, padding=padding)
+    elif beta == "auto":  # calibrated on a tile, for the whole image: the spectrum term sums over pixels
+        at_tile = texture_targets(params, exemplar, size=plan.shape, layers=tuple(weights), pooling=config.pooling)
+        beta = calibrate_spectrum_weight(params, at_tile, weights, channels=channels, pooling=config.pooling,
+                                         padding=padding) * plan.shape[0] * plan.shape[1] / (height * width)
     settings = {"layer_weights": weights, "spectrum_weight": float(beta), "pooling": config.pooling, "padding": padding}
 
     def start(_):
@@ -286,14 +318,47 @@ def texture_problem(config: TextureConfig, inputs: TextureInputs, params) -> Pro
         return jax.vmap(match_histograms, in_axes=(0, None))(images, jnp.asarray(exemplar))
 
     terms_of = jax.jit(lambda x, t, p: texture_losses(x, t, p, **settings))
+    spectrum_of = jax.jit(lambda x, target: spectrum_losses(x, target))
 
     def terms(images):
-        return per_image(terms_of(jnp.asarray(images), targets, params))
+        if plan.tile is None:
+            return per_image(terms_of(jnp.asarray(images), targets, params))
+        parts = tiled_style_terms(params, images, None, targets.grams, weights, tile=statistic_tile(plan.tile), halo=HALO,
+                                  pooling=config.pooling)
+        spectrum = spectrum_of(jnp.asarray(images), targets.spectrum)
+        return per_image((parts["style"] + float(beta) * spectrum, {"gram": parts["style"], "spectrum": spectrum}))
 
-    stage = Stage(f"{width}x{height}", start, value, (targets, params), data_axes=None)
-    facts = {"spectrum_weight": float(beta), "gray": channels == 1, "size": [width, height]}
-    return Problem((lambda: stage,), (config.steps,), config.optimizer, config.learning_rate, count, view, finish, terms,
-                   facts=facts)
+    if plan.tile is None:
+        stage = Stage(f"{width}x{height}", start, value, (targets, params), data_axes=None)
+        steps, notes, facts = config.steps, (), {}
+    else:
+        stage = Stage(f"{width}x{height} in {len(plan.grid)} tiles", start, _tile_value(plan, weights, settings), None,
+                      tiles=_texture_tiles(config, plan, exemplar, params))
+        steps = config.steps * len(plan.grid)
+        notes = (f"{len(plan.grid)} tiles of {plan.shape[1]}x{plan.shape[0]} px, {config.overlap} px overlap",)
+        facts = {"tiles": [{"size": f"{width}x{height}", "tile": plan.tile, "count": len(plan.grid)}]}
+    facts = {"spectrum_weight": float(beta), "gray": channels == 1, "size": [width, height], **facts}
+    return Problem((lambda: stage,), (steps,), config.optimizer, config.learning_rate, count, view, finish, terms,
+                   facts=facts, notes=notes)
+
+
+def _tile_value(plan: TilePlan, weights: Mapping[str, float], settings: dict) -> Callable:
+    """A tile's loss as its share of the whole image's: E_l is per position, so w_l is scaled by
+    the tile's share of the positions; the spectrum term sums over the tile's own pixels."""
+    tile_settings = {**settings, "layer_weights": {name: weight * position_share(plan, name) for name, weight in weights.items()}}
+
+    def value_of_tile(pixels, data):
+        targets, network = data
+        return texture_losses(pixels, targets, network, **tile_settings)[0]
+
+    return value_of_tile
+
+
+def _texture_tiles(config: TextureConfig, plan: TilePlan, exemplar, params) -> Tiles:
+    """Every tile aims at the same statistics: the exemplar's Gram matrices scaled to the tile's
+    positions and its spectrum at the tile's size."""
+    targets = texture_targets(params, exemplar, size=plan.shape, layers=config.layers, pooling=config.pooling)
+    return Tiles(plan.grid, plan.shape, config.overlap, config.tile_steps, lambda top, left: (targets, params), config.seed)
 
 
 def synthesize_texture(config: TextureConfig, inputs: TextureInputs, params, *,
