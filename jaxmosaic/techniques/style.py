@@ -370,7 +370,7 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
                 return _start(config, inputs, plan.height, plan.width, count)
             return resize(previous, plan.height, plan.width)
 
-        axes = (0 if config.batch else None, None)
+        axes = (StyleTargets(None, 0) if config.batch else None, None)  # the content is shared by a batch of styles
         if plan.tile is not None:
             return Stage(f"{plan.width}x{plan.height} in {len(plan.grid)} tiles", start, tile_value(plan), None, axes, tiles(plan))
         return Stage(f"{plan.width}x{plan.height}", start, value, (targets_at(plan.height, plan.width), params), axes)
