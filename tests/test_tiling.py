@@ -177,15 +177,15 @@ def test_tiled_texture_reaches_the_untiled_losses(random_params):
     from jaxmosaic.techniques.texture import TextureConfig, TextureInputs, synthesize_texture, texture_problem, texture_tiles
 
     inputs = TextureInputs(sample("brick.png", 128, 128))
-    settings = {"size": 192, "steps": 16, "spectrum_weight": 1e-4}
+    settings = {"size": 160, "steps": 16, "spectrum_weight": 1e-4}
     untiled = synthesize_texture(TextureConfig(**settings), inputs, random_params)
     config = TextureConfig(**settings, tile=96, overlap=24, tile_steps=8)
     plan = texture_tiles(config, inputs)
-    assert plan.tile == 96 and len(plan.grid) == 9
+    assert plan.tile == 96 and len(plan.grid) == 4
     tiled = synthesize_texture(config, inputs, random_params)
     judged = texture_problem(TextureConfig(**settings), inputs, random_params).terms(tiled.images)[0]
     np.testing.assert_allclose(judged["total"], tiled.loss[0]["total"], rtol=1e-4)  # the tiled report is the whole image's
-    # measured: the tiled Gram loss ends 1.6x the untiled one after 16 steps
+    # measured: the tiled Gram loss ends 1.6x the untiled one after 16 steps (192 px in 9 tiles)
     assert judged["gram"] < 2.0 * untiled.loss[0]["gram"], (judged, untiled.loss)
     assert judged["gram"] < 0.01 * untiled.history[0][0, 0], (judged, untiled.history[0][0])
     assert 0.9 <= seam_ratio(tiled.images[0], plan.grid, plan.shape, sigma=2.0) <= 1.1
