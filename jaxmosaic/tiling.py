@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmosaic.losses import gram_matrix
+from jaxmosaic.losses import _positions as _cells, gram_matrix, tv_losses
 from jaxmosaic.resources import largest_tile
 from jaxmosaic.vgg import layer_stride, vgg19_features
 
@@ -35,6 +35,7 @@ __all__ = [
     "visit_order",
     "held_bytes",
     "position_share",
+    "tile_weights",
     "HALO",
     "statistic_tile",
     "blend_tile",
@@ -85,6 +86,11 @@ def position_share(plan: TilePlan, layer: str) -> float:
     positions (content, spectrum, TV) are not, so a tile's w_l times this makes the tile's
     gradient the whole loss's gradient there."""
     return _cells(*plan.shape, layer) / _cells(plan.height, plan.width, layer)
+
+
+def tile_weights(plan: TilePlan, weights: Mapping[str, float]) -> dict[str, float]:
+    """Per-layer weights w_l of a tile's style or Gram loss: each times the tile's `position_share`."""
+    return {name: weight * position_share(plan, name) for name, weight in weights.items()}
 
 
 def held_bytes(height: int, width: int, count: int, channels: int = 3) -> int:
@@ -191,11 +197,6 @@ def tiled_grams(params, image, layers: Sequence[str], *, tile: int = 512, halo: 
     return {name: grams[name] * (_cells(out_h, out_w, name) / _cells(height, width, name)) for name in layers}
 
 
-def _cells(height: int, width: int, layer: str) -> int:
-    s = layer_stride(layer)
-    return (height // s) * (width // s)
-
-
 def tiled_style_terms(params, images, content, grams: Mapping[str, jax.Array], style_weights: Mapping[str, float],
                       content_layers: Sequence[str] = (), *, tile: int = 512, halo: int = HALO, pooling: str = "max") -> dict:
     """The unweighted style-transfer terms of large images (N, H, W, C) against one content image
@@ -228,10 +229,8 @@ def tiled_style_terms(params, images, content, grams: Mapping[str, jax.Array], s
         positions = _cells(height, width, name)
         channels = target.shape[-1]
         l_style = l_style + weight * jnp.sum(jnp.square(sums[name] - target), axis=(1, 2)) / (4.0 * channels**2 * positions**2)
-    dy = jnp.sum(jnp.square(images[:, 1:] - images[:, :-1]), axis=(1, 2, 3))
-    dx = jnp.sum(jnp.square(images[:, :, 1:] - images[:, :, :-1]), axis=(1, 2, 3))
     terms = {"content": l_content} if content is not None else {}
-    return {**terms, "style": l_style, "tv": dy + dx}
+    return {**terms, "style": l_style, "tv": tv_losses(images)}
 
 
 def seam_ratio(image, grid: Sequence[tuple[int, int]], shape: tuple[int, int], *, band: int = 1, margin: int = 4,

@@ -26,7 +26,7 @@ from jaxmosaic.image import fit_shape, resize
 from jaxmosaic.losses import content_losses, gram_targets, style_losses, tv_losses
 from jaxmosaic.optimize import Optimizer, Problem, Progress, Resume, Solution, Stage, Tiles, learning_rate, per_image, solve
 from jaxmosaic.resources import activation_bytes, memory_budget, optimisation_bytes
-from jaxmosaic.tiling import HALO, TilePlan, held_bytes, position_share, statistic_tile, plan_tiles, tiled_grams, tiled_style_terms
+from jaxmosaic.tiling import HALO, TilePlan, held_bytes, position_share, statistic_tile, tile_weights, plan_tiles, tiled_grams, tiled_style_terms
 from jaxmosaic.vgg import Pooling, check_layers, smallest_side, vgg19_features
 
 __all__ = [
@@ -353,8 +353,7 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
         """A tile's loss, weighted as its share of the whole image's: content and TV sum over the
         tile's own positions, while E_l is per position, so w_l is scaled by the tile's share of
         the positions (the tile's gradient is then the whole loss's gradient there)."""
-        shares = {name: weight * position_share(plan, name) for name, weight in weights.items()}
-        tile_settings = {**settings, "style_weights": shares}
+        tile_settings = {**settings, "style_weights": tile_weights(plan, weights)}
 
         def value_of_tile(pixels, data):
             targets, network = data

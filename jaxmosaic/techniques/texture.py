@@ -29,7 +29,7 @@ from jaxmosaic.image import fit_shape, resize
 from jaxmosaic.losses import gram_targets, style_losses
 from jaxmosaic.optimize import Optimizer, Problem, Progress, Solution, Stage, Tiles, learning_rate, per_image, solve
 from jaxmosaic.resources import activation_bytes, memory_budget, optimisation_bytes
-from jaxmosaic.tiling import HALO, TilePlan, held_bytes, plan_tiles, position_share, statistic_tile, tiled_style_terms
+from jaxmosaic.tiling import HALO, TilePlan, held_bytes, plan_tiles, statistic_tile, tile_weights, tiled_style_terms
 from jaxmosaic.spectrum import spectrum_losses, spectrum_target
 from jaxmosaic.vgg import VGG19_LAYERS, Pooling, check_layers, smallest_side, vgg19_features
 
@@ -345,7 +345,7 @@ def texture_problem(config: TextureConfig, inputs: TextureInputs, params) -> Pro
 def _tile_value(plan: TilePlan, weights: Mapping[str, float], settings: dict) -> Callable:
     """A tile's loss as its share of the whole image's: E_l is per position, so w_l is scaled by
     the tile's share of the positions; the spectrum term sums over the tile's own pixels."""
-    tile_settings = {**settings, "layer_weights": {name: weight * position_share(plan, name) for name, weight in weights.items()}}
+    tile_settings = {**settings, "layer_weights": tile_weights(plan, weights)}
 
     def value_of_tile(pixels, data):
         targets, network = data
