@@ -24,7 +24,8 @@ from jaxmosaic.spectrum import (
 from jaxmosaic.clustering import KMeansInit, kmeans, nearest_centers
 from jaxmosaic.optimize import Optimizer, Problem, Solution, minimize, solve
 from jaxmosaic.vgg import VGG19, VGG19_LAYERS, Pooling, layer_channels, layer_stride, vgg19_features
-from jaxmosaic.weights import load_vgg19, random_vgg19
+from jaxmosaic.alexnet import ALEXNET_LAYERS, AlexNet, alexnet_features
+from jaxmosaic.weights import load_alexnet, load_vgg19, random_alexnet, random_vgg19
 from jaxmosaic.techniques.style import StyleConfig, StyleInputs, keep_colors, style_targets, style_transfer, style_transfer_loss
 from jaxmosaic.techniques.texture import (
     TextureConfig,
@@ -154,4 +155,9 @@ __all__ = [
     "vgg19_features",
     "load_vgg19",
     "random_vgg19",
+    "AlexNet",
+    "ALEXNET_LAYERS",
+    "alexnet_features",
+    "load_alexnet",
+    "random_alexnet",
 ]

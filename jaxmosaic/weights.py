@@ -1,18 +1,23 @@
-"""VGG19 weights: torchvision checkpoints converted to an Orbax checkpoint, found, fetched, or random.
+"""Network weights (VGG19, AlexNet): torchvision checkpoints converted to an Orbax checkpoint,
+found, fetched, or random.
 
 A converted weights folder holds `params/` (an Orbax checkpoint of the pytree
-`{"conv1_1": {"kernel": HWIO, "bias": O}, ...}`) and `source.json` (where the weights came from
-and the SHA-256 of the original file).
+`{"conv1_1": {"kernel": HWIO, "bias": O}, ...}`, or `{"conv1": ...}` for AlexNet) and
+`source.json` (the architecture, where the weights came from and the SHA-256 of the original file).
+Every function takes `arch` ("vgg19", the default, or "alexnet").
 
 Environment variables:
-  JAXMOSAIC_WEIGHTS     a weights folder (or a .pth) used when no path is given
-  JAXMOSAIC_CACHE_DIR   the cache (default `$XDG_CACHE_HOME/jaxmosaic` or `~/.cache/jaxmosaic`)
-  JAXMOSAIC_VGG19_URL   where `download` fetches torchvision's checkpoint from
-  TORCH_HOME            torch hub's home, searched for an already downloaded checkpoint
+  JAXMOSAIC_WEIGHTS          VGG19: a weights folder (or a .pth) used when no path is given
+  JAXMOSAIC_ALEXNET_WEIGHTS  the same for AlexNet
+  JAXMOSAIC_CACHE_DIR        the cache (default `$XDG_CACHE_HOME/jaxmosaic` or `~/.cache/jaxmosaic`)
+  JAXMOSAIC_VGG19_URL        where `download` fetches torchvision's VGG19 checkpoint from
+  JAXMOSAIC_ALEXNET_URL      the same for AlexNet
+  TORCH_HOME                 torch hub's home, searched for an already downloaded checkpoint
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -32,10 +37,14 @@ from jaxmosaic._pth import read_state_dict
 from jaxmosaic.errors import JaxmosaicError, WeightsError
 from jaxmosaic.io.checkpoints import load_tree, save_tree
 from jaxmosaic.io.folders import check_folder, current_version
+from jaxmosaic.alexnet import ALEXNET_CONVS, ALEXNET_SHAPES, alexnet_features
 from jaxmosaic.vgg import VGG19, VGG19_CONVS, layer_channels
 
 __all__ = [
     "VGG19_URL",
+    "ALEXNET_URL",
+    "ARCHS",
+    "Arch",
     "TORCHVISION_INDICES",
     "cache_dir",
     "default_weights_dir",
@@ -45,23 +54,71 @@ __all__ = [
     "convert",
     "download",
     "find_weights",
+    "load_weights",
     "load_vgg19",
     "random_vgg19",
+    "load_alexnet",
+    "random_alexnet",
     "weights_info",
     "is_weights_folder",
     "sha256_file",
 ]
 
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
+ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 TORCHVISION_INDICES = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
 """Index in torchvision's `vgg19().features` of each convolution in `VGG19_CONVS`."""
 
+
+def _vgg19_shapes() -> dict[str, tuple[int, int, int, int]]:
+    shapes, channels = {}, 3
+    for name in VGG19_CONVS:
+        shapes[name] = (layer_channels(name), channels, 3, 3)
+        channels = layer_channels(name)
+    return shapes
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """A network whose torchvision checkpoint jaxmosaic converts: its convolutions' names, their
+    index in torchvision's `features` and OIHW weight shapes, where to get it."""
+
+    name: str  # "vgg19" or "alexnet": the --arch value and the cache folder's name
+    label: str  # as the messages name it
+    url: str
+    url_variable: str
+    weights_variable: str
+    convs: tuple[str, ...]
+    indices: tuple[int, ...]
+    shapes: dict
+
+    @property
+    def file(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    def get_weights(self) -> str:
+        flag = "" if self.name == "vgg19" else " --arch alexnet"
+        return (f"get them with `jaxmosaic weights download{flag}` (needs internet), or convert a copy of "
+                f"torchvision's {self.file} with `jaxmosaic weights convert{flag} FILE.pth`, or run with `--weights random`")
+
+
+ARCHS = {
+    "vgg19": Arch("vgg19", "VGG19", VGG19_URL, "JAXMOSAIC_VGG19_URL", "JAXMOSAIC_WEIGHTS", VGG19_CONVS, TORCHVISION_INDICES,
+                  _vgg19_shapes()),
+    "alexnet": Arch("alexnet", "AlexNet", ALEXNET_URL, "JAXMOSAIC_ALEXNET_URL", "JAXMOSAIC_ALEXNET_WEIGHTS", ALEXNET_CONVS,
+                    (0, 3, 6, 8, 10), ALEXNET_SHAPES),
+}
+
+
+def _arch(arch: str | Arch) -> Arch:
+    if isinstance(arch, Arch):
+        return arch
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    return ARCHS[arch]
+
+
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")  # torch hub's convention: name-<sha256 prefix>.pth
-_GET_WEIGHTS = (
-    "get them with `jaxmosaic weights download` (needs internet), or convert a copy of "
-    "torchvision's vgg19-dcbb9e9d.pth with `jaxmosaic weights convert FILE.pth`, "
-    "or run with `--weights random`"
-)
 
 
 def cache_dir() -> Path:
@@ -72,9 +129,9 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "jaxmosaic"
 
 
-def default_weights_dir() -> Path:
-    """Where converted VGG19 weights are cached."""
-    return cache_dir() / "vgg19"
+def default_weights_dir(arch: str = "vgg19") -> Path:
+    """Where converted weights of `arch` are cached."""
+    return cache_dir() / _arch(arch).name
 
 
 def _torch_hub_checkpoints() -> Path:
@@ -93,37 +150,37 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def params_from_state_dict(state_dict: dict[str, np.ndarray], *, source: str = "state dict") -> dict:
-    """Map torchvision's `features.{i}.weight/bias` (OIHW) to the VGG19 pytree (HWIO); drop the classifier.
+def params_from_state_dict(state_dict: dict[str, np.ndarray], *, source: str = "state dict", arch: str = "vgg19") -> dict:
+    """Map torchvision's `features.{i}.weight/bias` (OIHW) to the network's pytree (HWIO); drop
+    the classifier.
 
-    A `module.` prefix (DataParallel) is stripped. Names and shapes are checked against VGG19.
+    A `module.` prefix (DataParallel) is stripped. Names and shapes are checked against `arch`.
     """
+    spec = _arch(arch)
     state = {key.removeprefix("module."): value for key, value in state_dict.items()}
     params = {}
-    in_channels = 3
-    for name, index in zip(VGG19_CONVS, TORCHVISION_INDICES):
-        out_channels = layer_channels(name)
-        expected = {"weight": (out_channels, in_channels, 3, 3), "bias": (out_channels,)}
+    for name, index in zip(spec.convs, spec.indices):
+        weight_shape = spec.shapes[name]
+        expected = {"weight": weight_shape, "bias": weight_shape[:1]}
         found = {}
         for kind, shape in expected.items():
             key = f"features.{index}.{kind}"
             if key not in state:
-                raise WeightsError(f"{source}: not a torchvision VGG19 state dict (missing {key})")
+                raise WeightsError(f"{source}: not a torchvision {spec.label} state dict (missing {key})")
             value = np.asarray(state[key])
             if value.shape != shape:
                 raise WeightsError(
-                    f"{source}: not a torchvision VGG19 state dict ({key} has shape {value.shape}, "
-                    f"VGG19 needs {shape})"
+                    f"{source}: not a torchvision {spec.label} state dict ({key} has shape {value.shape}, "
+                    f"{spec.label} needs {shape})"
                 )
             if not np.issubdtype(value.dtype, np.floating):
                 raise WeightsError(f"{source}: {key} holds {value.dtype}, expected floating point")
             found[kind] = value.astype(np.float32)
         params[name] = {"kernel": np.ascontiguousarray(found["weight"].transpose(2, 3, 1, 0)), "bias": found["bias"]}
-        in_channels = out_channels
-    indices = {str(index) for index in TORCHVISION_INDICES}
+    indices = {str(index) for index in spec.indices}
     extra = sorted(key for key in state if key.startswith("features.") and key.split(".")[1] not in indices)
     if extra:
-        raise WeightsError(f"{source}: not a plain VGG19 (unexpected {extra[0]}; vgg19_bn is not supported)")
+        raise WeightsError(f"{source}: not a plain {spec.label} (unexpected {extra[0]}; batch-norm variants are not supported)")
     for leaf in jax.tree_util.tree_leaves(params):
         if not np.all(np.isfinite(leaf)):
             raise WeightsError(f"{source}: weights hold NaN or infinite values")
@@ -144,31 +201,45 @@ def is_weights_folder(directory: str | os.PathLike) -> bool:
         return False
 
 
-def _weights_version(directory: Path) -> Path:
+def _weights_version(directory: Path, spec: Arch = ARCHS["vgg19"]) -> Path:
     try:
         version = current_version(directory, "weights")
     except JaxmosaicError as err:
-        raise WeightsError(f"{err}; {_GET_WEIGHTS}") from None
+        raise WeightsError(f"{err}; {spec.get_weights()}") from None
     if version is None or not (version / "params").is_dir():
-        raise WeightsError(f"{directory}: not a jaxmosaic weights folder; {_GET_WEIGHTS}")
+        raise WeightsError(f"{directory}: not a jaxmosaic weights folder; {spec.get_weights()}")
     return version
 
 
-def load_params(directory: str | os.PathLike) -> dict:
-    """Read params written by `save_params` (or `jaxmosaic weights convert`), checked like a
-    checkpoint's (names, shapes, finite values)."""
-    directory = Path(directory).expanduser().absolute()
+def _folder_arch(version: Path) -> str:
+    """The architecture a weights folder's source.json names (folders older than AlexNet support: vgg19)."""
     try:
-        params = load_tree(_weights_version(directory), "params", what="weights")
+        return str(json.loads((version / "source.json").read_text()).get("arch", "vgg19"))
+    except (OSError, ValueError, AttributeError):
+        return "vgg19"
+
+
+def load_params(directory: str | os.PathLike, arch: str = "vgg19") -> dict:
+    """Read params written by `save_params` (or `jaxmosaic weights convert`), checked like a
+    checkpoint's (architecture, names, shapes, finite values)."""
+    spec = _arch(arch)
+    directory = Path(directory).expanduser().absolute()
+    version = _weights_version(directory, spec)
+    held = _folder_arch(version)
+    if held != spec.name:
+        label = ARCHS[held].label if held in ARCHS else held
+        raise WeightsError(f"{directory}: holds {label} weights, not {spec.label}; {spec.get_weights()}")
+    try:
+        params = load_tree(version, "params", what="weights")
     except JaxmosaicError as err:
         raise WeightsError(str(err)) from None
-    return params_from_state_dict(_as_state_dict(params, str(directory)), source=str(directory))
+    return params_from_state_dict(_as_state_dict(params, str(directory), spec), source=str(directory), arch=spec.name)
 
 
-def _as_state_dict(params: dict, source: str = "weights") -> dict[str, np.ndarray]:
+def _as_state_dict(params: dict, source: str = "weights", spec: Arch = ARCHS["vgg19"]) -> dict[str, np.ndarray]:
     """The inverse mapping, so a loaded checkpoint goes through the same validation."""
     state = {}
-    for name, index in zip(VGG19_CONVS, TORCHVISION_INDICES):
+    for name, index in zip(spec.convs, spec.indices):
         if not isinstance(params.get(name), dict) or not {"kernel", "bias"} <= set(params[name]):
             raise WeightsError(f"{source}: damaged weights folder (no {name})")
         state[f"features.{index}.weight"] = np.asarray(params[name]["kernel"]).transpose(3, 2, 0, 1)
@@ -177,20 +248,22 @@ def _as_state_dict(params: dict, source: str = "weights") -> dict[str, np.ndarra
 
 
 def convert(pth: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, url: str | None = None,
-            name: str | None = None) -> Path:
-    """Convert torchvision's VGG19 `.pth` to a jaxmosaic weights folder (default: the cache).
+            name: str | None = None, arch: str = "vgg19") -> Path:
+    """Convert torchvision's `.pth` of `arch` to a jaxmosaic weights folder (default: the cache).
     `name` is the file's name to record, when `pth` is a download under a temporary name."""
+    spec = _arch(arch)
     pth = Path(pth).expanduser()
-    params = params_from_state_dict(read_state_dict(pth), source=str(pth))
+    params = params_from_state_dict(read_state_dict(pth), source=str(pth), arch=spec.name)
     source = {
+        "arch": spec.name,
         "source": url or str(pth.absolute()),
         "file": name or pth.name,
         "sha256": sha256_file(pth),
-        "format": "torchvision vgg19 state dict, features only (16 convolutions)",
+        "format": f"torchvision {spec.name} state dict, features only ({len(spec.convs)} convolutions)",
         "converted": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "jaxmosaic": __version__,
     }
-    return save_params(params, out_dir or default_weights_dir(), source)
+    return save_params(params, out_dir or default_weights_dir(spec.name), source)
 
 
 def _expected_hash(name: str) -> str | None:
@@ -198,7 +271,7 @@ def _expected_hash(name: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _fetch(url: str, part: Path, progress: Callable[[int, int | None], None] | None) -> None:
+def _fetch(url: str, part: Path, progress: Callable[[int, int | None], None] | None, spec: Arch) -> None:
     """Download `url` into `part`, continuing a partial download there when the server allows
     (an HTTP range request), else starting over. A failure keeps what arrived, for the next try."""
     have = part.stat().st_size if part.is_file() else 0
@@ -220,10 +293,10 @@ def _fetch(url: str, part: Path, progress: Callable[[int, int | None], None] | N
     except urllib.error.HTTPError as err:
         if err.code == 416:  # the partial download is already whole
             return
-        raise WeightsError(f"cannot download {url} (HTTP {err.code}); {_GET_WEIGHTS}") from None
+        raise WeightsError(f"cannot download {url} (HTTP {err.code}); {spec.get_weights()}") from None
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
-        raise WeightsError(f"cannot download {url} ({reason}); run it again to continue, or {_GET_WEIGHTS}") from None
+        raise WeightsError(f"cannot download {url} ({reason}); run it again to continue, or {spec.get_weights()}") from None
 
 
 def download(
@@ -232,50 +305,70 @@ def download(
     *,
     progress: Callable[[int, int | None], None] | None = None,
     force: bool = False,
+    arch: str = "vgg19",
 ) -> Path:
-    """Fetch torchvision's VGG19 checkpoint, check its SHA-256 prefix, convert and cache it.
+    """Fetch torchvision's checkpoint of `arch`, check its SHA-256 prefix, convert and cache it.
 
     An already converted folder is kept unless `force`; a copy in torch hub's cache is used
     instead of downloading. `progress(done_bytes, total_bytes_or_None)` is called while fetching.
     An interrupted download continues where it stopped on the next call; the original file is
     not kept once converted: only the converted weights are cached.
     """
-    url = url or os.environ.get("JAXMOSAIC_VGG19_URL") or VGG19_URL
-    out_dir = Path(out_dir).expanduser() if out_dir else default_weights_dir()
+    spec = _arch(arch)
+    url = url or os.environ.get(spec.url_variable) or spec.url
+    out_dir = Path(out_dir).expanduser() if out_dir else default_weights_dir(spec.name)
     if is_weights_folder(out_dir) and not force:
         return out_dir
     check_folder(out_dir, "weights")
-    name = url.rsplit("/", 1)[-1] or "vgg19.pth"
+    name = url.rsplit("/", 1)[-1] or f"{spec.name}.pth"
     expected = _expected_hash(name)
     hub_copy = _torch_hub_checkpoints() / name
     if hub_copy.is_file() and (expected is None or sha256_file(hub_copy).startswith(expected)):
-        return convert(hub_copy, out_dir, url=url)
+        return convert(hub_copy, out_dir, url=url, arch=spec.name)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     part = out_dir.parent / f".{name}.jaxmosaic-download"
-    _fetch(url, part, progress)
+    _fetch(url, part, progress, spec)
     actual = sha256_file(part)
     if expected and not actual.startswith(expected):
         part.unlink(missing_ok=True)
         raise WeightsError(f"{url}: checksum mismatch (SHA-256 {actual[:16]}..., expected a prefix {expected}); nothing was cached")
     try:
-        return convert(part, out_dir, url=url, name=name)
+        return convert(part, out_dir, url=url, name=name, arch=spec.name)
     finally:
         part.unlink(missing_ok=True)
 
 
-def find_weights(path: str | os.PathLike | None = None) -> Path | None:
-    """The weights to use: `path`, else `$JAXMOSAIC_WEIGHTS`, else the cache; None if the cache is empty.
+def find_weights(path: str | os.PathLike | None = None, arch: str = "vgg19") -> Path | None:
+    """The weights to use: `path`, else `$JAXMOSAIC_WEIGHTS` (`$JAXMOSAIC_ALEXNET_WEIGHTS`), else
+    the cache; None if the cache is empty.
 
     Raises WeightsError when an explicitly named path does not exist.
     """
-    for given, origin in ((path, "--weights"), (os.environ.get("JAXMOSAIC_WEIGHTS"), "$JAXMOSAIC_WEIGHTS")):
+    spec = _arch(arch)
+    variable = spec.weights_variable
+    for given, origin in ((path, "--weights"), (os.environ.get(variable), f"${variable}")):
         if given:
             given = Path(given).expanduser()
             if not given.exists():
-                raise WeightsError(f"{origin} {given}: no such file or folder; {_GET_WEIGHTS}")
+                raise WeightsError(f"{origin} {given}: no such file or folder; {spec.get_weights()}")
             return given
-    cached = default_weights_dir()
+    cached = default_weights_dir(spec.name)
     return cached if is_weights_folder(cached) else None
+
+
+def load_weights(path: str | os.PathLike | None = None, *, arch: str = "vgg19", download_missing: bool = True,
+                 progress=None) -> dict:
+    """Parameters of `arch` from `path` (a weights folder or a torchvision `.pth`), else by lookup
+    (`find_weights`), else downloaded unless `download_missing` is False."""
+    spec = _arch(arch)
+    found = find_weights(path, spec.name)
+    if found is None:
+        if not download_missing:
+            raise WeightsError(f"no {spec.label} weights in {default_weights_dir(spec.name)}; {spec.get_weights()}")
+        found = download(progress=progress, arch=spec.name)
+    if found.is_file():
+        return params_from_state_dict(read_state_dict(found), source=str(found), arch=spec.name)
+    return load_params(found, spec.name)
 
 
 def load_vgg19(path: str | os.PathLike | None = None, *, download_missing: bool = True, progress=None) -> dict:
@@ -285,14 +378,13 @@ def load_vgg19(path: str | os.PathLike | None = None, *, download_missing: bool 
     checkpoint is downloaded (or taken from torch hub's cache) and converted, unless
     `download_missing` is False. Fails with one message saying how to get weights.
     """
-    found = find_weights(path)
-    if found is None:
-        if not download_missing:
-            raise WeightsError(f"no VGG19 weights in {default_weights_dir()}; {_GET_WEIGHTS}")
-        found = download(progress=progress)
-    if found.is_file():
-        return params_from_state_dict(read_state_dict(found), source=str(found))
-    return load_params(found)
+    return load_weights(path, arch="vgg19", download_missing=download_missing, progress=progress)
+
+
+def load_alexnet(path: str | os.PathLike | None = None, *, download_missing: bool = True, progress=None) -> dict:
+    """AlexNet parameters from `path` (a weights folder or torchvision's `alexnet-owt-7be5be79.pth`),
+    else `$JAXMOSAIC_ALEXNET_WEIGHTS`, else the cache, else downloaded (unless `download_missing` is False)."""
+    return load_weights(path, arch="alexnet", download_missing=download_missing, progress=progress)
 
 
 def random_vgg19(key: jax.Array, *, reference_size: int = 64) -> dict:
@@ -325,16 +417,36 @@ def random_vgg19(key: jax.Array, *, reference_size: int = 64) -> dict:
     return params
 
 
-def weights_info(path: str | os.PathLike | None = None) -> dict:
+def random_alexnet(key: jax.Array, *, reference_size: int = 224) -> dict:
+    """Seeded random AlexNet weights: He-normal kernels, zero biases, each convolution rescaled so
+    its ReLU's mean activation over a fixed uniform-noise reference image is 1 (as `random_vgg19`)."""
+    keys = jax.random.split(key, len(ALEXNET_CONVS))
+    params = {}
+    for name, layer_key in zip(ALEXNET_CONVS, keys):
+        out_channels, in_channels, kh, kw = ALEXNET_SHAPES[name]
+        std = np.sqrt(2.0 / (kh * kw * in_channels))
+        params[name] = {"kernel": jax.random.normal(layer_key, (kh, kw, in_channels, out_channels), jnp.float32) * std,
+                        "bias": jnp.zeros((out_channels,), jnp.float32)}
+    reference = jax.random.uniform(jax.random.PRNGKey(0), (1, reference_size, reference_size, 3))
+    for name in ALEXNET_CONVS:
+        relu = f"relu{name[-1]}"
+        activation = alexnet_features(params, reference, (relu,))[relu]
+        scale = 1.0 / jnp.maximum(jnp.mean(activation), 1e-12)
+        params[name] = {"kernel": params[name]["kernel"] * scale, "bias": params[name]["bias"] * scale}
+    return params
+
+
+def weights_info(path: str | os.PathLike | None = None, arch: str = "vgg19") -> dict:
     """Where the weights in use are, where they came from, and their checksums."""
-    found = find_weights(path)
+    spec = _arch(arch)
+    found = find_weights(path, spec.name)
     if found is None:
-        return {"found": False, "looked_in": str(default_weights_dir()), "how_to_get": _GET_WEIGHTS}
+        return {"found": False, "looked_in": str(default_weights_dir(spec.name)), "how_to_get": spec.get_weights()}
     info = {"found": True, "path": str(found.absolute())}
     if found.is_file():
         info.update(kind="torch checkpoint (converted on every load)", sha256=sha256_file(found))
         return info
-    meta = _weights_version(found) / "source.json"
+    meta = _weights_version(found, spec) / "source.json"
     info["kind"] = "jaxmosaic weights folder"
     try:
         info.update(json.loads(meta.read_text()))

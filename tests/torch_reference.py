@@ -148,3 +148,50 @@ def texture(model, x, exemplar, *, beta, weights, pooling="avg") -> tuple[float,
     loss = loss + beta * 0.5 * ((pixels - projected) ** 2).sum()
     loss.backward()
     return gram_term, loss.item(), pixels.grad.numpy()
+
+
+def torch_alexnet(*, seed: int = 0) -> torch.nn.Module:
+    """torchvision's AlexNet built with plain torch.nn (`features`, `avgpool`, a small classifier
+    under torchvision's names), He-normal weights and small random biases from `seed`."""
+    model = torch.nn.Module()
+    model.features = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), torch.nn.ReLU(inplace=True),
+        torch.nn.MaxPool2d(kernel_size=3, stride=2),
+        torch.nn.Conv2d(64, 192, kernel_size=5, padding=2), torch.nn.ReLU(inplace=True),
+        torch.nn.MaxPool2d(kernel_size=3, stride=2),
+        torch.nn.Conv2d(192, 384, kernel_size=3, padding=1), torch.nn.ReLU(inplace=True),
+        torch.nn.Conv2d(384, 256, kernel_size=3, padding=1), torch.nn.ReLU(inplace=True),
+        torch.nn.Conv2d(256, 256, kernel_size=3, padding=1), torch.nn.ReLU(inplace=True),
+        torch.nn.MaxPool2d(kernel_size=3, stride=2),
+    )
+    model.avgpool = torch.nn.AdaptiveAvgPool2d((6, 6))
+    model.classifier = torch.nn.Sequential(torch.nn.Dropout(), torch.nn.Linear(9216, 8), torch.nn.ReLU(True),
+                                           torch.nn.Dropout(), torch.nn.Linear(8, 8), torch.nn.ReLU(True), torch.nn.Linear(8, 4))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.features:
+            if isinstance(module, torch.nn.Conv2d):
+                fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
+                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.05)
+    return model.eval()
+
+
+ALEXNET_NAMES = ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3", "conv4", "relu4", "conv5",
+                 "relu5", "pool5")
+
+
+def alexnet_features(model, images, dtype=torch.float64) -> dict:
+    """AlexNet's named activations (as `jaxmosaic.alexnet.ALEXNET_LAYERS`) and `avgpool`, NCHW,
+    and "flat": torch.flatten(avgpool(features(x)), 1), the original photomosaic's 9216 features."""
+    model = _in_dtype(model, dtype)
+    x = torch.from_numpy(np.asarray(images, np.float64)).permute(0, 3, 1, 2).to(dtype)
+    x = (x - torch.tensor(MEAN, dtype=dtype).view(1, 3, 1, 1)) / torch.tensor(STD, dtype=dtype).view(1, 3, 1, 1)
+    out, names = {}, iter(ALEXNET_NAMES)
+    with torch.no_grad():
+        for module in model.features:
+            x = module(x)
+            out[next(names)] = x.clone()  # the next ReLU works in place
+        out["avgpool"] = model.avgpool(x)
+        out["flat"] = torch.flatten(out["avgpool"], 1)
+    return out

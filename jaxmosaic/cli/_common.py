@@ -18,7 +18,7 @@ from rich.progress import TimeRemainingColumn, TransferSpeedColumn
 
 from jaxmosaic.errors import ConfigError, JaxmosaicError
 from jaxmosaic.io.files import write_json
-from jaxmosaic.weights import cache_dir, load_vgg19, random_vgg19
+from jaxmosaic.weights import cache_dir, load_weights, random_alexnet, random_vgg19
 
 err_console = Console(stderr=True)
 state = {"debug": False}
@@ -77,9 +77,9 @@ def enable_compilation_cache() -> None:
 
 
 @contextlib.contextmanager
-def download_progress() -> Iterator:
+def download_progress(label: str = "VGG19") -> Iterator:
     """A rich progress bar for a download, shown from the first byte; yields `progress(done, total)`."""
-    columns = (TextColumn("downloading VGG19"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    columns = (TextColumn(f"downloading {label}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     bar = Progress(*columns, console=err_console)
     task = None
 
@@ -105,12 +105,12 @@ def count_progress(label: str, *, transient: bool = True) -> Iterator:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
-def vgg_params(weights: str | None, seed: int = 0):
-    """VGG19 params for a `--weights` value: "random" (seeded), a path, or None for the lookup."""
+def vgg_params(weights: str | None, seed: int = 0, arch: str = "vgg19"):
+    """VGG19 (or AlexNet) params for a `--weights` value: "random" (seeded), a path, or None for the lookup."""
     if weights == "random":
-        return random_vgg19(jax.random.PRNGKey(seed))
-    with download_progress() as progress:
-        return load_vgg19(weights, progress=progress)
+        return (random_vgg19 if arch == "vgg19" else random_alexnet)(jax.random.PRNGKey(seed))
+    with download_progress("VGG19" if arch == "vgg19" else "AlexNet") as progress:
+        return load_weights(weights, arch=arch, progress=progress)
 
 
 def output_name(out, tag: str, suffix: str | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""`jaxmosaic weights ...`: download, convert, randomise and inspect VGG19 weights."""
+"""`jaxmosaic weights ...`: download, convert, randomise and inspect VGG19 and AlexNet weights."""
 
 from __future__ import annotations
 
@@ -12,11 +12,22 @@ import typer
 from jaxmosaic.cli._common import download_progress, echo, guarded
 from jaxmosaic.weights import convert as convert_weights
 from jaxmosaic.config import MAX_INT
+from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.io.outputs import check_outputs
-from jaxmosaic.weights import default_weights_dir, is_weights_folder, random_vgg19, save_params, weights_info
+from jaxmosaic.weights import ARCHS, default_weights_dir, is_weights_folder, random_alexnet, random_vgg19, save_params
+from jaxmosaic.weights import weights_info
 from jaxmosaic.weights import download as download_weights
 
-app = typer.Typer(help="Get, convert and inspect VGG19 weights.", no_args_is_help=True, rich_markup_mode="rich")
+app = typer.Typer(help="Get, convert and inspect VGG19 and AlexNet weights.", no_args_is_help=True, rich_markup_mode="rich")
+
+ArchOption = Annotated[str, typer.Option("--arch", help="The network: vgg19 or alexnet.")]
+
+
+def _spec(arch: str):
+    if arch not in ARCHS:
+        raise JaxmosaicError(f"--arch {arch}: unknown network; choose one of {', '.join(ARCHS)}")
+    return ARCHS[arch]
+
 
 OutDir = Annotated[
     Path | None, typer.Option("--out", "-o", help="Weights folder to write (default: the cache).", show_default=False)
@@ -26,12 +37,14 @@ OutDir = Annotated[
 @app.command()
 @guarded
 def convert(
-    pth: Annotated[Path, typer.Argument(help="torchvision's vgg19 state dict (.pth), e.g. vgg19-dcbb9e9d.pth.")],
+    pth: Annotated[Path, typer.Argument(help="torchvision's state dict (.pth), e.g. vgg19-dcbb9e9d.pth or alexnet-owt-7be5be79.pth.")],
     out: OutDir = None,
+    arch: ArchOption = "vgg19",
 ) -> None:
-    """Convert a torchvision VGG19 checkpoint (read safely, without torch) to a jaxmosaic weights folder."""
-    check_outputs([], [pth], folders=[(out or default_weights_dir(), "weights")])
-    folder = convert_weights(pth, out)
+    """Convert a torchvision VGG19 or AlexNet checkpoint (read safely, without torch) to a jaxmosaic weights folder."""
+    spec = _spec(arch)
+    check_outputs([], [pth], folders=[(out or default_weights_dir(spec.name), "weights")])
+    folder = convert_weights(pth, out, arch=spec.name)
     echo(f"converted {pth} -> {folder}")
 
 
@@ -39,19 +52,21 @@ def convert(
 @guarded
 def download(
     out: OutDir = None,
-    url: Annotated[str | None, typer.Option(help="Checkpoint URL (default: torchvision's, or $JAXMOSAIC_VGG19_URL).")] = None,
+    url: Annotated[str | None, typer.Option(help="Checkpoint URL (default: torchvision's, or $JAXMOSAIC_VGG19_URL / $JAXMOSAIC_ALEXNET_URL).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Download again even if weights are cached.")] = False,
+    arch: ArchOption = "vgg19",
 ) -> None:
-    """Download torchvision's VGG19 checkpoint, check its SHA-256, convert and cache it."""
-    target = out or default_weights_dir()
+    """Download torchvision's VGG19 (or AlexNet) checkpoint, check its SHA-256, convert and cache it."""
+    spec = _spec(arch)
+    target = out or default_weights_dir(spec.name)
     if is_weights_folder(target) and not force:
         echo(f"weights already in {target} (use --force to fetch again)")
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     check_outputs([], [], folders=[(target, "weights")])
-    with download_progress() as progress:
-        folder = download_weights(url, out, progress=progress, force=force)
-    echo(f"VGG19 weights ready in {folder}")
+    with download_progress(spec.label) as progress:
+        folder = download_weights(url, out, progress=progress, force=force, arch=spec.name)
+    echo(f"{spec.label} weights ready in {folder}")
 
 
 @app.command()
@@ -59,14 +74,16 @@ def download(
 def random(
     out: Annotated[Path, typer.Option("--out", "-o", help="Weights folder to write.")],
     seed: Annotated[int, typer.Option(help="Random seed.", min=0, max=MAX_INT)] = 0,
+    arch: ArchOption = "vgg19",
 ) -> None:
-    """Write seeded random VGG19 weights (He-normal, each layer rescaled to mean activation 1).
+    """Write seeded random VGG19 (or AlexNet) weights (He-normal, each layer rescaled to mean activation 1).
 
     Random filters give plausible textures and styles but not the semantics of trained weights.
     """
+    spec = _spec(arch)
     check_outputs([], [], folders=[(out, "weights")])
-    params = random_vgg19(jax.random.PRNGKey(seed))
-    source = {"source": "random", "seed": seed, "format": "He-normal, per-layer mean activation 1"}
+    params = (random_vgg19 if spec.name == "vgg19" else random_alexnet)(jax.random.PRNGKey(seed))
+    source = {"arch": spec.name, "source": "random", "seed": seed, "format": "He-normal, per-layer mean activation 1"}
     echo(f"random weights (seed {seed}) -> {save_params(params, out, source)}")
 
 
@@ -74,6 +91,7 @@ def random(
 @guarded
 def info(
     weights: Annotated[str | None, typer.Option(help="A weights folder or .pth (default: the lookup order).")] = None,
+    arch: ArchOption = "vgg19",
 ) -> None:
     """Where the weights in use are, their source and checksum (JSON on stdout)."""
-    typer.echo(json.dumps(weights_info(weights), indent=2))
+    typer.echo(json.dumps(weights_info(weights, _spec(arch).name), indent=2))
