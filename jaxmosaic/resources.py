@@ -69,3 +69,17 @@ def largest_tile(budget: int | None, layers, batch: int = 1, *, fixed: int = 0, 
     while side > step and optimisation_bytes(side, side, layers, batch) + fixed > budget:
         side -= step
     return side
+
+
+def check_disk(folder, needed: int, what: str) -> None:
+    """Raise if the file system holding `folder` has less than `needed` bytes free."""
+    import shutil
+    from pathlib import Path
+
+    folder = Path(folder).expanduser().absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise JaxmosaicError(f"{what} need about {needed / 2**30:.1f} GiB on disk beside the library but only "
+                             f"{free / 2**30:.1f} GiB is free in {folder}")

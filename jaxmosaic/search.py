@@ -12,8 +12,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec
 
-__all__ = ["Compressed", "l2_normalize", "svd_compress", "compress_queries", "match_tiles", "match_memory_bytes"]
+__all__ = ["Compressed", "l2_normalize", "svd_compress", "compress_queries", "match_tiles", "match_memory_bytes",
+           "shard_dictionary", "match_sharded"]
 
 # Columns of a score block reduced together: the running best is kept per sub-block of this many
 # tiles, and the winner inside its sub-block is found afterwards by one small recomputation.
@@ -217,3 +219,47 @@ def match_tiles(
 
     score, index = lax.map(best_one if top_k == 1 else best_k, query_blocks)
     return score.reshape(nq * bq, top_k)[:q], index.reshape(nq * bq, top_k)[:q]
+
+
+def shard_dictionary(dictionary, mesh) -> jax.Array:
+    """The dictionary's rows padded with zero rows to a multiple of the mesh's devices and split
+    over them (`NamedSharding`, axis "devices"); `match_sharded` masks the padding."""
+    dictionary = jnp.asarray(dictionary)
+    devices = mesh.devices.size
+    pad = -dictionary.shape[0] % devices
+    if pad:
+        dictionary = jnp.pad(dictionary, ((0, pad), (0, 0)))
+    return jax.device_put(dictionary, NamedSharding(mesh, PartitionSpec("devices")))
+
+
+def match_sharded(queries: jax.Array, dictionary: jax.Array, *, mesh, tiles: int | None = None, top_k: int = 1,
+                  absolute: bool = False) -> tuple[jax.Array, jax.Array]:
+    """`match_tiles` with the dictionary's rows split over a mesh's devices: each device finds the
+    top-k of its shard, and the shards' candidates are merged into the overall top-k.
+
+    Args:
+      dictionary: (n', t) rows, n' a multiple of the devices (`shard_dictionary`).
+      mesh: a one-axis mesh ("devices").
+      tiles: the real number of tiles n <= n' (static); rows past it are padding and never chosen.
+    """
+    devices = mesh.devices.size
+    total = dictionary.shape[0]
+    if total % devices:
+        raise ValueError(f"the dictionary's {total} rows do not split over {devices} devices; use shard_dictionary")
+    tiles = total if tiles is None else tiles
+    per = total // devices
+    local_k = min(top_k, per)
+
+    def local(q, d):
+        scores, indices = match_tiles(q, d, top_k=local_k, absolute=absolute)
+        indices = indices + lax.axis_index("devices").astype(jnp.int32) * per
+        scores = jnp.where(indices < tiles, scores, -jnp.inf)
+        return scores[None], indices[None]
+
+    scores, indices = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec("devices")),
+                                    out_specs=(PartitionSpec("devices"), PartitionSpec("devices")))(queries, dictionary)
+    q = queries.shape[0]
+    scores = jnp.transpose(scores, (1, 0, 2)).reshape(q, devices * local_k)
+    indices = jnp.transpose(indices, (1, 0, 2)).reshape(q, devices * local_k)
+    best, where = lax.top_k(scores, top_k)
+    return best, jnp.take_along_axis(indices, where, axis=1)

@@ -14,7 +14,8 @@ import jax
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.progress import TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import ProgressColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.text import Text
 
 from jaxmosaic.errors import ConfigError, JaxmosaicError
 from jaxmosaic.io.files import write_json
@@ -103,6 +104,27 @@ def count_progress(label: str, *, transient: bool = True) -> Iterator:
     with Progress(*columns, console=err_console, transient=transient) as bar:
         task = bar.add_task(label, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+@contextlib.contextmanager
+def rate_progress(label: str, *, unit: str = "tiles", transient: bool = False) -> Iterator:
+    """A rich progress bar over a count, with the rate and the time left; yields `update(done, total)`."""
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), RateColumn(unit), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=transient) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second of a task."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task):
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:.1f} {self.unit}/s")
 
 
 def vgg_params(weights: str | None, seed: int = 0, arch: str = "vgg19"):

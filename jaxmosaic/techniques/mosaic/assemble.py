@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -20,11 +21,12 @@ import numpy as np
 from jaxmosaic.color import luminance
 from jaxmosaic.config import ConfigError, choice, number, setting, whole
 from jaxmosaic.image import resize
-from jaxmosaic.search import l2_normalize, match_memory_bytes, match_tiles
+from jaxmosaic.search import l2_normalize, match_memory_bytes, match_sharded, match_tiles, shard_dictionary
 from jaxmosaic.techniques.mosaic.features import ColorMode, batched_features, feature_function
 
 __all__ = [
     "Fit",
+    "Score",
     "MosaicConfig",
     "mosaic_grid",
     "split_cells",
@@ -36,6 +38,14 @@ __all__ = [
     "mosaic_memory",
     "make_mosaic",
 ]
+
+
+class Score(enum.StrEnum):
+    """How a patch and a tile are compared: "cosine" (their inner product, unit rows) or "abs"
+    (its absolute value, the original article's MRF rule: a tile and its negative match alike)."""
+
+    cosine = "cosine"
+    abs = "abs"
 
 
 class Fit(enum.StrEnum):
@@ -58,7 +68,7 @@ class MosaicConfig:
     max_reuse: int | None = setting(None, "Use each tile at most this many times.")
     min_distance: float = setting(0.0, "Repeats of a tile must be at least this many cells apart.")
     top_k: int | None = setting(None, "Candidates per patch for the reuse rules (default 32 with them, else 1).")
-    absolute: bool = setting(False, "Rank by |score| (the original article's MRF rule).")
+    score: Score = setting(Score.cosine, "cosine, or abs: rank by |score| (the original article's MRF rule).")
 
     def __post_init__(self):
         whole("patch", self.patch, minimum=1, maximum=4096)
@@ -67,6 +77,7 @@ class MosaicConfig:
         if self.cols is not None:
             whole("cols", self.cols, minimum=1, maximum=4096)
         object.__setattr__(self, "fit", choice("fit", self.fit, Fit))
+        object.__setattr__(self, "score", choice("score", self.score, Score))
         object.__setattr__(self, "alpha", number("alpha", self.alpha, minimum=0.0, maximum=1.0))
         if self.max_reuse is not None:
             whole("max_reuse", self.max_reuse, minimum=1)
@@ -78,6 +89,10 @@ class MosaicConfig:
     def side(self) -> int:
         """Each tile's side in the output."""
         return self.render or self.patch
+
+    @property
+    def absolute(self) -> bool:
+        return self.score == Score.abs
 
     @property
     def constrained(self) -> bool:
@@ -258,7 +273,7 @@ def mosaic_memory(config: MosaicConfig, target_shape, features: int) -> int:
     return rows * cols * side * side * 3 * 4 * 6 + match_memory_bytes(rows * cols, features, top_k=config.top_k or 32)
 
 
-def make_mosaic(config: MosaicConfig, target: np.ndarray, library, params=None) -> MosaicResult:
+def make_mosaic(config: MosaicConfig, target: np.ndarray, library, params=None, *, mesh=None) -> MosaicResult:
     """Build a photomosaic of `target` (HWC in [0, 1]) from a tile library.
 
     Patches are described as the library's tiles are (its `settings`), compared in the SVD
@@ -268,9 +283,10 @@ def make_mosaic(config: MosaicConfig, target: np.ndarray, library, params=None) 
     Args:
       config: the grid, matching and rendering settings.
       library: a `TileLibrary`.
-      params: VGG19 params, for libraries with VGG features.
+      params: VGG19 or AlexNet params, for libraries with such features.
+      mesh: local devices to shard the dictionary over (each device's top-k merged), or None.
     """
-    n, t = library.features.shape
+    n, t = len(library), library.dimension
     height, width = target.shape[:2]
     rows, cols, _, _ = mosaic_grid(height, width, config.patch, cols=config.cols, fit=config.fit)
     fitted = _fit_target(np.asarray(target, np.float32), rows, cols, config.patch, config.fit, config.cols)
@@ -279,19 +295,27 @@ def make_mosaic(config: MosaicConfig, target: np.ndarray, library, params=None) 
     dictionary, energy, k_kept = library.features, 1.0, 0
     if library.svd is not None:
         basis, energy, k_kept = library.svd["basis"], library.svd["energy"], library.svd["k"]
-        dictionary = np.asarray(l2_normalize(jnp.asarray(dictionary) @ jnp.asarray(basis)))
+        projections = jnp.asarray(dictionary) if library.projected else jnp.asarray(dictionary) @ jnp.asarray(basis)
+        dictionary = np.asarray(l2_normalize(projections))
         queries = np.asarray(queries @ basis)
     k = min(n, config.top_k or (32 if config.constrained else 1))
     start = time.perf_counter()
-    compiled = jax.jit(match_tiles, static_argnames=("top_k", "absolute")).lower(
+    if mesh is not None and mesh.devices.size > 1 and n // mesh.devices.size >= k:
+        matcher = functools.partial(match_sharded, mesh=mesh, tiles=n)
+        dictionary = shard_dictionary(dictionary, mesh)
+    else:
+        matcher = match_tiles
+    compiled = jax.jit(matcher, static_argnames=("top_k", "absolute")).lower(
         queries, dictionary, top_k=k, absolute=config.absolute).compile()
     compile_seconds = time.perf_counter() - start
     start = time.perf_counter()
     scores, candidates = (np.asarray(a) for a in jax.block_until_ready(compiled(queries, dictionary)))
     match_seconds = time.perf_counter() - start
 
+    dictionary = np.asarray(dictionary)
+
     def all_scores(cell: int) -> np.ndarray:
-        s = dictionary @ queries[cell]
+        s = dictionary[:n] @ queries[cell]
         return np.abs(s) if config.absolute else s
 
     assignment = assign_tiles(scores, candidates, rows=rows, cols=cols, tiles=n, max_reuse=config.max_reuse,

@@ -1,5 +1,6 @@
-"""What a photomosaic compares: weight-free colour features or VGG19 activations of patches and
-tiles, L2-normalised, computed on the view of an image that the colouring leaves to compare.
+"""What a photomosaic compares: weight-free colour features, VGG19 activations or the original
+article's AlexNet features of patches and tiles, L2-normalised, computed on the view of an image
+that the colouring leaves to compare.
 
 Images are float32 RGB in [0, 1], NHWC. The array functions are pure and jit-able.
 """
@@ -14,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmosaic.alexnet import alexnet_features, check_alexnet_layers, flatten_channels_first
 from jaxmosaic.color import luminance, rgb_to_lab
-from jaxmosaic.config import choice, whole
+from jaxmosaic.config import ConfigError, choice, whole
 from jaxmosaic.image import resize
 from jaxmosaic.search import l2_normalize
 from jaxmosaic.vgg import check_layers, vgg19_features
@@ -29,6 +31,7 @@ __all__ = [
     "view_for",
     "color_features",
     "vgg_patch_features",
+    "alexnet_patch_features",
     "feature_function",
     "batched_features",
     "FEATURE_BATCH",
@@ -38,10 +41,17 @@ FEATURE_BATCH = 128
 
 
 class FeatureKind(enum.StrEnum):
-    """color: a grid of mean CIE Lab colours (no weights); vgg: one VGG19 layer's activations."""
+    """color: a grid of mean CIE Lab colours (no weights); vgg: one VGG19 layer's activations;
+    alexnet: AlexNet's avgpool (9216 values at any input size), the original article's features."""
 
     color = "color"
     vgg = "vgg"
+    alexnet = "alexnet"
+
+    @property
+    def network(self) -> str | None:
+        """The weights these features need: "vgg19", "alexnet", or None."""
+        return {"vgg": "vgg19", "alexnet": "alexnet"}.get(self.value)
 
 
 class PatchPool(enum.StrEnum):
@@ -70,9 +80,9 @@ class FeatureConfig:
     view: ColorMode = ColorMode.none  # the colour mode whose `matching_view` is applied
     grid: int = 4  # color: cells per side
     size: int = 16  # the side tiles and patches are resized to before the features
-    layer: str = "relu4_1"  # vgg
-    pool: PatchPool = PatchPool.mean  # vgg
-    weights: str = ""  # vgg: a fingerprint of the network's weights
+    layer: str = "relu4_1"  # vgg, alexnet
+    pool: PatchPool = PatchPool.mean  # vgg, alexnet
+    weights: str = ""  # vgg, alexnet: a fingerprint of the network's weights
 
     def __post_init__(self):
         object.__setattr__(self, "kind", choice("kind", self.kind, FeatureKind))
@@ -80,7 +90,12 @@ class FeatureConfig:
         object.__setattr__(self, "pool", choice("pool", self.pool, PatchPool))
         whole("grid", self.grid, minimum=1, maximum=64)
         whole("size", self.size, minimum=max(self.grid, 1), maximum=1024)
-        check_layers((self.layer,), "layer")
+        if self.kind == FeatureKind.alexnet:
+            check_alexnet_layers((self.layer,), "layer")
+            if self.size < 63:
+                raise ConfigError("size", f"{self.size} px is too small for AlexNet (at least 63)")
+        else:
+            check_layers((self.layer,), "layer")
 
     @classmethod
     def color(cls, view: str, grid: int = 4) -> FeatureConfig:
@@ -89,6 +104,20 @@ class FeatureConfig:
     @classmethod
     def vgg(cls, view: str, *, layer: str = "relu4_1", pool: str = "mean", size: int = 64, weights: str = "") -> FeatureConfig:
         return cls(FeatureKind.vgg, view, size=size, layer=layer, pool=pool, weights=weights)
+
+    @classmethod
+    def alexnet(cls, view: str, *, layer: str = "avgpool", pool: str = "flat", size: int = 224, weights: str = "") -> FeatureConfig:
+        """The original article's features: AlexNet's avgpool of the image resized to 224 px, flattened (9216)."""
+        return cls(FeatureKind.alexnet, view, size=size, layer=layer, pool=pool, weights=weights)
+
+    @property
+    def dimension(self) -> int | None:
+        """The length of a feature row, where it is known without computing one."""
+        if self.kind == FeatureKind.color:
+            return self.grid * self.grid * 4
+        if self.kind == FeatureKind.alexnet and self.layer == "avgpool":
+            return 9216 if self.pool == PatchPool.flat else 256
+        return None
 
     def as_dict(self) -> dict:
         return {name: str(value) if isinstance(value, enum.Enum) else value for name, value in dataclasses.asdict(self).items()}
@@ -166,17 +195,49 @@ def vgg_patch_features(params, images: jax.Array, *, layer: str = "relu4_1", siz
     return l2_normalize(features)
 
 
+def alexnet_patch_features(params, images: jax.Array, *, layer: str = "avgpool", size: int = 224,
+                           pool: str = "flat") -> jax.Array:
+    """AlexNet features of images resized to size x size, the original photomosaic's
+    `avgpool(features(x))` flattened in PyTorch's order ("flat": 9216 values for avgpool) or
+    spatially averaged ("mean"), L2-normalised.
+
+    Args:
+      params: AlexNet params.
+      images: NHWC.
+      layer: one of `alexnet.ALEXNET_LAYERS` (static).
+      size: side the images are resized to before the network (static).
+      pool: "flat" or "mean" (static).
+    """
+    images = jnp.asarray(images)
+    if images.shape[1:3] != (size, size):
+        images = resize(images, size, size)
+    maps = alexnet_features(params, images, (layer,))[layer]
+    if pool == PatchPool.flat:
+        features = flatten_channels_first(maps)
+    elif pool == PatchPool.mean:
+        features = jnp.mean(maps, axis=(1, 2))
+    else:
+        raise ValueError(f"pool must be 'mean' or 'flat', got {pool!r}")
+    return l2_normalize(features)
+
+
+def feature_program(config: FeatureConfig) -> Callable:
+    """The pure function (params, NHWC images) -> (N, t) rows that `config` describes (params is
+    ignored by colour features)."""
+    if config.kind == FeatureKind.color:
+        grid, view, size = config.grid, config.view, config.size
+        return lambda params, images: color_features(matching_view(resize(images, size, size), view), grid)
+    options = {"layer": config.layer, "size": config.size, "pool": config.pool}
+    network = vgg_patch_features if config.kind == FeatureKind.vgg else alexnet_patch_features
+    return lambda params, images: network(params, matching_view(images, config.view), **options)
+
+
 def feature_function(config: FeatureConfig, params=None) -> Callable[[jax.Array], jax.Array]:
     """A function from NHWC images (any size; resized to `config.size`) to (N, t) feature rows,
     jitted once (the network's weights are an argument, not constants of the program)."""
-    if config.kind == FeatureKind.color:
-        grid, view, size = config.grid, config.view, config.size
-        compute = jax.jit(lambda images: color_features(matching_view(resize(images, size, size), view), grid))
-        return compute
-    if params is None:
-        raise ValueError("VGG features need VGG19 weights")
-    options = {"layer": config.layer, "size": config.size, "pool": config.pool}
-    compute = jax.jit(lambda p, images: vgg_patch_features(p, matching_view(images, config.view), **options))
+    if config.kind != FeatureKind.color and params is None:
+        raise ValueError(f"{config.kind} features need {config.kind.network} weights")
+    compute = jax.jit(feature_program(config))
     return lambda images: compute(params, images)
 
 

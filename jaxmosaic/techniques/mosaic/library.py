@@ -26,6 +26,7 @@ from jaxmosaic.io.artifacts import load_artifact, save_artifact
 from jaxmosaic.io.images import IMAGE_SUFFIXES, load_image, scan_folder
 from jaxmosaic.search import svd_compress
 from jaxmosaic.techniques.mosaic.features import ColorMode, FeatureConfig, batched_features, feature_function
+from jaxmosaic.techniques.mosaic.bank import BankGrid, render_bank
 from jaxmosaic.techniques.mosaic.tiles import GaborGrid, gabor_parameters, gabor_tiles
 
 __all__ = [
@@ -45,24 +46,38 @@ _KIND = "tile-library"
 
 @dataclasses.dataclass
 class TileLibrary:
-    kind: str  # "folder" or "gabor"
-    source: str  # the folder (absolute) or "gabor"
+    kind: str  # "folder", "gabor" or "bank" (the original article's Gabor bank)
+    source: str  # the folder (absolute), "gabor" or "gabor-bank"
     entries: list[str]  # folder: relative paths of the tiles, in feature-row order
     gabor: np.ndarray | None  # gabor: (m, 5) parameters of `gabor_parameters`
     colors: np.ndarray | None  # gabor: (c, 3) tints, or None for grey tiles only
-    features: np.ndarray  # (n, t) float32 unit rows
+    features: np.ndarray  # (n, t) float32 unit rows; for a streamed library D_k = D V_k, (n, k) (see `projected`)
     settings: FeatureConfig  # how the features were computed
     color: ColorMode  # the colour mode the library serves (its features compare `view_for(color)`)
     fingerprint: str  # of the source: folder listing or Gabor parameters
     skipped: list[str] = dataclasses.field(default_factory=list)  # folder files that could not be read
-    svd: dict | None = None  # {"k", "basis" (t, k), "singular_values" (k,), "energy"}
+    svd: dict | None = None  # {"k", "basis" (t, k), "singular_values" (k,), "energy", ["projected": True]}
+    bank: tuple[int, int, int, int] | None = None  # bank: its grid (see `bank.BankGrid`); tile i is bank tile i
+    build: dict | None = None  # streamed: how it was built (tiles per second, seconds, processes, devices, chunk)
 
     def __len__(self) -> int:
         return self.features.shape[0]
 
+    @property
+    def projected(self) -> bool:
+        """Whether `features` holds the projections D V_k (a streamed build) rather than D."""
+        return bool(self.svd and self.svd.get("projected"))
+
+    @property
+    def dimension(self) -> int:
+        """The length t of a feature row (of a patch's features, before any projection)."""
+        return self.svd["basis"].shape[0] if self.projected else self.features.shape[1]
+
     def render(self, indices: Sequence[int], size: int) -> np.ndarray:
         """Tiles `indices` as (len, size, size, 3) float32 images."""
         indices = np.asarray(indices, np.int64)
+        if self.kind == "bank":
+            return render_bank(BankGrid(*self.bank), indices, size)
         if self.kind == "gabor":
             tints = 1 if self.colors is None else len(self.colors)
             tiles = np.asarray(gabor_tiles(self.gabor[indices // tints], size))
@@ -188,7 +203,9 @@ def save_library(path: str | os.PathLike, library: TileLibrary, inputs: Sequence
     """Write `library` as one .npz artefact, atomically."""
     header = {"kind": library.kind, "source": library.source, "entries": library.entries, "settings": library.settings.as_dict(),
               "color": str(library.color), "fingerprint": library.fingerprint, "skipped": library.skipped,
-              "svd": None if library.svd is None else {"k": library.svd["k"], "energy": library.svd["energy"]}}
+              "svd": None if library.svd is None else {"k": library.svd["k"], "energy": library.svd["energy"],
+                                                       "projected": library.projected},
+              "bank": None if library.bank is None else list(library.bank), "build": library.build}
     arrays = {"features": library.features}
     if library.gabor is not None:
         arrays["gabor"] = library.gabor
@@ -227,23 +244,36 @@ def load_library(path: str | os.PathLike) -> TileLibrary:
         tints = 1 if colors is None else len(colors)
         if gabor is None or gabor.ndim != 2 or gabor.shape[1] != 5 or len(gabor) * tints != len(features):
             raise _damaged(path, "its Gabor parameters do not match its features")
+    elif kind == "bank":
+        bank = header.get("bank")
+        if not isinstance(bank, list) or len(bank) != 4 or int(np.prod(bank)) != len(features):
+            raise _damaged(path, "its Gabor bank grid does not match its features")
     elif kind != "folder":
         raise _damaged(path, f"unknown kind {kind!r}")
     svd = None
     if header.get("svd") is not None:
         basis, values = arrays.get("svd_basis"), arrays.get("svd_singular_values")
         k = int(header["svd"]["k"])
-        if basis is None or values is None or basis.shape != (features.shape[1], k) or not np.all(np.isfinite(basis)):
+        projected = bool(header["svd"].get("projected", False))
+        rows = basis.shape[0] if projected and basis is not None else features.shape[1]
+        if (basis is None or values is None or basis.shape != (rows, k) or not np.all(np.isfinite(basis))
+                or (projected and features.shape[1] != k)):
             raise _damaged(path, "its SVD does not match its features")
-        svd = {"k": k, "energy": float(header["svd"]["energy"]), "basis": basis.astype(np.float32), "singular_values": values}
-    return TileLibrary(kind, source, entries, gabor, colors, features.astype(np.float32), settings, color, fingerprint, skipped, svd)
+        svd = {"k": k, "energy": float(header["svd"]["energy"]), "basis": basis.astype(np.float32), "singular_values": values,
+               "projected": projected}
+    if kind == "bank" and svd is None:
+        raise _damaged(path, "a bank library without its SVD")
+    bank = tuple(int(n) for n in header["bank"]) if kind == "bank" else None
+    build = header.get("build") if isinstance(header.get("build"), dict) else None
+    return TileLibrary(kind, source, entries, gabor, colors, features.astype(np.float32), settings, color, fingerprint, skipped, svd,
+                       bank, build)
 
 
 def is_current(library: TileLibrary, settings: FeatureConfig) -> bool:
     """Whether `library` was built with `settings` from its source as it is now."""
     if library.settings != settings:
         return False
-    if library.kind == "gabor":
+    if library.kind in ("gabor", "bank"):
         return True
     root = Path(library.source)
     return root.is_dir() and folder_fingerprint(root, scan_folder(root)) == library.fingerprint

@@ -1,5 +1,6 @@
-"""Where a mosaic's tiles come from: the built-in Gabor tiles, a folder of images (indexed once
-and cached until it changes), or a library file; and which features describe them.
+"""Where a mosaic's tiles come from: the built-in Gabor tiles, the original article's Gabor bank
+(built chunk by chunk and cached), a folder of images (indexed once and cached until it changes),
+or a library file; and which features describe them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxmosaic.config import MAX_INT, choice, setting, whole
+from jaxmosaic.config import MAX_INT, ConfigError, choice, setting, whole
 from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.techniques.mosaic.features import ColorMode, FeatureConfig, FeatureKind, PatchPool, view_for
 from jaxmosaic.techniques.mosaic.library import (
@@ -25,6 +26,7 @@ from jaxmosaic.techniques.mosaic.library import (
     load_library,
     save_library,
 )
+from jaxmosaic.techniques.mosaic.bank import BANK, BankGrid, parse_bank_grid
 from jaxmosaic.techniques.mosaic.tiles import gabor_colors
 
 __all__ = ["LibraryConfig", "parse_svd_k", "color_mode", "feature_config", "weights_fingerprint", "obtain_library", "with_svd"]
@@ -38,21 +40,30 @@ def parse_svd_k(text: str) -> int | str:
 class LibraryConfig:
     """Which features describe the tiles (and the patches matched to them), and their SVD."""
 
-    features: FeatureKind | None = setting(None, "color (weight-free Lab grid means) or vgg (a VGG19 layer); default: the library's, else color.")
+    features: FeatureKind | None = setting(None, "color (weight-free Lab grid means), vgg (a VGG19 layer) or alexnet (AlexNet's avgpool, 9216 values, the original article's); default: the library's, else color.")
     color: ColorMode = setting(ColorMode.auto, "How tiles take the patch's colour: none, multiply (grey tile x mean colour), transfer (mean/std), blend; auto: multiply for gabor, a library's own mode, else none.")
-    layer: str = setting("relu4_1", "vgg features: the VGG19 layer.")
-    pool: PatchPool = setting(PatchPool.mean, "vgg features: 'mean' (spatial average) or 'flat' (the whole map).")
+    layer: str | None = setting(None, "vgg or alexnet features: the layer (default relu4_1 for vgg, avgpool for alexnet).")
+    pool: PatchPool | None = setting(None, "vgg or alexnet features: 'mean' (spatial average) or 'flat' (the whole map); default mean for vgg, flat for alexnet.")
     svd_k: int | str = setting("auto", "SVD dimensions kept: 'auto' (99.8% of the tiles' spread, at most 100), a number, or 0 for exact matching.",
                                parse=parse_svd_k, example="auto or a whole number")
     gabor_colors: int = setting(1, "gabor tiles: 1 for grey tiles, N for grey plus N-1 tinted copies of each.")
+    bank_grid: BankGrid = setting(BankGrid(), "gabor-bank: the number of sigma, theta, lambda and gamma values (50,10,25,25 is the original's 312,500 tiles; 2,2,3,3 is 36).",
+                                  parse=parse_bank_grid, example="S,T,L,G")
     seed: int = setting(0, "Seed for --weights random.")
 
     def __post_init__(self):
         if self.features is not None:
             object.__setattr__(self, "features", choice("features", self.features, FeatureKind))
         object.__setattr__(self, "color", choice("color", self.color, ColorMode))
-        object.__setattr__(self, "pool", choice("pool", self.pool, PatchPool))
-        FeatureConfig(layer=self.layer)  # checks the layer name
+        if self.pool is not None:
+            object.__setattr__(self, "pool", choice("pool", self.pool, PatchPool))
+        if self.layer is not None:
+            if self.features == FeatureKind.alexnet:
+                FeatureConfig.alexnet(ColorMode.none, layer=self.layer)  # checks the layer name
+            else:
+                FeatureConfig(layer=self.layer)
+        if not isinstance(self.bank_grid, BankGrid):
+            object.__setattr__(self, "bank_grid", parse_bank_grid(self.bank_grid))
         if self.svd_k != "auto":
             whole("svd_k", self.svd_k, minimum=0, maximum=100_000)
         whole("gabor_colors", self.gabor_colors, minimum=1, maximum=64)
@@ -65,12 +76,13 @@ def color_mode(config: LibraryConfig, tiles: str, library: TileLibrary | None = 
         return config.color
     if library is not None:
         return library.color
-    return ColorMode.multiply if tiles == "gabor" else ColorMode.none
+    return ColorMode.multiply if tiles in ("gabor", BANK) else ColorMode.none
 
 
 def weights_fingerprint(params) -> str:
-    """A short fingerprint of VGG19 weights, so features of other weights are never mixed."""
-    return hashlib.sha256(np.asarray(params["conv1_1"]["kernel"]).tobytes()).hexdigest()[:16]
+    """A short fingerprint of VGG19 or AlexNet weights, so features of other weights are never mixed."""
+    first = params["conv1_1"] if "conv1_1" in params else params["conv1"]
+    return hashlib.sha256(np.asarray(first["kernel"]).tobytes()).hexdigest()[:16]
 
 
 def feature_config(config: LibraryConfig, mode: ColorMode, library: TileLibrary | None = None, params=None) -> FeatureConfig:
@@ -79,16 +91,26 @@ def feature_config(config: LibraryConfig, mode: ColorMode, library: TileLibrary 
     view = view_for(mode)
     if config.features is None and library is not None:
         return dataclasses.replace(library.settings, view=view)
-    if (config.features or FeatureKind.color) == FeatureKind.color:
+    kind = config.features or FeatureKind.color
+    if kind == FeatureKind.color:
         return FeatureConfig.color(view)
     if params is None:
-        raise ValueError("VGG features need VGG19 weights")
-    return FeatureConfig.vgg(view, layer=config.layer, pool=config.pool, weights=weights_fingerprint(params))
+        raise ValueError(f"{kind} features need {kind.network} weights")
+    if kind == FeatureKind.alexnet:
+        return FeatureConfig.alexnet(view, layer=config.layer or "avgpool", pool=config.pool or PatchPool.flat,
+                                     weights=weights_fingerprint(params))
+    return FeatureConfig.vgg(view, layer=config.layer or "relu4_1", pool=config.pool or PatchPool.mean,
+                             weights=weights_fingerprint(params))
 
 
 def with_svd(library: TileLibrary, svd_k: int | str) -> TileLibrary:
     """The library with the SVD `svd_k` asks for ("auto": `auto_svd_k`, 0: none) attached, reusing
-    one it holds already."""
+    one it holds already. A streamed library keeps the k it was built with."""
+    if library.projected:
+        if svd_k not in ("auto", library.svd["k"]):
+            raise ConfigError("svd_k", f"{svd_k}: the library holds its tiles projected to k={library.svd['k']}; "
+                                       f"build it again with `jaxmosaic library build ... --svd-k {svd_k}`")
+        return library
     k = auto_svd_k(library.features) if svd_k == "auto" else int(svd_k)
     if (library.svd or {}).get("k", 0) != k:
         attach_svd(library, k)
@@ -108,7 +130,9 @@ def obtain_library(tiles: str, config: LibraryConfig, settings: FeatureConfig, m
       say: receives a line for the user when something worth knowing happens.
     """
     source = Path(tiles)
-    if tiles == "gabor":
+    if tiles == BANK:
+        library = _cached_bank(config, settings, mode, params=params, cache=cache, progress=progress, say=say)
+    elif tiles == "gabor":
         library = build_library("gabor", settings, mode, params=params, colors=gabor_colors(config.gabor_colors),
                                 progress=progress)
     elif source.is_file() or loaded is not None:
@@ -122,8 +146,31 @@ def obtain_library(tiles: str, config: LibraryConfig, settings: FeatureConfig, m
         library = _cached_folder(source, config, settings, mode, params=params, cache=cache, progress=progress, say=say,
                                  inputs=inputs)
     else:
-        raise JaxmosaicError(f"{tiles}: no such folder or library file (or use gabor)")
+        raise JaxmosaicError(f"{tiles}: no such folder or library file (or use gabor or {BANK})")
     return with_svd(library, config.svd_k)
+
+
+def _cached_bank(config: LibraryConfig, settings, mode, *, params, cache, progress, say) -> TileLibrary:
+    """The Gabor bank's library: built chunk by chunk into the cache once (resuming a build that
+    was stopped), then read from there."""
+    from jaxmosaic.techniques.mosaic.stream import BankSource, stream_library
+
+    if cache is None:
+        raise ValueError(f"{BANK} is built into the library cache; pass a cache folder")
+    k = config.svd_k if config.svd_k not in (0,) else 100
+    key = hashlib.sha256(json.dumps([BANK, str(config.bank_grid), settings.as_dict(), k], sort_keys=True).encode()).hexdigest()[:20]
+    cached = cache / f"bank-{key}.npz"
+    if cached.is_file():
+        with contextlib.suppress(JaxmosaicError):
+            library = load_library(cached)
+            if is_current(library, settings):
+                say(f"{BANK} library ({len(library)} tiles) is up to date ({cached})")
+                library.color = mode
+                return library
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    say(f"building the {BANK} library ({config.bank_grid.size} tiles) once, into {cached}")
+    return stream_library(BankSource(config.bank_grid), settings, mode, cached, params=params, weights=settings.weights,
+                          k=k, resume=True, progress=progress)
 
 
 def _cached_folder(source: Path, config, settings, mode, *, params, cache, progress, say, inputs) -> TileLibrary:

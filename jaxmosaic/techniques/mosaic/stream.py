@@ -1,0 +1,394 @@
+"""A tile library built chunk by chunk: bounded memory whatever the number of tiles, resumable,
+spread over local devices and over processes.
+
+Pass 1 renders or reads each chunk of tiles, embeds it (sharded over the local devices) and adds
+its rows' statistics to G = D^T D and the column sums; each chunk's feature rows are kept in
+the build folder, so a killed build resumes from its last finished chunk. With several processes
+(`jax.distributed`) each owns a contiguous share of the chunks, and G, the sums and the row
+counts are summed across processes by a collective. The leading k eigenvectors of G are D's
+leading right singular vectors V_k (randomized subspace iteration for large d, exact otherwise);
+pass 2 reads the kept rows back and writes D_k = D V_k. Only (chunk x d) rows, G and D_k
+(n x k) are ever held, never the n x d matrix D. Process 0 writes the library; the build folders
+are removed once it is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+import scipy.linalg.blas
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxmosaic.errors import JaxmosaicError
+from jaxmosaic.image import resize
+from jaxmosaic.io.folders import FolderError, OutputFolder, folder_kind
+from jaxmosaic.io.images import IMAGE_SUFFIXES, scan_folder
+from jaxmosaic.techniques.mosaic.bank import BANK, BANK_SIZE, BankGrid, bank_parameters, bank_tiles
+from jaxmosaic.techniques.mosaic.features import ColorMode, FeatureConfig, feature_program
+from jaxmosaic.techniques.mosaic.library import TileLibrary, folder_fingerprint, load_tile, save_library
+
+__all__ = ["BuildPlan", "BankSource", "FolderSource", "tile_source", "top_eigen", "stream_memory", "stream_library",
+           "build_folder"]
+
+_WORK_KIND = "library-build"
+_EXACT_BELOW = 2048  # feature dimensions up to which the eigenvectors of G are computed exactly
+
+
+class BankSource:
+    """The Gabor bank of `grid`: a chunk's input is its (m, 4) parameters; tiles are rendered
+    inside the compiled embedding."""
+
+    kind = "bank"
+
+    def __init__(self, grid: BankGrid):
+        self.grid = grid
+        self.count = grid.size
+        self.fingerprint = f"gabor-bank {grid}"
+
+    def inputs(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(inputs for the embedding, the tile indices they are, files skipped)."""
+        indices = np.arange(start, stop, dtype=np.int64)
+        return bank_parameters(self.grid, indices), indices, []
+
+    def program(self, settings: FeatureConfig) -> Callable:
+        features = feature_program(settings)
+        size = settings.size
+
+        def embed(params, parameters):
+            grey = bank_tiles(parameters, BANK_SIZE)
+            tiles = jnp.repeat(grey[..., None], 3, axis=-1)
+            if size != BANK_SIZE:
+                tiles = jnp.clip(resize(tiles, size, size), 0.0, 1.0)
+            return features(params, tiles)
+
+        return embed
+
+    def pad_row(self, settings: FeatureConfig) -> np.ndarray:
+        return bank_parameters(self.grid, [0])[0]
+
+
+class FolderSource:
+    """A folder of images (searched recursively, in a sorted order); unreadable files are skipped
+    and listed."""
+
+    kind = "folder"
+
+    def __init__(self, root: str | os.PathLike, size: int):
+        self.root = Path(root).resolve()
+        self.files = scan_folder(self.root)
+        if not self.files:
+            raise JaxmosaicError(f"{root}: no image files in the folder (looked for {', '.join(IMAGE_SUFFIXES)})")
+        self.count = len(self.files)
+        self.size = size
+        self.fingerprint = folder_fingerprint(self.root, self.files)
+
+    def inputs(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        from jaxmosaic.errors import ImageError
+
+        images, kept, skipped = [], [], []
+        for index in range(start, stop):
+            path = self.files[index]
+            try:
+                images.append(load_tile(path, self.size))
+                kept.append(index)
+            except (ImageError, OSError):
+                skipped.append(path.relative_to(self.root).as_posix())
+        stacked = np.stack(images) if images else np.zeros((0, self.size, self.size, 3), np.float32)
+        return stacked, np.asarray(kept, np.int64), skipped
+
+    def program(self, settings: FeatureConfig) -> Callable:
+        return feature_program(settings)
+
+    def pad_row(self, settings: FeatureConfig) -> np.ndarray:
+        return np.zeros((self.size, self.size, 3), np.float32)
+
+    def entry(self, index: int) -> str:
+        return self.files[index].relative_to(self.root).as_posix()
+
+
+def tile_source(tiles: str, settings: FeatureConfig, grid: BankGrid = BankGrid()):
+    """The streaming source for "gabor-bank" or a folder."""
+    if tiles == BANK:
+        return BankSource(grid)
+    if Path(tiles).is_dir():
+        return FolderSource(tiles, settings.size)
+    raise JaxmosaicError(f"{tiles}: a streaming build takes {BANK} or a folder of images")
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildPlan:
+    """What a build computes; a resumed build must have the same plan."""
+
+    source: str  # "gabor-bank" or the folder
+    fingerprint: str  # of the source
+    settings: dict  # FeatureConfig.as_dict()
+    weights: str  # fingerprint of the network's weights ("" for colour features)
+    count: int  # tiles in the source
+    chunk: int  # tiles per chunk
+    processes: int
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.count // self.chunk)
+
+    def share(self, process: int) -> range:
+        """The contiguous chunks process `process` owns."""
+        return range(process * self.chunks // self.processes, (process + 1) * self.chunks // self.processes)
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:20]
+
+
+def top_eigen(gram: np.ndarray, k: int, *, seed: int = 0, iterations: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest eigenvalues (descending) and their eigenvectors (d, k) of a symmetric PSD
+    float64 matrix of which only the upper triangle is read. Exact (LAPACK, the k wanted only) up
+    to `_EXACT_BELOW` dimensions; above, randomized subspace iteration (Halko, Martinsson and
+    Tropp 2011) with 2k + 20 columns and `iterations` QR-stabilised products, then the exact
+    eigenvectors of the projected matrix. Each vector's sign is chosen so its largest component
+    is positive."""
+    d = gram.shape[0]
+    if not 1 <= k <= d:
+        raise ValueError(f"k must be between 1 and {d}, got {k}")
+    if d <= _EXACT_BELOW:
+        values, vectors = scipy.linalg.eigh(gram, lower=False, subset_by_index=[d - k, d - 1])
+    else:
+        width = min(d, 2 * k + 20)
+
+        def times(q):
+            return scipy.linalg.blas.dsymm(1.0, gram, q, side=0, lower=0)
+
+        q, _ = np.linalg.qr(times(np.random.default_rng(seed).standard_normal((d, width))))
+        for _ in range(iterations):
+            q, _ = np.linalg.qr(times(q))
+        small_values, small_vectors = np.linalg.eigh(q.T @ times(q))
+        values, vectors = small_values[-k:], q @ small_vectors[:, -k:]
+    values, vectors = values[::-1], vectors[:, ::-1]
+    signs = np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(k)])
+    return np.clip(values, 0, None), vectors * np.where(signs == 0, 1, signs)
+
+
+def stream_memory(settings: FeatureConfig, dimension: int, chunk: int, tiles: int, k: int) -> int:
+    """Bytes a streaming build holds at its peak: one chunk's images and activations, G and its
+    eigen workspace, D_k."""
+    size = settings.size
+    per_image = size * size * 3 * 4 * 4
+    if settings.kind != "color":
+        per_image += size * size * 4 * (64 * 6 if settings.kind == "vgg" else 5)  # the widest activations, a few copies
+    width = min(dimension, 2 * k + 20)
+    return chunk * per_image + dimension * dimension * 8 * 3 + dimension * width * 8 * 4 + tiles * k * 4 * 2
+
+
+def _add_gram(gram: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """gram + rows^T rows in float64, the upper triangle only (BLAS syrk, in place for a
+    Fortran-ordered gram)."""
+    return scipy.linalg.blas.dsyrk(1.0, np.asarray(rows, np.float64), beta=1.0, c=gram, trans=1, lower=0, overwrite_c=1)
+
+
+def _sum_across_processes(array: np.ndarray) -> np.ndarray:
+    """The float64 sum of `array` over all processes, near float64-exact (each process's float32
+    high part and remainder are gathered), in row blocks so the gathered copies stay small."""
+    if jax.process_count() == 1:
+        return array
+    from jax.experimental import multihost_utils
+
+    flat = np.asarray(array, np.float64).reshape(-1)
+    out = np.empty_like(flat)
+    block = 1 << 22
+    for start in range(0, flat.size, block):
+        part = flat[start : start + block]
+        high = part.astype(np.float32)
+        low = (part - high).astype(np.float32)
+        both = np.asarray(multihost_utils.process_allgather(np.stack([high, low])), np.float64)
+        out[start : start + block] = both[:, 0].sum(0) + both[:, 1].sum(0)
+    return out.reshape(np.shape(array))
+
+
+def _gather_rows(rows: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every process's (rows, tile indices), concatenated in process order (padded for the gather)."""
+    if jax.process_count() == 1:
+        return rows, indices
+    from jax.experimental import multihost_utils
+
+    counts = np.asarray(multihost_utils.process_allgather(np.asarray([len(rows)], np.int32))).reshape(-1)
+    most = int(counts.max())
+    pad = most - len(rows)
+    padded_rows = np.concatenate([rows, np.zeros((pad, rows.shape[1]), rows.dtype)]) if pad else rows
+    padded_indices = np.concatenate([indices, np.zeros(pad, np.int64)]) if pad else indices
+    all_rows = np.asarray(multihost_utils.process_allgather(padded_rows.astype(np.float32)))
+    all_indices = np.asarray(multihost_utils.process_allgather(padded_indices.astype(np.int32)))
+    return (np.concatenate([all_rows[p, : counts[p]] for p in range(len(counts))]),
+            np.concatenate([all_indices[p, : counts[p]] for p in range(len(counts))]).astype(np.int64))
+
+
+def build_folder(out: Path, processes: int = 1, process: int = 0) -> Path:
+    """The build folder beside the library `out` (one per process when there are several)."""
+    suffix = ".build" if processes == 1 else f".build-{process}-of-{processes}"
+    return out.with_name(out.name + suffix)
+
+
+def _open_work(path: Path, plan: BuildPlan, resume: bool) -> tuple[OutputFolder, set[str]]:
+    """The build folder, its finished chunk files when resuming (else emptied of what it held)."""
+    if path.exists() and folder_kind(path) not in (None, _WORK_KIND):
+        raise FolderError(f"{path}: a jaxmosaic {folder_kind(path)} folder, not a library build; choose another --out")
+    folder = OutputFolder(path, _WORK_KIND)
+    plan_file = path / "plan.json"
+    finished: set[str] = set()
+    if resume and plan_file.is_file():
+        try:
+            held = json.loads(plan_file.read_text())
+        except (OSError, ValueError):
+            held = None
+        if held != dataclasses.asdict(plan):
+            raise JaxmosaicError(f"--resume: {path} holds a build of other settings or another source; "
+                                 f"build without --resume to start again")
+        finished = {name for name in folder.previous if name.startswith("chunk-") and (path / name).is_file()}
+    else:
+        for name in folder.previous:
+            (path / name).unlink(missing_ok=True)
+        folder.listed = set()
+    with open(folder.file("plan.json"), "w") as file:
+        json.dump(dataclasses.asdict(plan), file)
+    return folder, finished
+
+
+def _remove_work(folder: OutputFolder) -> None:
+    """Remove the build folder: the files it lists, its marker, the folder if then empty."""
+    for name in folder.listed:
+        (folder.path / name).unlink(missing_ok=True)
+    (folder.path / ".jaxmosaic").unlink(missing_ok=True)
+    try:
+        folder.path.rmdir()
+    except OSError:
+        pass
+
+
+def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str | os.PathLike, *, params=None,
+                   weights: str = "", k: int | str = 100, chunk: int = 256, resume: bool = False, mesh: Mesh | None = None,
+                   progress: Callable[[int, int], None] | None = None, keep_work: bool = False,
+                   say: Callable[[str], None] = lambda line: None) -> TileLibrary | None:
+    """Build the library of `source` (`BankSource`, `FolderSource`) chunk by chunk and write it
+    to `out` (process 0; the others return None).
+
+    Args:
+      settings: the features; `params` the network's weights they need (`weights` their fingerprint).
+      k: the dimensions kept (at most min(tiles, d)), or "auto": one for the mean direction plus
+        the fewest principal directions keeping 99.8% of the spread around it, at most 100.
+      chunk: tiles embedded together.
+      resume: reuse the chunks a killed build with the same plan finished.
+      mesh: local devices to shard each chunk over (a one-axis mesh; None: one device).
+      progress: receives (tiles done by this process, tiles this process owns) after each chunk.
+      keep_work: keep the build folder (the feature rows) after writing the library.
+    """
+    out = Path(out)
+    processes, process = jax.process_count(), jax.process_index()
+    plan = BuildPlan(BANK if source.kind == "bank" else str(source.root), source.fingerprint, settings.as_dict(), weights,
+                     source.count, chunk, processes)
+    work, finished = _open_work(build_folder(out, processes, process), plan, resume)
+    devices = 1 if mesh is None else mesh.devices.size
+    padded = -(-chunk // devices) * devices
+    program = source.program(settings)
+    if mesh is None:
+        embed = jax.jit(program)
+    else:
+        rows, replicated = NamedSharding(mesh, PartitionSpec("devices")), NamedSharding(mesh, PartitionSpec())
+        params = jax.device_put(params, replicated) if params is not None else None
+        embed = jax.jit(program, in_shardings=(replicated, rows), out_shardings=rows)
+    share = plan.share(process)
+    owned = sum(min(plan.count, (c + 1) * chunk) - c * chunk for c in share)
+    gram, sums, count, dimension, skipped = None, None, 0, None, []
+    done = 0
+    started = time.perf_counter()
+    for c in share:
+        name = f"chunk-{c:06d}.npz"
+        start, stop = c * chunk, min(plan.count, (c + 1) * chunk)
+        if name in finished:
+            with np.load(work.path / name) as held:
+                rows_c, kept, lost = held["features"], held["indices"], [str(s) for s in held["skipped"]]
+        else:
+            inputs, kept, lost = source.inputs(start, stop)
+            if len(kept):
+                batch = np.concatenate([inputs, np.repeat(source.pad_row(settings)[None], padded - len(kept), axis=0)])
+                rows_c = np.asarray(embed(params, jnp.asarray(batch)))[: len(kept)]
+            else:
+                rows_c = np.zeros((0, dimension or 1), np.float32)
+            if not np.all(np.isfinite(rows_c)):
+                raise JaxmosaicError(f"tiles {start}..{stop - 1}: their features are not finite; check the weights")
+            target = work.file(name)
+            partial = target.with_name(f".{name}.partial")
+            with open(partial, "wb") as file:
+                np.savez(file, features=rows_c.astype(np.float32), indices=kept, skipped=np.asarray(lost, dtype=str))
+            os.replace(partial, target)
+        skipped += lost
+        if len(kept):
+            if gram is None:
+                dimension = rows_c.shape[1]
+                gram, sums = np.zeros((dimension, dimension), np.float64, order="F"), np.zeros(dimension, np.float64)
+            gram = _add_gram(gram, rows_c)
+            sums += rows_c.sum(axis=0, dtype=np.float64)
+            count += len(kept)
+        done += stop - start
+        if progress:
+            progress(done, owned)
+    seconds = time.perf_counter() - started
+    dimension = int(_sum_across_processes(np.asarray([dimension or 0], np.float64)).max()) if processes > 1 else dimension
+    if dimension is None or dimension == 0:
+        raise JaxmosaicError(f"{plan.source}: none of the {plan.count} tiles could be read")
+    if gram is None:
+        gram, sums = np.zeros((dimension, dimension), np.float64, order="F"), np.zeros(dimension, np.float64)
+    gram = np.asfortranarray(_sum_across_processes(gram))
+    sums = _sum_across_processes(sums)
+    count = int(round(float(_sum_across_processes(np.asarray([count], np.float64))[0])))
+    if k == "auto":
+        mean = sums / count
+        centred = np.asfortranarray(gram - count * np.outer(mean, mean))
+        values, _ = top_eigen(centred, min(100, dimension, count))
+        kept_share = np.cumsum(values) / max(float(np.trace(centred)), 1e-30)
+        del centred
+        k = max(1, min(int(np.searchsorted(kept_share, 0.998) + 2), 100, count, dimension))
+    k = int(k)
+    if not 1 <= k <= min(count, dimension):
+        raise JaxmosaicError(f"--svd-k {k}: the library has {count} tiles of {dimension} features; use at most "
+                             f"{min(count, dimension)}")
+    values, basis = top_eigen(gram, k)
+    energy = float(values.sum() / max(float(np.trace(gram)), 1e-30))
+    projected, indices = [], []
+    for c in share:
+        with np.load(work.path / f"chunk-{c:06d}.npz") as held:
+            if len(held["indices"]):
+                projected.append((held["features"].astype(np.float64) @ basis).astype(np.float32))
+                indices.append(held["indices"])
+    rows_k = np.concatenate(projected) if projected else np.zeros((0, k), np.float32)
+    indices_all = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+    rows_k, indices_all = _gather_rows(rows_k, indices_all)
+    if processes > 1:
+        say(f"process {process}: embedded {owned} tiles in {seconds:.1f} s")
+    if process != 0:
+        if not keep_work:
+            _remove_work(work)
+        return None
+    svd = {"k": k, "basis": basis.astype(np.float32), "singular_values": np.sqrt(values).astype(np.float32), "energy": energy,
+           "projected": True}
+    if source.kind == "bank":
+        library = TileLibrary("bank", BANK, [], None, None, rows_k, settings, color, source.fingerprint, [], svd,
+                              bank=tuple(source.grid))
+    else:
+        entries = [source.entry(int(i)) for i in indices_all]
+        lost = sorted(set(range(source.count)) - {int(i) for i in indices_all})
+        library = TileLibrary("folder", str(source.root), entries, None, None, rows_k, settings, color, source.fingerprint,
+                              [source.entry(i) for i in lost], svd)
+    library.build = {"tiles_per_second": owned / max(seconds, 1e-9), "seconds": seconds, "processes": processes,
+                     "devices": devices, "chunk": chunk}
+    save_library(out, library, inputs=[] if source.kind == "bank" else [source.root])
+    if not keep_work:
+        _remove_work(work)
+    return library
