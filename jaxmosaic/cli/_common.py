@@ -107,7 +107,7 @@ def count_progress(label: str, *, transient: bool = True) -> Iterator:
 
 
 @contextlib.contextmanager
-def rate_progress(label: str, *, unit: str = "tiles", transient: bool = False) -> Iterator:
+def rate_progress(label: str, *, unit: str = "tiles", transient: bool = True) -> Iterator:
     """A rich progress bar over a count, with the rate and the time left; yields `update(done, total)`."""
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), RateColumn(unit), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=transient) as bar:

@@ -1,0 +1,273 @@
+"""The original photomosaic at its scale: the Gabor bank, the streaming library build (against an
+in-memory build, killed and resumed, over 4 forced devices and over 2 processes), matching with
+|score|, and the CLI from bank to mosaic."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+from typer.testing import CliRunner
+
+from conftest import ROOT, SAMPLES
+from jaxmosaic.cli import app
+from jaxmosaic.search import svd_compress
+from jaxmosaic.techniques.mosaic import ColorMode, FeatureConfig, batched_features, feature_function, load_library
+from jaxmosaic.techniques.mosaic.bank import BankGrid, bank_axes, bank_parameters, parse_bank_grid, render_bank
+from jaxmosaic.techniques.mosaic.stream import BankSource, build_folder, stream_library, top_eigen
+from jaxmosaic.weights import random_alexnet
+
+runner = CliRunner()
+SUBSET = BankGrid(8, 5, 10, 5)  # 2,000 tiles
+SMALL = BankGrid(2, 3, 4, 2)  # 48 tiles
+
+
+def opencv_gabor(ksize, sigma, theta, lambd, gamma, psi):
+    """cv2.getGaborKernel((ksize, ksize), ...) transcribed from OpenCV's imgproc/src/gabor.cpp
+    (float64; checked against opencv-python 5.0 to 1e-16): a (2 (ksize // 2) + 1)-sided kernel,
+    stored flipped (row ymax - y, column xmax - x)."""
+    half = ksize // 2
+    c, s = math.cos(theta), math.sin(theta)
+    y, x = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
+    xr, yr = x * c + y * s, -x * s + y * c
+    sigma_y = sigma / gamma
+    values = np.exp(-0.5 / sigma**2 * xr**2 - 0.5 / sigma_y**2 * yr**2) * np.cos(2 * math.pi / lambd * xr + psi)
+    kernel = np.empty_like(values)
+    kernel[half - y.astype(int), half - x.astype(int)] = values
+    return kernel
+
+
+def test_bank_grid_order_and_renderer_equal_opencv():
+    grid = BankGrid()
+    assert grid.size == 312_500 and str(grid) == "50,10,25,25" and parse_bank_grid("2,2,3,3").size == 36
+    sigma, theta, lambd, gamma = bank_axes(grid)
+    np.testing.assert_allclose(bank_parameters(grid, [0, 1, 25, 625, 6250, 312_499]),
+                               [[sigma[0], theta[0], lambd[0], gamma[0]], [sigma[0], theta[0], lambd[0], gamma[1]],
+                                [sigma[0], theta[0], lambd[1], gamma[0]], [sigma[0], theta[1], lambd[0], gamma[0]],
+                                [sigma[1], theta[0], lambd[0], gamma[0]], [75, np.pi, 100, 1.0]], rtol=1e-6)
+    indices = np.random.default_rng(0).choice(grid.size, 24, replace=False)
+    tiles = render_bank(grid, indices)
+    assert tiles.shape == (24, 224, 224, 3)
+    for tile, row in zip(tiles, bank_parameters(grid, indices).astype(np.float64)):
+        kernel = opencv_gabor(224, *row, math.pi / 2)[:-1, :-1]
+        expected = (kernel - kernel.min()) / (kernel.max() - kernel.min())
+        assert np.abs(tile[..., 0] - expected).max() < 1e-5
+    with pytest.raises(Exception, match="four whole numbers"):
+        parse_bank_grid("50,10,25")
+    try:
+        import cv2
+    except ImportError:
+        return
+    row = bank_parameters(grid, [123_456])[0].astype(np.float64)
+    kernel = cv2.getGaborKernel((224, 224), *row, math.pi / 2)
+    np.testing.assert_allclose(opencv_gabor(224, *row, math.pi / 2), kernel, atol=1e-12)
+
+
+@pytest.fixture(scope="session")
+def alexnet64():
+    params = random_alexnet(jax.random.PRNGKey(0))
+    return params, FeatureConfig.alexnet(ColorMode.multiply, size=64, weights="random-0")
+
+
+@pytest.fixture(scope="session")
+def streamed(alexnet64, tmp_path_factory):
+    """The 2,000-tile subset built in chunks of 256, and its features computed in memory."""
+    params, settings = alexnet64
+    out = tmp_path_factory.mktemp("stream") / "bank.npz"
+    library = stream_library(BankSource(SUBSET), settings, ColorMode.multiply, out, params=params, weights=settings.weights,
+                             k=100, chunk=256)
+    features = batched_features(feature_function(settings, params), render_bank(SUBSET, np.arange(SUBSET.size), 64), 250)
+    return out, library, features
+
+
+def _same_library(a_basis, a_rows, b_basis, b_rows, tolerance=1e-4):
+    angle = scipy.linalg.subspace_angles(np.asarray(a_basis, np.float64), np.asarray(b_basis, np.float64)).max()
+    signs = np.sign(np.sum(np.asarray(a_rows) * np.asarray(b_rows), axis=0))
+    return angle, float(np.abs(np.asarray(a_rows) * signs - b_rows).max())
+
+
+def test_streaming_build_equals_an_in_memory_build(streamed):
+    out, library, features = streamed
+    assert library.features.shape == (2000, 100) and library.projected and library.svd["basis"].shape == (9216, 100)
+    assert not build_folder(out).exists(), "the build folder is removed once the library is written"
+    compressed = svd_compress(jnp.asarray(features), 100, renormalize=False)
+    angle, rows = _same_library(compressed.basis, np.asarray(compressed.dictionary), library.svd["basis"], library.features)
+    assert angle < 1e-3 and rows < 1e-4, (angle, rows)
+    np.testing.assert_allclose(library.svd["singular_values"], compressed.singular_values, rtol=1e-4)
+    assert abs(library.svd["energy"] - float(compressed.energy)) < 1e-5
+    loaded = load_library(out)
+    np.testing.assert_array_equal(loaded.features, library.features)
+    assert loaded.bank == tuple(SUBSET) and loaded.projected and len(loaded) == 2000
+    np.testing.assert_allclose(loaded.render([0, 1999], 32), render_bank(SUBSET, [0, 1999], 32))
+
+
+def test_top_eigen_randomized_equals_exact():
+    """Above 2048 dimensions: randomized subspace iteration, on a spectrum falling as features' do."""
+    basis, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((2500, 300)))
+    gram = np.asfortranarray((basis * 0.95 ** np.arange(300)) @ basis.T)
+    values, vectors = top_eigen(gram, 20)
+    exact_values, exact_vectors = np.linalg.eigh(gram)
+    np.testing.assert_allclose(values, exact_values[::-1][:20], rtol=1e-9)
+    assert scipy.linalg.subspace_angles(vectors, exact_vectors[:, ::-1][:, :20]).max() < 1e-6
+
+
+def test_killed_build_resumes_from_its_last_chunk(alexnet64, streamed, tmp_path):
+    params, settings = alexnet64
+    out = tmp_path / "bank.npz"
+    calls = []
+
+    def stop_after_three(done, total):
+        calls.append(done)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        stream_library(BankSource(SUBSET), settings, ColorMode.multiply, out, params=params, weights=settings.weights, k=100,
+                       chunk=256, progress=stop_after_three)
+    work = build_folder(out)
+    assert sorted(p.name for p in work.glob("chunk-*.npz")) == [f"chunk-00000{i}.npz" for i in range(3)] and not out.exists()
+    seen = []
+    original = BankSource.inputs
+
+    def counted(self, start, stop):
+        seen.append(start)
+        return original(self, start, stop)
+
+    BankSource.inputs = counted
+    try:
+        library = stream_library(BankSource(SUBSET), settings, ColorMode.multiply, out, params=params, weights=settings.weights,
+                                 k=100, chunk=256, resume=True)
+    finally:
+        BankSource.inputs = original
+    assert seen == [768, 1024, 1280, 1536, 1792], "only the chunks not finished are embedded again"
+    np.testing.assert_array_equal(library.features, streamed[1].features)
+    np.testing.assert_array_equal(library.svd["basis"], streamed[1].svd["basis"])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+BUILD = ["library", "build", "gabor-bank", "--bank-grid", str(SMALL), "--features", "alexnet", "--weights", "random",
+         "--svd-k", "20", "--chunk", "8"]
+
+
+def _env(devices: int = 1) -> dict:
+    env = {**os.environ, "JAXMOSAIC_NO_COMPILATION_CACHE": "1", "PYTHONPATH": str(ROOT)}
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def test_devices_and_processes_give_the_library_of_one_process(tmp_path):
+    """One process on one device (here), one process over 4 forced host devices, and 2 processes
+    (jax.distributed on 127.0.0.1, CPU collectives) build the same 48-tile AlexNet library."""
+    one = tmp_path / "one.npz"
+    result = runner.invoke(app, [*BUILD, "-o", str(one), "--devices", "1"])
+    assert result.exit_code == 0, result.output
+    command = [sys.executable, "-m", "jaxmosaic.cli"]
+    four = tmp_path / "four.npz"
+    done = subprocess.run([*command, *BUILD, "-o", str(four)], env=_env(4), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "over 4 device(s)" in done.stderr
+    two = tmp_path / "two.npz"
+    port = _free_port()
+    workers = [subprocess.Popen([*command, *BUILD, "-o", str(two), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                                 "--process-id", str(i)], env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(2)]
+    outputs = [worker.communicate(timeout=600) for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers), [err[-2000:] for _, err in outputs]
+    assert "2 process(es)" in outputs[0][1] and "process 0 writes" in outputs[1][1]
+    reference = load_library(one)
+    for path in (four, two):
+        other = load_library(path)
+        angle, rows = _same_library(reference.svd["basis"], reference.features, other.svd["basis"], other.features)
+        assert angle < 1e-3 and rows < 1e-4, (path.name, angle, rows)
+        assert abs(other.svd["energy"] - reference.svd["energy"]) < 1e-6
+    assert not any(p.name.startswith("two.npz.build") for p in tmp_path.iterdir())
+
+
+SHARDED = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax, numpy as np
+    from jax.sharding import Mesh
+    from jaxmosaic.search import l2_normalize, match_sharded, match_tiles, shard_dictionary
+    rng = np.random.default_rng(0)
+    mesh = Mesh(np.asarray(jax.devices()), ("devices",))
+    queries = np.asarray(l2_normalize(rng.normal(size=(50, 16)).astype(np.float32)))
+    tiles = np.asarray(l2_normalize(rng.normal(size=(1001, 16)).astype(np.float32)))
+    for k in (1, 5):
+        for absolute in (False, True):
+            s1, i1 = match_tiles(queries, tiles, top_k=k, absolute=absolute)
+            s4, i4 = jax.jit(match_sharded, static_argnames=("mesh", "tiles", "top_k", "absolute"))(
+                queries, shard_dictionary(tiles, mesh), mesh=mesh, tiles=1001, top_k=k, absolute=absolute)
+            assert np.array_equal(np.asarray(i1), np.asarray(i4)), (k, absolute)
+            assert np.allclose(np.asarray(s1), np.asarray(s4), atol=1e-6)
+    print("sharded matching equals one device")
+""")
+
+
+def test_sharded_matching_equals_one_device():
+    done = subprocess.run([sys.executable, "-c", SHARDED], env=_env(4), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "equals one device" in done.stdout
+
+
+def test_bank_mosaic_with_abs_scores_from_the_cli(tmp_path):
+    library = tmp_path / "bank.npz"
+    result = runner.invoke(app, ["library", "build", "gabor-bank", "--bank-grid", "2,2,3,3", "--features", "alexnet", "--weights",
+                                 "random", "--svd-k", "12", "--chunk", "16", "-o", str(library)])
+    assert result.exit_code == 0, result.output
+    out, metrics = tmp_path / "mosaic.png", tmp_path / "metrics.json"
+    result = runner.invoke(app, ["mosaic", str(SAMPLES / "astronaut.png"), "-o", str(out), "--tiles", str(library), "--score", "abs",
+                                 "--weights", "random", "--cols", "6", "--render", "16", "--metrics", str(metrics)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(metrics.read_text())
+    assert summary["library"]["tiles"] == 36 and summary["library"]["k"] == 12 and summary["library"]["features"] == 9216
+    assert 0.9 < summary["library"]["energy_kept"] <= 1.0 and summary["library"]["match_seconds"] > 0
+    assert summary["settings"]["score"] == "abs" and summary["mosaic"]["patches"] == 36
+    scores = summary["mosaic"]["mean_score"]
+    assert 0 < scores <= 1.0
+    # the memory and option checks refuse before starting, in one line
+    refused = runner.invoke(app, [*BUILD, "-o", str(tmp_path / "x.npz"), "--max-memory", "0.05"])
+    assert refused.exit_code == 1 and "needs about" in refused.output and "--chunk" in refused.output
+    assert not (tmp_path / "x.npz").exists() and not (tmp_path / "x.npz.build").exists()
+    bad = runner.invoke(app, [*BUILD, "-o", str(tmp_path / "y.npz"), "--coordinator", "127.0.0.1:1"])
+    assert bad.exit_code == 1 and "go together" in bad.output
+    bad = runner.invoke(app, [*BUILD[:3], "--bank-grid", "1,2", "-o", str(tmp_path / "z.npz")])
+    assert bad.exit_code == 1 and "--bank-grid" in bad.output
+
+
+def test_streaming_a_folder_equals_its_in_memory_library(tmp_path):
+    """A folder with an unreadable file, colour features (d = 64: the exact eigen path), chunks of 5."""
+    from PIL import Image
+
+    from jaxmosaic.techniques.mosaic import build_library
+    from jaxmosaic.techniques.mosaic.stream import FolderSource
+
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(23):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"t{i:02d}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    settings = FeatureConfig.color(ColorMode.none)
+    library = stream_library(FolderSource(folder, settings.size), settings, ColorMode.none, tmp_path / "lib.npz", k=8, chunk=5)
+    memory = build_library(str(folder), settings, ColorMode.none)
+    assert library.entries == memory.entries and library.skipped == memory.skipped == ["broken.png"]
+    compressed = svd_compress(jnp.asarray(memory.features), 8, renormalize=False)
+    angle, rows = _same_library(compressed.basis, np.asarray(compressed.dictionary), library.svd["basis"], library.features)
+    assert angle < 1e-4 and rows < 1e-5, (angle, rows)
+    assert load_library(tmp_path / "lib.npz").tile_path(3).name == "t03.png"
