@@ -427,12 +427,17 @@ def random_alexnet(key: jax.Array, *, reference_size: int = 224) -> dict:
         std = np.sqrt(2.0 / (kh * kw * in_channels))
         params[name] = {"kernel": jax.random.normal(layer_key, (kh, kw, in_channels, out_channels), jnp.float32) * std,
                         "bias": jnp.zeros((out_channels,), jnp.float32)}
+    # With zero biases every layer is positively homogeneous (ReLU, max pooling), so one pass of
+    # the unscaled network gives all the scales: layer l's mean after rescaling the layers before
+    # it is its unscaled mean divided by the layer before's.
     reference = jax.random.uniform(jax.random.PRNGKey(0), (1, reference_size, reference_size, 3))
-    for name in ALEXNET_CONVS:
-        relu = f"relu{name[-1]}"
-        activation = alexnet_features(params, reference, (relu,))[relu]
-        scale = 1.0 / jnp.maximum(jnp.mean(activation), 1e-12)
-        params[name] = {"kernel": params[name]["kernel"] * scale, "bias": params[name]["bias"] * scale}
+    relus = tuple(f"relu{name[-1]}" for name in ALEXNET_CONVS)
+    means = jax.jit(lambda p, x: [jnp.mean(a) for a in alexnet_features(p, x, relus).values()])(params, reference)
+    previous = 1.0
+    for name, mean in zip(ALEXNET_CONVS, means):
+        scale = previous / jnp.maximum(mean, 1e-12)
+        params[name] = {"kernel": params[name]["kernel"] * scale, "bias": params[name]["bias"]}
+        previous = mean
     return params
 
 

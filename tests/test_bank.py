@@ -177,18 +177,16 @@ def test_devices_and_processes_give_the_library_of_one_process(tmp_path):
     result = runner.invoke(app, [*BUILD, "-o", str(one), "--devices", "1"])
     assert result.exit_code == 0, result.output
     command = [sys.executable, "-m", "jaxmosaic.cli"]
-    four = tmp_path / "four.npz"
-    done = subprocess.run([*command, *BUILD, "-o", str(four)], env=_env(4), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "over 4 device(s)" in done.stderr
-    two = tmp_path / "two.npz"
+    four, two = tmp_path / "four.npz", tmp_path / "two.npz"
     port = _free_port()
-    workers = [subprocess.Popen([*command, *BUILD, "-o", str(two), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                                 "--process-id", str(i)], env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for i in range(2)]
+    runs = [([*command, *BUILD, "-o", str(four)], _env(4))]  # the three processes run at once
+    runs += [([*command, *BUILD, "-o", str(two), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
+               str(i)], _env(1)) for i in range(2)]
+    workers = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args, env in runs]
     outputs = [worker.communicate(timeout=600) for worker in workers]
     assert all(worker.returncode == 0 for worker in workers), [err[-2000:] for _, err in outputs]
-    assert "2 process(es)" in outputs[0][1] and "process 0 writes" in outputs[1][1]
+    assert "over 4 device(s)" in outputs[0][1]
+    assert "2 process(es)" in outputs[1][1] and "process 0 writes" in outputs[2][1]
     reference = load_library(one)
     for path in (four, two):
         other = load_library(path)

@@ -167,6 +167,13 @@ def _cached_bank(config: LibraryConfig, settings, mode, *, params, cache, progre
                 say(f"{BANK} library ({len(library)} tiles) is up to date ({cached})")
                 library.color = mode
                 return library
+    from jaxmosaic.resources import check_disk, check_memory
+    from jaxmosaic.techniques.mosaic.stream import stream_memory
+
+    dimension = settings.dimension or 512
+    check_memory(stream_memory(settings, dimension, 256, config.bank_grid.size, 100 if k == "auto" else int(k)),
+                 f"building the {BANK} library", hint="build it with `jaxmosaic library build gabor-bank --chunk N` first")
+    check_disk(cache, config.bank_grid.size * dimension * 4, f"the feature rows of {config.bank_grid.size} bank tiles")
     cached.parent.mkdir(parents=True, exist_ok=True)
     say(f"building the {BANK} library ({config.bank_grid.size} tiles) once, into {cached}")
     return stream_library(BankSource(config.bank_grid), settings, mode, cached, params=params, weights=settings.weights,
