@@ -143,10 +143,10 @@ def test_texture_loss_matches_pytorch(torch_model, torch_params):
 
 @pytest.fixture(scope="module")
 def brick_runs(random_params):
-    """The brick sample at 96x96, 150 L-BFGS iterations with the spectrum term on and off."""
-    exemplar = brick(96)
-    on = synthesize(random_params, exemplar, steps=150, chunk=150)
-    off = synthesize(random_params, exemplar, steps=150, spectrum_weight=0.0, chunk=150)
+    """The brick sample at 80x80, 120 L-BFGS iterations with the spectrum term on and off."""
+    exemplar = brick(80)
+    on = synthesize(random_params, exemplar, steps=120, chunk=120)
+    off = synthesize(random_params, exemplar, steps=120, spectrum_weight=0.0, chunk=120)
     return exemplar, on, off
 
 
@@ -157,8 +157,8 @@ def test_brick_synthesis_with_and_without_the_spectrum_term(random_params, brick
     start = float(texture_loss(noise, targets, random_params, layer_weights=WEIGHTS)[1]["gram"])
     assert on.facts["spectrum_weight"] > 0 and off.facts["spectrum_weight"] == 0
     for run in (on, off):
-        assert run.images.shape == (1, 96, 96, 1)
-        assert run.loss[0]["gram"] <= 0.01 * start
+        assert run.images.shape == (1, 80, 80, 1)
+        assert run.loss[0]["gram"] <= 0.01 * start, (run.loss[0]["gram"] / start)
     distance_on = float(spectrum_distance(on.images[0], targets.spectrum))
     distance_off = float(spectrum_distance(off.images[0], targets.spectrum))
     assert distance_on < distance_off
