@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmosaic.errors import ConfigError
-from jaxmosaic.vgg import IMAGENET_MEAN, IMAGENET_STD
+from jaxmosaic.vgg import IMAGENET_MEAN, IMAGENET_STD, check_names
 
 __all__ = [
     "AlexNet",
@@ -69,17 +68,7 @@ _INDEX = {name: i for i, name in enumerate(ALEXNET_LAYERS)}
 
 def check_alexnet_layers(layers: Sequence[str], field: str | None = None) -> tuple[str, ...]:
     """`layers` as a tuple, or an error naming the unknown ones (a `ConfigError` for `field`)."""
-    if isinstance(layers, str):
-        layers = (layers,)
-    unknown = [name for name in layers if name not in _INDEX]
-    reason = None
-    if unknown:
-        reason = f"unknown AlexNet layer(s) {', '.join(unknown)}; valid names: {', '.join(ALEXNET_LAYERS)}"
-    elif not layers:
-        reason = "no AlexNet layer requested"
-    if reason is not None:
-        raise ConfigError(field, reason) if field else ValueError(reason)
-    return tuple(layers)
+    return check_names(layers, ALEXNET_LAYERS, "AlexNet", field)
 
 
 def _averaging_matrix(size: int, out: int) -> np.ndarray:

@@ -170,9 +170,10 @@ class Outcome(NamedTuple):
     evaluations: np.ndarray | None = None  # L-BFGS: loss-and-gradient evaluations of each problem in this call
 
 
-def device_mesh(devices: int | None = None) -> Mesh | None:
-    """A one-axis mesh ("devices") over the first `devices` devices (default: all), or None for one."""
-    available = jax.devices()
+def device_mesh(devices: int | None = None, *, local: bool = False) -> Mesh | None:
+    """A one-axis mesh ("devices") over the first `devices` devices (default: all; with `local`,
+    this process's own only), or None for one."""
+    available = jax.local_devices() if local else jax.devices()
     count = len(available) if devices is None else devices
     if not 1 <= count <= len(available):
         raise ValueError(f"devices must be between 1 and the {len(available)} available, got {count}")

@@ -80,14 +80,20 @@ def layer_stride(name: str) -> int:
 def check_layers(layers: Sequence[str], field: str | None = None) -> tuple[str, ...]:
     """`layers` as a tuple, or an error naming the unknown ones and listing the valid names: a
     `ConfigError` for the setting `field` when one is named, else a ValueError."""
+    return check_names(layers, VGG19_LAYERS, "VGG19", field)
+
+
+def check_names(layers: Sequence[str], valid: Sequence[str], network: str, field: str | None = None) -> tuple[str, ...]:
+    """`layers` as a tuple if every name is one of `valid` (a network's layer names), else an
+    error naming the unknown ones and listing the valid ones (a `ConfigError` for `field`)."""
     if isinstance(layers, str):
         layers = (layers,)
-    unknown = [name for name in layers if name not in _INDEX]
+    unknown = [name for name in layers if name not in valid]
     reason = None
     if unknown:
-        reason = f"unknown VGG19 layer(s) {', '.join(unknown)}; valid names: {', '.join(VGG19_LAYERS)}"
+        reason = f"unknown {network} layer(s) {', '.join(unknown)}; valid names: {', '.join(valid)}"
     elif not layers:
-        reason = "no VGG19 layer requested"
+        reason = f"no {network} layer requested"
     if reason is not None:
         raise ConfigError(field, reason) if field else ValueError(reason)
     return tuple(layers)

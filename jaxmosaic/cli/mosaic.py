@@ -11,7 +11,6 @@ from typing import Annotated
 import jax
 import numpy as np
 import typer
-from jax.sharding import Mesh
 
 from jaxmosaic.cli._common import MetricsOption, OverwriteOption, WeightsOption, echo, guarded, output_name, rate_progress
 from jaxmosaic.cli._common import vgg_params
@@ -44,6 +43,7 @@ from jaxmosaic.techniques.mosaic import (
     obtain_library,
     save_library,
 )
+from jaxmosaic.optimize import device_mesh
 from jaxmosaic.techniques.mosaic.bank import BANK
 from jaxmosaic.techniques.mosaic.stream import stream_library, stream_memory, tile_source
 from jaxmosaic.weights import cache_dir
@@ -59,11 +59,9 @@ def _network_params(kind: FeatureKind, weights: str | None, seed: int):
 
 def _mesh(devices: int | None):
     """A mesh over the first `devices` local devices (default all), or None for one."""
-    available = jax.local_devices()
-    count = len(available) if devices is None else devices
-    if count > len(available):
-        raise JaxmosaicError(f"--devices {count}: only {len(available)} local device(s) are visible")
-    return Mesh(np.asarray(available[:count]), ("devices",)) if count > 1 else None
+    if devices is not None and devices > len(jax.local_devices()):
+        raise JaxmosaicError(f"--devices {devices}: only {len(jax.local_devices())} local device(s) are visible")
+    return device_mesh(devices, local=True)
 
 
 def _tile_library(tiles: str, config: LibraryConfig, weights: str | None, inputs, *, cache: bool) -> tuple[TileLibrary, object]:

@@ -14,6 +14,7 @@ Two shapes:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -121,6 +122,22 @@ class OutputFolder:
         self.expect([name])
         self.written.add(name)
         return self.path / name
+
+    def clear(self) -> None:
+        """Remove every file the marker lists (what jaxmosaic wrote here before), nothing else."""
+        for name in sorted(self.listed):
+            target = self.path / name
+            if target.is_symlink() or target.is_file():
+                target.unlink()
+        self.listed, self.written = set(), set()
+        _write_marker(self.path, self.kind)
+
+    def remove(self) -> None:
+        """`clear`, then the marker, then the folder itself if nothing else is left in it."""
+        self.clear()
+        (self.path / MARKER).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
 
     def finish(self) -> list[str]:
         """Remove the files earlier runs wrote that this one did not; the names removed."""

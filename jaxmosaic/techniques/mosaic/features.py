@@ -172,6 +172,15 @@ def color_features(images: jax.Array, grid: int = 4) -> jax.Array:
     return l2_normalize(features.reshape(images.shape[0], -1))
 
 
+def _pooled_rows(maps: jax.Array, pool: str, flatten: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """NHWC activation maps as L2-normalised rows: their spatial mean ("mean") or `flatten`ed ("flat")."""
+    if pool == PatchPool.mean:
+        return l2_normalize(jnp.mean(maps, axis=(1, 2)))
+    if pool == PatchPool.flat:
+        return l2_normalize(flatten(maps))
+    raise ValueError(f"pool must be 'mean' or 'flat', got {pool!r}")
+
+
 def vgg_patch_features(params, images: jax.Array, *, layer: str = "relu4_1", size: int = 64, pool: str = "mean",
                        pooling: str = "max") -> jax.Array:
     """VGG19 features of images resized to size x size: one layer, spatially averaged ("mean",
@@ -186,13 +195,7 @@ def vgg_patch_features(params, images: jax.Array, *, layer: str = "relu4_1", siz
     """
     images = resize(jnp.asarray(images), size, size)
     maps = vgg19_features(params, images, (layer,), pooling=pooling)[layer]
-    if pool == PatchPool.mean:
-        features = jnp.mean(maps, axis=(1, 2))
-    elif pool == PatchPool.flat:
-        features = maps.reshape(maps.shape[0], -1)
-    else:
-        raise ValueError(f"pool must be 'mean' or 'flat', got {pool!r}")
-    return l2_normalize(features)
+    return _pooled_rows(maps, pool, lambda m: m.reshape(m.shape[0], -1))
 
 
 def alexnet_patch_features(params, images: jax.Array, *, layer: str = "avgpool", size: int = 224,
@@ -212,13 +215,7 @@ def alexnet_patch_features(params, images: jax.Array, *, layer: str = "avgpool",
     if images.shape[1:3] != (size, size):
         images = resize(images, size, size)
     maps = alexnet_features(params, images, (layer,))[layer]
-    if pool == PatchPool.flat:
-        features = flatten_channels_first(maps)
-    elif pool == PatchPool.mean:
-        features = jnp.mean(maps, axis=(1, 2))
-    else:
-        raise ValueError(f"pool must be 'mean' or 'flat', got {pool!r}")
-    return l2_normalize(features)
+    return _pooled_rows(maps, pool, flatten_channels_first)
 
 
 def feature_program(config: FeatureConfig) -> Callable:

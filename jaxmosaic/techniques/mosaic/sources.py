@@ -150,6 +150,18 @@ def obtain_library(tiles: str, config: LibraryConfig, settings: FeatureConfig, m
     return with_svd(library, config.svd_k)
 
 
+def _current_cache(cached: Path, settings, mode) -> TileLibrary | None:
+    """The library cached at `cached` if it is readable and current for `settings` (serving
+    `mode`), else None."""
+    if cached.is_file():
+        with contextlib.suppress(JaxmosaicError):
+            library = load_library(cached)
+            if is_current(library, settings):
+                library.color = mode
+                return library
+    return None
+
+
 def _cached_bank(config: LibraryConfig, settings, mode, *, params, cache, progress, say) -> TileLibrary:
     """The Gabor bank's library: built chunk by chunk into the cache once (resuming a build that
     was stopped), then read from there."""
@@ -160,13 +172,10 @@ def _cached_bank(config: LibraryConfig, settings, mode, *, params, cache, progre
     k = config.svd_k if config.svd_k not in (0,) else 100
     key = hashlib.sha256(json.dumps([BANK, str(config.bank_grid), settings.as_dict(), k], sort_keys=True).encode()).hexdigest()[:20]
     cached = cache / f"bank-{key}.npz"
-    if cached.is_file():
-        with contextlib.suppress(JaxmosaicError):
-            library = load_library(cached)
-            if is_current(library, settings):
-                say(f"{BANK} library ({len(library)} tiles) is up to date ({cached})")
-                library.color = mode
-                return library
+    library = _current_cache(cached, settings, mode)
+    if library is not None:
+        say(f"{BANK} library ({len(library)} tiles) is up to date ({cached})")
+        return library
     from jaxmosaic.resources import check_disk, check_memory
     from jaxmosaic.techniques.mosaic.stream import stream_memory
 
@@ -185,13 +194,10 @@ def _cached_folder(source: Path, config, settings, mode, *, params, cache, progr
     if cache is not None:
         key = hashlib.sha256(json.dumps([str(source.resolve()), settings.as_dict()], sort_keys=True).encode()).hexdigest()[:20]
         cached = cache / f"{key}.npz"
-        if cached.is_file():
-            with contextlib.suppress(JaxmosaicError):
-                library = load_library(cached)
-                if is_current(library, settings):
-                    say(f"tile library for {source} is up to date ({cached})")
-                    library.color = mode
-                    return library
+        library = _current_cache(cached, settings, mode)
+        if library is not None:
+            say(f"tile library for {source} is up to date ({cached})")
+            return library
     library = build_library(str(source), settings, mode, params=params, progress=progress)
     if library.skipped:
         say(f"skipped {len(library.skipped)} unreadable file(s), e.g. {library.skipped[0]} (see `jaxmosaic library info`)")

@@ -29,9 +29,10 @@ import scipy.linalg
 import scipy.linalg.blas
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxmosaic.errors import JaxmosaicError
+from jaxmosaic.errors import ImageError, JaxmosaicError
 from jaxmosaic.image import resize
-from jaxmosaic.io.folders import FolderError, OutputFolder, folder_kind
+from jaxmosaic.io.files import atomic_path
+from jaxmosaic.io.folders import OutputFolder
 from jaxmosaic.io.images import IMAGE_SUFFIXES, scan_folder
 from jaxmosaic.techniques.mosaic.bank import BANK, BANK_SIZE, BankGrid, bank_parameters, bank_tiles
 from jaxmosaic.techniques.mosaic.features import ColorMode, FeatureConfig, feature_program
@@ -93,8 +94,6 @@ class FolderSource:
         self.fingerprint = folder_fingerprint(self.root, self.files)
 
     def inputs(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        from jaxmosaic.errors import ImageError
-
         images, kept, skipped = [], [], []
         for index in range(start, stop):
             path = self.files[index]
@@ -237,9 +236,8 @@ def build_folder(out: Path, processes: int = 1, process: int = 0) -> Path:
 
 
 def _open_work(path: Path, plan: BuildPlan, resume: bool) -> tuple[OutputFolder, set[str]]:
-    """The build folder, its finished chunk files when resuming (else emptied of what it held)."""
-    if path.exists() and folder_kind(path) not in (None, _WORK_KIND):
-        raise FolderError(f"{path}: a jaxmosaic {folder_kind(path)} folder, not a library build; choose another --out")
+    """The build folder (one jaxmosaic marked as a library build, or a new one), with its
+    finished chunk files when resuming, else emptied of the files it lists."""
     folder = OutputFolder(path, _WORK_KIND)
     plan_file = path / "plan.json"
     finished: set[str] = set()
@@ -253,23 +251,10 @@ def _open_work(path: Path, plan: BuildPlan, resume: bool) -> tuple[OutputFolder,
                                  f"build without --resume to start again")
         finished = {name for name in folder.previous if name.startswith("chunk-") and (path / name).is_file()}
     else:
-        for name in folder.previous:
-            (path / name).unlink(missing_ok=True)
-        folder.listed = set()
-    with open(folder.file("plan.json"), "w") as file:
-        json.dump(dataclasses.asdict(plan), file)
+        folder.clear()
+    with atomic_path(folder.file("plan.json")) as tmp:
+        tmp.write_text(json.dumps(dataclasses.asdict(plan)))
     return folder, finished
-
-
-def _remove_work(folder: OutputFolder) -> None:
-    """Remove the build folder: the files it lists, its marker, the folder if then empty."""
-    for name in folder.listed:
-        (folder.path / name).unlink(missing_ok=True)
-    (folder.path / ".jaxmosaic").unlink(missing_ok=True)
-    try:
-        folder.path.rmdir()
-    except OSError:
-        pass
 
 
 def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str | os.PathLike, *, params=None,
@@ -323,11 +308,8 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
                 rows_c = np.zeros((0, dimension or 1), np.float32)
             if not np.all(np.isfinite(rows_c)):
                 raise JaxmosaicError(f"tiles {start}..{stop - 1}: their features are not finite; check the weights")
-            target = work.file(name)
-            partial = target.with_name(f".{name}.partial")
-            with open(partial, "wb") as file:
+            with atomic_path(work.file(name)) as tmp, open(tmp, "wb") as file:
                 np.savez(file, features=rows_c.astype(np.float32), indices=kept, skipped=np.asarray(lost, dtype=str))
-            os.replace(partial, target)
         skipped += lost
         if len(kept):
             if gram is None:
@@ -340,7 +322,10 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
         if progress:
             progress(done, owned)
     seconds = time.perf_counter() - started
-    dimension = int(_sum_across_processes(np.asarray([dimension or 0], np.float64)).max()) if processes > 1 else dimension
+    if processes > 1:  # a process whose tiles could all not be read has none of its own
+        from jax.experimental import multihost_utils
+
+        dimension = int(np.max(multihost_utils.process_allgather(np.asarray([dimension or 0], np.int32))))
     if dimension is None or dimension == 0:
         raise JaxmosaicError(f"{plan.source}: none of the {plan.count} tiles could be read")
     if gram is None:
@@ -374,7 +359,7 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
         say(f"process {process}: embedded {owned} tiles in {seconds:.1f} s")
     if process != 0:
         if not keep_work:
-            _remove_work(work)
+            work.remove()
         return None
     svd = {"k": k, "basis": basis.astype(np.float32), "singular_values": np.sqrt(values).astype(np.float32), "energy": energy,
            "projected": True}
@@ -390,5 +375,5 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
                      "devices": devices, "chunk": chunk}
     save_library(out, library, inputs=[] if source.kind == "bank" else [source.root])
     if not keep_work:
-        _remove_work(work)
+        work.remove()
     return library
