@@ -7,6 +7,10 @@ and with L-BFGS, in one run and on the same random VGG19 weights:
 - native: jaxmosaic's batch, the network run once on all N images per evaluation, each problem
   with its own optimiser state (and its own L-BFGS memory and line search);
 - separate: N runs of one problem (one run timed, times N);
+- every native and separate run is repeated (`--repeats`), the repeats interleaved (N = 1, 2, 4,
+  8, then again), and the fastest of each kept: on a shared machine a run is only ever slowed
+  down by others, and interleaving keeps a slow spell from falling on one N alone; the spread
+  (slowest / fastest) is reported;
 - vmap: the previous way, `jax.vmap` of one problem's loss and of optax's optimiser (optax.lbfgs
   with its zoom line search under vmap), the evaluations counted with a callback;
 - one evaluation: the native batch's loss and gradient alone, so that the optimiser's own cost
@@ -14,7 +18,7 @@ and with L-BFGS, in one run and on the same random VGG19 weights:
 - L-BFGS: loss-and-gradient evaluations per step per problem; GFLOP/s of the convolutions
   (forward and input gradient) against the matmul peak measured in the same run.
 
-    python bench/batch.py [--sizes 128,256] [--counts 1,2,4,8] [--steps 4] [--lbfgs-steps 12] [--vmap-max 4]
+    python bench/batch.py [--sizes 128,256] [--counts 1,2,4,8] [--steps 4] [--lbfgs-steps 12] [--repeats 3] [--vmap-max 4]
 """
 
 from __future__ import annotations
@@ -126,6 +130,7 @@ def main() -> None:
     parser.add_argument("--counts", default="1,2,4,8")
     parser.add_argument("--steps", type=int, default=4, help="Adam steps timed")
     parser.add_argument("--lbfgs-steps", type=int, default=12, help="L-BFGS steps timed (its first step searches longer)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every native and separate run; the fastest is kept")
     parser.add_argument("--vmap-max", type=int, default=4, help="the largest N the (slow) vmap path is timed for")
     parser.add_argument("--techniques", default="texture,style")
     parser.add_argument("--optimizers", default="adam,lbfgs")
@@ -137,31 +142,40 @@ def main() -> None:
     rows = []
     for technique in args.techniques.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
-            single = {}
-            for count in (int(c) for c in args.counts.split(",")):
+            counts = [int(c) for c in args.counts.split(",")]
+            cases = {}
+            for count in counts:
                 value, data, data_axes, deepest = loss_of(technique, params, size, count)
                 channels = 1 if technique == "texture" else 3
                 x = jax.random.uniform(jax.random.PRNGKey(count), (count, size, size, channels))
-                evaluate = jax.jit(jax.value_and_grad(lambda p, d: jnp.sum(value(p, d))))
-                one_eval = timeit(lambda: jax.block_until_ready(evaluate(x, data)), repeats=2)["min"]
-                flops = 2 * count * vgg_conv_flops(size, deepest)  # forward and input gradient
-                for optimizer in args.optimizers.split(","):
-                    steps = args.lbfgs_steps if optimizer == "lbfgs" else args.steps
-                    step, evaluations, batch_calls = native_seconds(value, x, data, data_axes, optimizer, steps)
-                    if count == 1:
-                        single[optimizer] = step
+                evaluate = jax.jit(jax.value_and_grad(lambda p, d, value=value: jnp.sum(value(p, d))))
+                one_eval = timeit(lambda: jax.block_until_ready(evaluate(x, data)), repeats=args.repeats)["min"]
+                cases[count] = (value, data, data_axes, x, one_eval, 2 * count * vgg_conv_flops(size, deepest))
+            for optimizer in args.optimizers.split(","):
+                steps = args.lbfgs_steps if optimizer == "lbfgs" else args.steps
+                runs = {count: [] for count in counts}
+                for _ in range(args.repeats):  # interleaved: N = 1, 2, 4, 8, then again
+                    for count in counts:
+                        value, data, data_axes, x, _, _ = cases[count]
+                        runs[count].append(native_seconds(value, x, data, data_axes, optimizer, steps))
+                single = min(run[0] for run in runs[1]) if 1 in runs else float("nan")
+                for count in counts:
+                    value, data, data_axes, x, one_eval, flops = cases[count]
+                    times = [run[0] for run in runs[count]]
+                    step, (_, evaluations, batch_calls) = min(times), runs[count][0]
                     row = {"technique": technique, "size": size, "N": count, "optimizer": optimizer,
-                           "native s/step": step, "one evaluation s": one_eval, "native / evaluation": step / one_eval,
-                           "separate s/step": count * single[optimizer], "separate / native": count * single[optimizer] / step,
-                           "evals/step/problem": evaluations, "batch evals/step": batch_calls,
-                           "GFLOP/s": flops * batch_calls / step / 1e9, "of peak": flops * batch_calls / step / 1e9 / peak}
+                           "native s/step": step, "spread": max(times) / step, "one evaluation s": one_eval,
+                           "native / evaluation": step / one_eval, "separate s/step": count * single,
+                           "separate / native": count * single / step, "evals/step/problem": evaluations,
+                           "batch evals/step": batch_calls, "GFLOP/s": flops * batch_calls / step / 1e9,
+                           "of peak": flops * batch_calls / step / 1e9 / peak, "native s/step runs": times}
                     if not args.no_vmap and count <= args.vmap_max:
                         vmapped, vmap_evals = vmap_seconds(value, x, data, data_axes, optimizer, steps)
                         row.update({"vmap s/step": vmapped, "vmap / native": vmapped / step, "vmap evals/step/problem": vmap_evals})
                     rows.append(row)
-                    print(markdown_table([row], list(row)), flush=True)
+                    print(markdown_table([row], [key for key in row if key != "native s/step runs"]), flush=True)
     path = write_results("batch", {"config": vars(args), "matmul_peak_gflops": peak, "rows": rows})
-    columns = ["technique", "size", "N", "optimizer", "native s/step", "separate s/step", "vmap s/step", "separate / native",
+    columns = ["technique", "size", "N", "optimizer", "native s/step", "spread", "separate s/step", "vmap s/step", "separate / native",
                "vmap / native", "native / evaluation", "evals/step/problem", "batch evals/step", "vmap evals/step/problem", "GFLOP/s",
                "of peak"]
     print("\nbatches of problems: seconds per step, random VGG19 weights, one process")
