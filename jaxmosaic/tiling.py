@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxmosaic.losses import _positions as _cells, gram_matrix, tv_losses
 from jaxmosaic.resources import largest_tile
-from jaxmosaic.vgg import layer_stride, vgg19_features
+from jaxmosaic.vgg import layer_stride, three_channels, vgg19_features
 
 __all__ = [
     "TilePlan",
@@ -206,7 +206,7 @@ def tiled_style_terms(params, images, content, grams: Mapping[str, jax.Array], s
     _check_statistics(tile, halo)
     images = jnp.asarray(images, jnp.float32)
     count, height, width = images.shape[:3]
-    network = jnp.concatenate([images] * 3, axis=-1) if images.shape[-1] == 1 else images  # see texture._rgb
+    network = three_channels(images)
     content_layers = tuple(content_layers) if content is not None else ()
     layers = tuple(dict.fromkeys((*content_layers, *style_weights)))
     run = jax.jit(_interiors, static_argnames=("layers", "spans", "pooling"))

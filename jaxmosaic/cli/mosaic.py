@@ -59,9 +59,10 @@ def _network_params(kind: FeatureKind, weights: str | None, seed: int):
 
 def _mesh(devices: int | None):
     """A mesh over the first `devices` local devices (default all), or None for one."""
-    if devices is not None and devices > len(jax.local_devices()):
-        raise JaxmosaicError(f"--devices {devices}: only {len(jax.local_devices())} local device(s) are visible")
-    return device_mesh(devices, local=True)
+    try:
+        return device_mesh(devices, local=True)
+    except ValueError as error:
+        raise JaxmosaicError(f"--devices {devices}: {error}") from None
 
 
 def _tile_library(tiles: str, config: LibraryConfig, weights: str | None, inputs, *, cache: bool) -> tuple[TileLibrary, object]:

@@ -125,10 +125,7 @@ class OutputFolder:
 
     def clear(self) -> None:
         """Remove every file the marker lists (what jaxmosaic wrote here before), nothing else."""
-        for name in sorted(self.listed):
-            target = self.path / name
-            if target.is_symlink() or target.is_file():
-                target.unlink()
+        self._unlink(self.listed)
         self.listed, self.written = set(), set()
         _write_marker(self.path, self.kind)
 
@@ -139,13 +136,18 @@ class OutputFolder:
         with contextlib.suppress(OSError):
             self.path.rmdir()
 
-    def finish(self) -> list[str]:
-        """Remove the files earlier runs wrote that this one did not; the names removed."""
-        stale = sorted(self.listed - self.written)
-        for name in stale:
+    def _unlink(self, names: Iterable[str]) -> None:
+        """Unlink these listed names where they are files (or links, not followed); a folder
+        someone put under such a name is left alone."""
+        for name in sorted(names):
             target = self.path / name
             if target.is_symlink() or target.is_file():
                 target.unlink()
+
+    def finish(self) -> list[str]:
+        """Remove the files earlier runs wrote that this one did not; the names removed."""
+        stale = sorted(self.listed - self.written)
+        self._unlink(stale)
         _write_marker(self.path, self.kind, self.written)
         return stale
 

@@ -31,7 +31,7 @@ from jaxmosaic.optimize import Optimizer, Problem, Progress, Solution, Stage, Ti
 from jaxmosaic.resources import activation_bytes, memory_budget, optimisation_bytes
 from jaxmosaic.tiling import HALO, TilePlan, held_bytes, plan_tiles, statistic_tile, tile_weights, tiled_style_terms
 from jaxmosaic.spectrum import spectrum_losses, spectrum_target
-from jaxmosaic.vgg import VGG19_LAYERS, Pooling, check_layers, smallest_side, vgg19_features
+from jaxmosaic.vgg import VGG19_LAYERS, Pooling, check_layers, smallest_side, three_channels, vgg19_features
 
 __all__ = [
     "TEXTURE_LAYERS",
@@ -161,16 +161,6 @@ class TextureTargets(NamedTuple):
     spectrum: jax.Array  # (H, W, C) image whose Fourier modulus is the target (`spectrum_target`)
 
 
-def _rgb(images: jax.Array) -> jax.Array:
-    """The network's three channels: grey repeated, colour as it is.
-
-    Concatenated, not `jnp.repeat`ed: the gradient of a broadcast is a reduction that XLA's CPU
-    backend fuses differently for different batch sizes, so a batch of variations would round
-    otherwise than each image alone (1e-9 in the first gradient, 2.4e-3 in the images after 30
-    L-BFGS steps); the gradient of a concatenation is a sum of slices, the same at any batch size."""
-    return jnp.concatenate([images] * 3, axis=-1) if images.shape[-1] == 1 else images
-
-
 def texture_targets(params, exemplar: jax.Array, *, size: tuple[int, int] | None = None,
                     layers: Sequence[str] = TEXTURE_LAYERS, pooling: str = "avg") -> TextureTargets:
     """Gram matrices for an output of `size` (height, width; default the exemplar's) and the
@@ -178,7 +168,7 @@ def texture_targets(params, exemplar: jax.Array, *, size: tuple[int, int] | None
     differ: `jaxmosaic.spectrum.spectrum_target`)."""
     exemplar = jnp.asarray(exemplar)
     height, width = size or exemplar.shape[:2]
-    return TextureTargets(gram_targets(params, _rgb(exemplar), layers, size=(height, width), pooling=pooling),
+    return TextureTargets(gram_targets(params, three_channels(exemplar), layers, size=(height, width), pooling=pooling),
                           spectrum_target(exemplar, height, width))
 
 
@@ -186,7 +176,7 @@ def texture_losses(x: jax.Array, targets: TextureTargets, params, *, layer_weigh
                    pooling: str = "avg", padding: str = "zeros") -> tuple[jax.Array, dict]:
     """The loss of each image of an NHWC batch, the network run once on the whole batch:
     (totals (N,), {"gram", "spectrum"}: (N,) each), as `texture_loss` defines them."""
-    features = vgg19_features(params, _rgb(x), tuple(layer_weights), pooling=pooling, padding=padding)
+    features = vgg19_features(params, three_channels(x), tuple(layer_weights), pooling=pooling, padding=padding)
     gram = style_losses(features, targets.grams, layer_weights)
     spectrum = spectrum_losses(x, targets.spectrum)
     return gram + spectrum_weight * spectrum, {"gram": gram, "spectrum": spectrum}
