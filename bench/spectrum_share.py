@@ -5,10 +5,12 @@ on the reference noise image (`calibrate_spectrum_weight`), and a texture of the
 synthesised (random VGG19 weights, L-BFGS, the default layers). Reported per share:
 
 - gram end / start: the Gram term of the result over that of the starting noise;
-- spectrum distance ||x - P(x)|| / ||x|| of the result (P: the projection on the exemplar's
-  Fourier modulus);
+- spectrum distance ||x - P(x)|| / ||x|| of the result as written (clipped to [0, 1]) and of the
+  optimised pixels before clipping (P: the projection on the target's Fourier modulus);
 - radial spectrum error: the mean absolute difference of the radially averaged log10 power
-  spectra (`radial_power_spectrum`, 32 rings) of the result and of the exemplar at the same size;
+  spectra (`radial_power_spectrum`, 32 rings, frequency in cycles per pixel) of the result and of
+  the exemplar at its own size (the spectrum target keeps the exemplar's frequencies per pixel at
+  any output size, as random-phase-noise synthesis does), and against the spectrum target itself;
 - the spectrum term's share of the loss at the end.
 
     python bench/spectrum_share.py [--size 128] [--steps 300] [--shares 0,0.02,0.1,0.3]
@@ -28,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, write_results  # noqa: E402
 
 from jaxmosaic import TextureConfig, TextureInputs, load_image, random_vgg19, synthesize_texture  # noqa: E402
-from jaxmosaic.image import resize  # noqa: E402
 from jaxmosaic.spectrum import radial_power_spectrum, spectrum_distance  # noqa: E402
 from jaxmosaic.techniques.texture import _exemplar, calibrate_spectrum_weight, texture_loss, texture_targets  # noqa: E402
 
@@ -52,7 +53,8 @@ def main() -> None:
     noise = jax.random.uniform(jax.random.PRNGKey(base.seed), (height, width, channels), jnp.float32)
     weights = base.weights
     _, start_terms = texture_loss(noise, targets, params, layer_weights=weights, pooling=base.pooling)
-    reference = radial_power_spectrum(resize(jnp.asarray(grey, jnp.float32), height, width))
+    reference = radial_power_spectrum(jnp.asarray(grey, jnp.float32))
+    target = radial_power_spectrum(targets.spectrum)
     rows = []
     for share in (float(s) for s in args.shares.split(",")):
         beta = 0.0 if share == 0 else calibrate_spectrum_weight(params, targets, weights, channels=channels, share=share,
@@ -63,7 +65,9 @@ def main() -> None:
         terms = solution.loss[0]
         row = {"share": share, "beta": beta, "gram end / start": terms["gram"] / float(start_terms["gram"]),
                "spectrum distance": float(spectrum_distance(image, targets.spectrum)),
+               "unclipped": float(spectrum_distance(jnp.asarray(solution.params[0]), targets.spectrum)),
                "radial spectrum error": float(jnp.mean(jnp.abs(radial_power_spectrum(image) - reference))),
+               "vs target": float(jnp.mean(jnp.abs(radial_power_spectrum(image) - target))),
                "spectrum share at the end": beta * terms["spectrum"] / terms["total"] if share else 0.0,
                "seconds": solution.seconds}
         rows.append(row)
