@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxmosaic._problems import finite, select
+from jaxmosaic._problems import count, finite, select
 from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.lbfgs import batched_lbfgs
 from jaxmosaic.tiling import blend_tile, tile_window, visit_order
@@ -106,28 +106,58 @@ def state_like(optimizer: str, lr: float | None, params):
         return transform.init(params)
 
 
-def _batched_value_and_grad(value_fn: Callable, data) -> Callable:
+def _batched_value_and_grad(value_fn: Callable, data, data_axes=None, group: int | None = None) -> Callable:
     """params -> ((B,) losses, gradients): the gradient of the summed losses, which is each
-    problem's own gradient since problem i's loss depends on its own parameters only."""
+    problem's own gradient since problem i's loss depends on its own parameters only.
 
-    def total(params):
-        values = value_fn(params, data)
-        return jnp.sum(values), values
+    With `group` (a divisor of B below it), the batch is evaluated `group` problems at a time,
+    one group after the other in a `lax.map`, each group's losses and gradients at once; the
+    parts of data with the problem axis (`data_axes`) are split with the params."""
 
-    def value_and_grad(params):
+    def whole(params, data):
+        def total(params):
+            values = value_fn(params, data)
+            return jnp.sum(values), values
+
         (_, values), grads = jax.value_and_grad(total, has_aux=True)(params)
         return values, grads
+
+    def value_and_grad(params):
+        batch = count(params)
+        if group is None or group >= batch:
+            return whole(params, data)
+        per_problem = _per_problem_leaves(data_axes, data)
+        split = lambda leaf: leaf.reshape((batch // group, group) + leaf.shape[1:])  # noqa: E731
+        own = jax.tree_util.tree_map(lambda sharded, leaf: split(leaf) if sharded else None, per_problem, data)
+        merge = lambda sharded, mine, leaf: mine if sharded else leaf  # noqa: E731
+
+        def evaluate(args):
+            params, mine = args
+            return whole(params, jax.tree_util.tree_map(merge, per_problem, mine, data, is_leaf=lambda x: x is None))
+
+        values, grads = jax.lax.map(evaluate, (jax.tree_util.tree_map(split, params), own))
+        return values.reshape(batch), jax.tree_util.tree_map(lambda g, p: g.reshape(p.shape), grads, params)
 
     return value_and_grad
 
 
-def make_chunk(value_fn: Callable, optimizer, length: int, *, lbfgs: bool):
+def _group(group: int | None, batch: int) -> int | None:
+    """The largest divisor of `batch` that is at most `group` (None: the whole batch at once)."""
+    if group is None or group >= batch:
+        return None
+    if group < 1:
+        raise ValueError(f"group must be a positive integer, got {group}")
+    return max(k for k in range(1, group + 1) if batch % k == 0)
+
+
+def make_chunk(value_fn: Callable, optimizer, length: int, *, lbfgs: bool, data_axes=None, group: int | None = None):
     """A function (params, opt_state, good, data) -> (params, opt_state, good, losses) running
     `length` steps of a batch of problems; `losses[i]` holds each problem's loss before step i
-    (NaN once a problem has stopped). Not jitted here: callers jit it once per chunk length."""
+    (NaN once a problem has stopped); the loss evaluated `group` problems at a time (see
+    `_batched_value_and_grad`). Not jitted here: callers jit it once per chunk length."""
 
     def step(params, opt_state, good, data):
-        value_and_grad = _batched_value_and_grad(value_fn, data)
+        value_and_grad = _batched_value_and_grad(value_fn, data, data_axes, group)
         if lbfgs:
             return optimizer.step(value_and_grad, params, opt_state, good)
         values, grads = value_and_grad(params)
@@ -255,6 +285,7 @@ def minimize(
     callback: Callable[[ChunkReport], None] | None = None,
     mesh: Mesh | None = None,
     split: str = "problems",
+    group: int | None = None,
 ) -> Outcome:
     """Minimise from `params`, in jitted chunks of steps.
 
@@ -276,6 +307,10 @@ def minimize(
         is sharded over it, padded with copies of the first problem to a multiple of its size
         (the copies are dropped from what is returned); with split="height" the image's
         height is sharded instead (one problem; XLA adds the halos the convolutions need).
+      group: evaluate the loss of at most this many problems at once (of each device's
+        problems with a mesh), one group after another inside the jitted step; the group is
+        the largest divisor of the batch not above it. None (default): all at once. On a CPU
+        a network is faster on a few large images at a time (`jaxmosaic.vgg.images_per_call`).
 
     Returns:
       An `Outcome`. A problem whose loss or update stops being finite stops alone (the others
@@ -296,10 +331,11 @@ def minimize(
     lbfgs = Optimizer(optimizer) == Optimizer.lbfgs
     batch = jax.tree_util.tree_leaves(params)[0].shape[0]
     params, data, size = _distribute(params, data, data_axes, mesh, split)
+    group = _group(group, size // mesh.size if mesh is not None and split == "problems" else size)
     compile_seconds, seconds = 0.0, 0.0
     evaluations_before = np.zeros(batch, np.int64)  # the evaluation of a fresh L-BFGS state counts
     if opt_state is None:
-        opt_state, compile_seconds = _fresh_state(transform, lbfgs, value_fn, params, data)
+        opt_state, compile_seconds = _fresh_state(transform, lbfgs, value_fn, params, data, data_axes, group)
     else:
         if lbfgs:
             evaluations_before = np.asarray(opt_state.evaluations)[:batch]
@@ -314,7 +350,7 @@ def minimize(
         length = min(chunk, steps - done)
         if length not in compiled:
             start = time.perf_counter()
-            function = make_chunk(value_fn, transform, length, lbfgs=lbfgs)
+            function = make_chunk(value_fn, transform, length, lbfgs=lbfgs, data_axes=data_axes, group=group)
             if mesh is not None and split == "problems":
                 function = _sharded_by_problem(function, mesh, opt_state, data, data_axes, size)
             compiled[length] = jax.jit(function).lower(params, opt_state, good, data).compile()
@@ -346,14 +382,14 @@ def _unpad(tree, batch: int, size: int):
     return jax.tree_util.tree_map(lambda leaf: leaf[:batch] if getattr(leaf, "ndim", 0) and leaf.shape[0] == size else leaf, tree)
 
 
-def _fresh_state(transform, lbfgs: bool, value_fn: Callable, params, data):
+def _fresh_state(transform, lbfgs: bool, value_fn: Callable, params, data, data_axes, group: int | None):
     """(a fresh optimiser state, seconds spent compiling): L-BFGS starts from the loss and the
     gradient at the start, evaluated once (and counted)."""
     if not lbfgs:
         with _standard_promotion():
             return transform.init(params), 0.0
     start = time.perf_counter()
-    evaluate = jax.jit(lambda p, d: _batched_value_and_grad(value_fn, d)(p))
+    evaluate = jax.jit(lambda p, d: _batched_value_and_grad(value_fn, d, data_axes, group)(p))
     compiled = evaluate.lower(params, data).compile()
     compile_seconds = time.perf_counter() - start
     value, grad = compiled(params, data)
@@ -403,6 +439,7 @@ class Stage(NamedTuple):
     data: Any  # what the loss needs besides params
     data_axes: Any = None  # which parts of data have the problem axis (0) or are shared (None)
     tiles: Tiles | None = None  # refine tile by tile (the stage's steps count per tile and tile: see `tiled_steps`)
+    group: int | None = None  # problems whose loss is evaluated at once (`minimize`'s group)
 
 
 class Problem(NamedTuple):
@@ -513,7 +550,7 @@ def solve(problem: Problem, *, callback: Callable[[Progress], None] | None = Non
             outcome = minimize(stage.value_fn, x, stage.data, optimizer=problem.optimizer, learning_rate=problem.learning_rate,
                                steps=problem.steps[index], chunk=chunk, batched=True, data_axes=stage.data_axes,
                                opt_state=state, start_step=start_step, callback=report, mesh=mesh,
-                               split="height" if problem.split else "problems")
+                               split="height" if problem.split else "problems", group=stage.group)
         params, opt_state = outcome.params, outcome.opt_state
         history.append(outcome.history)
         steps += outcome.steps - start_step

@@ -50,6 +50,10 @@ SCRIPT = textwrap.dedent("""
                                                     TextureInputs(image("brick.png", 32, 32)), params, mesh=m))
     compare("hybrid", lambda m: hybrid_optimize(HybridConfig(size=0, steps=5, ratios=(0.1, 0.3, 1.0, 3.0, 10.0)),
                                                 HybridInputs(image("astronaut.png", 32, 32), image("coffee.png", 32, 32)), mesh=m))
+    import jaxmosaic.techniques.texture as texture_module  # one image per network call, as on a CPU for large images
+    texture_module.images_per_call = lambda height, width: 1
+    compare("texture per image", lambda m: synthesize_texture(TextureConfig(steps=3, variations=devices, layers=("relu1_1", "pool1")),
+                                                              TextureInputs(image("brick.png", 32, 32)), params, mesh=m))
     tall = image("chelsea.png", 64, 48)
     compare("style split", lambda m: style_transfer(StyleConfig(size=64, steps=(4,), optimizer="adam", **shallow),
                                                     StyleInputs(tall, styles[:1]), params, mesh=m, split_image=m is not None))
@@ -81,10 +85,10 @@ def test_batches_and_split_images_on_forced_host_devices_equal_one_device(tmp_pa
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["devices"] == 8
     for devices in (8, 4):
-        for name in ("style", "texture", "hybrid"):  # each device runs its own problems
+        for name in ("style", "texture", "hybrid", "texture per image"):  # each device runs its own problems
             case = report[f"{name}@{devices}"]
             assert case["difference"] <= 1e-4 and case["loss"] <= 1e-4, (name, devices, case)
-        for name in ("style", "texture"):  # 8 problems: one each on 8 devices, two each on 4
+        for name in ("style", "texture", "texture per image"):  # 8 problems: one each on 8 devices, two each on 4
             case = report[f"{name}@{devices}"]
             assert case["mesh"] == devices and case["spec"][:1] == ["devices"], (name, devices, case)
         for name in ("style split", "texture split"):  # the Gram sums cross devices: equal but for the last bits

@@ -44,6 +44,50 @@ def test_batched_problems_are_independent():
         assert together.evaluations[i] == alone.evaluations[0]
 
 
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_a_batch_evaluated_in_groups_equals_the_whole_batch(optimizer):
+    # group k: the loss of k problems at a time, one group after another; per-problem data is
+    # split with the problems, shared data is seen whole by every group
+    starts = jnp.asarray([[-1.2, 1.0, 0.3], [0.5, 0.5, 0.5], [2.0, 2.0, -1.0], [0.0, -0.7, 1.1]], jnp.float32)
+    data = (jnp.asarray([100.0, 10.0, 1.0, 30.0]), jnp.asarray([0.25, -0.5, 1.0]))
+
+    def losses(x, data):  # each problem's sum its own (a vmap may sum in another order at another batch size)
+        scales, offset = data
+        return jnp.stack([rosenbrock(x[i] + offset, scales[i]) for i in range(x.shape[0])])
+
+    settings = dict(optimizer=optimizer, learning_rate=0.05 if optimizer == "adam" else None,
+                    steps=20 if optimizer == "adam" else 5, batched=True, data_axes=(0, None), chunk=10)
+    whole = minimize(losses, starts, data, **settings)
+    for group in (1, 2, 3):  # 3 does not divide 4: groups of 2
+        grouped = minimize(losses, starts, data, group=group, **settings)
+        if optimizer == "adam":
+            np.testing.assert_allclose(np.asarray(grouped.params), np.asarray(whole.params), rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(grouped.history, whole.history, rtol=1e-6)
+        else:  # XLA's CPU code rounds 3 elements and 12 differently in the last bit (1.2e-7 after
+            # one step), which Rosenbrock's valley amplifies through the line searches (7e-5 after 20)
+            np.testing.assert_allclose(np.asarray(grouped.params), np.asarray(whole.params), atol=1e-5)
+            np.testing.assert_allclose(grouped.history, whole.history, rtol=1e-5)
+            np.testing.assert_array_equal(grouped.evaluations, whole.evaluations)
+    assert float(whole.history[-1].sum()) < 0.5 * float(whole.history[0].sum())  # it went somewhere
+
+
+def test_group_is_the_largest_divisor_of_the_batch():
+    from jaxmosaic.optimize import _group
+
+    assert [_group(g, 8) for g in (None, 1, 2, 3, 4, 5, 7, 8, 9)] == [None, 1, 2, 2, 4, 4, 4, None, None]
+    assert _group(2, 7) == 1
+    with pytest.raises(ValueError, match="group"):
+        _group(0, 4)
+
+
+def test_images_per_call_on_a_cpu_make_up_256_by_256_pixels():
+    from jaxmosaic.vgg import images_per_call
+
+    assert jax.default_backend() == "cpu"
+    assert [images_per_call(s, s) for s in (32, 64, 128, 192, 256, 512)] == [64, 16, 4, 1, 1, 1]
+    assert images_per_call(128, 256) == 2
+
+
 def test_lbfgs_evaluations_are_counted_as_the_loss_runs():
     calls = []
 

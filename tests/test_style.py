@@ -119,11 +119,14 @@ def test_resume_reproduces_the_uninterrupted_run(random_params, tmp_path):
     assert resumed.loss[0]["total"] == pytest.approx(full.loss[0]["total"], rel=1e-6)
 
 
-@pytest.mark.parametrize("optimizer, lr", [("lbfgs", None), ("adam", 0.02)])
-def test_batch_of_styles_equals_separate_runs(random_params, optimizer, lr):
+@pytest.mark.parametrize("optimizer, lr, per_call", [("lbfgs", None, None), ("adam", 0.02, None), ("lbfgs", None, 1)])
+def test_batch_of_styles_equals_separate_runs(random_params, optimizer, lr, per_call, monkeypatch):
     # The batch runs through the network natively, each image's arithmetic as it is alone (the
     # Gram matrices and L-BFGS's per-problem sums one image at a time), so even 30 L-BFGS steps,
     # which amplify any last-bit difference through the line search, end where separate runs end.
+    # per_call 1: the batch evaluated one image at a time in the step (as on a CPU for large images).
+    if per_call is not None:
+        monkeypatch.setattr("jaxmosaic.techniques.style.images_per_call", lambda height, width: per_call)
     content = sample("astronaut.png", 48, 48)
     styles = [sample("brick.png", 48, 48), sample("coffee.png", 40, 56), sample("rocket.jpg", 48, 48)]
     settings = dict(size=48, steps=(30,), chunk=15, optimizer=optimizer, lr=lr, **SHALLOW)

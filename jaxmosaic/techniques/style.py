@@ -27,7 +27,7 @@ from jaxmosaic.losses import content_losses, gram_targets, style_losses, tv_loss
 from jaxmosaic.optimize import Optimizer, Problem, Progress, Resume, Solution, Stage, Tiles, learning_rate, per_image, solve
 from jaxmosaic.resources import activation_bytes, memory_budget, optimisation_bytes
 from jaxmosaic.tiling import HALO, TilePlan, held_bytes, position_share, statistic_tile, tile_weights, plan_tiles, tiled_grams, tiled_style_terms
-from jaxmosaic.vgg import Pooling, check_layers, smallest_side, vgg19_features
+from jaxmosaic.vgg import Pooling, check_layers, images_per_call, smallest_side, vgg19_features
 
 __all__ = [
     "CONTENT_LAYERS",
@@ -372,7 +372,8 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
         axes = (StyleTargets(None, 0) if config.batch else None, None)  # the content is shared by a batch of styles
         if plan.tile is not None:
             return Stage(f"{plan.width}x{plan.height} in {len(plan.grid)} tiles", start, tile_value(plan), None, axes, tiles(plan))
-        return Stage(f"{plan.width}x{plan.height}", start, value, (targets_at(plan.height, plan.width), params), axes)
+        return Stage(f"{plan.width}x{plan.height}", start, value, (targets_at(plan.height, plan.width), params), axes,
+                     group=images_per_call(plan.height, plan.width))
 
     def view(pixels):
         return jnp.clip(pixels, 0.0, 1.0)

@@ -31,7 +31,7 @@ from jaxmosaic.optimize import Optimizer, Problem, Progress, Solution, Stage, Ti
 from jaxmosaic.resources import activation_bytes, memory_budget, optimisation_bytes
 from jaxmosaic.tiling import HALO, TilePlan, held_bytes, plan_tiles, statistic_tile, tile_weights, tiled_style_terms
 from jaxmosaic.spectrum import spectrum_losses, spectrum_target
-from jaxmosaic.vgg import VGG19_LAYERS, Pooling, check_layers, smallest_side, three_channels, vgg19_features
+from jaxmosaic.vgg import VGG19_LAYERS, Pooling, check_layers, images_per_call, smallest_side, three_channels, vgg19_features
 
 __all__ = [
     "TEXTURE_LAYERS",
@@ -324,7 +324,8 @@ def texture_problem(config: TextureConfig, inputs: TextureInputs, params) -> Pro
         return per_image((parts["style"] + float(beta) * spectrum, {"gram": parts["style"], "spectrum": spectrum}))
 
     if plan.tile is None:
-        stage = Stage(f"{width}x{height}", start, value, (targets, params), data_axes=None)
+        stage = Stage(f"{width}x{height}", start, value, (targets, params), data_axes=None,
+                      group=images_per_call(height, width))
         steps, notes, facts = config.steps, (), {}
     else:
         stage = Stage(f"{width}x{height} in {len(plan.grid)} tiles", start, _tile_value(plan, weights, settings), None,
