@@ -4,8 +4,10 @@ For texture synthesis (Gram + spectrum loss up to pool4, average pooling) and st
 (content relu4_2, five style layers), at each size and for N = 1, 2, 4, 8 problems, with Adam
 and with L-BFGS, in one run and on the same random VGG19 weights:
 
-- native: jaxmosaic's batch, the network run once on all N images per evaluation, each problem
-  with its own optimiser state (and its own L-BFGS memory and line search);
+- native: jaxmosaic's batch, the network run on the N images together per evaluation (on a CPU
+  a few at a time, as the techniques run it: `images_per_call`, 256x256 pixels per network
+  call, in one jitted step), each problem with its own optimiser state (and its own L-BFGS
+  memory and line search);
 - separate: N runs of one problem (one run timed, times N);
 - every native and separate run is repeated (`--repeats`), the repeats interleaved (N = 1, 2, 4,
   8, then again), and the fastest of each kept: on a shared machine a run is only ever slowed
@@ -37,9 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, matmul_peak_gflops, timeit, vgg_conv_flops, write_results  # noqa: E402
 
 from jaxmosaic import load_image, resize  # noqa: E402
-from jaxmosaic.optimize import minimize  # noqa: E402
+from jaxmosaic.optimize import _batched_value_and_grad, _group, minimize  # noqa: E402
 from jaxmosaic.techniques.style import STYLE_LAYERS, style_targets, style_transfer_losses  # noqa: E402
 from jaxmosaic.techniques.texture import TEXTURE_LAYERS, texture_losses, texture_targets  # noqa: E402
+from jaxmosaic.vgg import images_per_call  # noqa: E402
 from jaxmosaic.weights import random_vgg19  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -107,21 +110,23 @@ def vmap_seconds(value, x, data, data_axes, optimizer: str, steps: int) -> tuple
     return seconds / steps, len(calls) / steps  # every batch evaluation evaluates every problem
 
 
-def native_seconds(value, x, data, data_axes, optimizer: str, steps: int) -> tuple[float, float, float]:
+def native_seconds(value, x, data, data_axes, optimizer: str, steps: int, group: int | None) -> tuple[float, float, float]:
     """(seconds per step, evaluations per step per problem, batch evaluations per step) of
-    jaxmosaic's native batch; the batch evaluations are counted with a callback."""
+    jaxmosaic's native batch, `group` problems per network call as the techniques run it; the
+    network calls are counted with a callback (a batch evaluation makes N / group of them)."""
     calls = []
 
     def counted(p, d):
-        jax.debug.callback(lambda: calls.append(1))  # once per evaluation of the whole batch
+        jax.debug.callback(lambda: calls.append(1))  # once per network call
         return value(p, d)
 
     settings = {"optimizer": optimizer, "learning_rate": 0.02 if optimizer == "adam" else None, "steps": steps,
-                "chunk": steps, "batched": True, "data_axes": data_axes}
+                "chunk": steps, "batched": True, "data_axes": data_axes, "group": group}
     outcome = minimize(counted, x, data, **settings)  # its seconds leave compilation out
-    calls[:] = calls[1:] if optimizer == "lbfgs" else calls  # the first is L-BFGS's start, counted apart
+    per_batch = x.shape[0] // (group or x.shape[0])
+    calls[:] = calls[per_batch:] if optimizer == "lbfgs" else calls  # the first are L-BFGS's start, counted apart
     evaluations = float(np.mean(outcome.evaluations)) / steps if outcome.evaluations is not None else 1.0
-    return outcome.seconds / steps, evaluations, len(calls) / steps
+    return outcome.seconds / steps, evaluations, len(calls) / per_batch / steps
 
 
 def main() -> None:
@@ -148,23 +153,25 @@ def main() -> None:
                 value, data, data_axes, deepest = loss_of(technique, params, size, count)
                 channels = 1 if technique == "texture" else 3
                 x = jax.random.uniform(jax.random.PRNGKey(count), (count, size, size, channels))
-                evaluate = jax.jit(jax.value_and_grad(lambda p, d, value=value: jnp.sum(value(p, d))))
+                group = _group(images_per_call(size, size), count)  # the techniques' network calls
+                evaluate = jax.jit(lambda p, d, value=value, data_axes=data_axes, group=group:
+                                   _batched_value_and_grad(value, d, data_axes, group)(p))
                 one_eval = timeit(lambda: jax.block_until_ready(evaluate(x, data)), repeats=args.repeats)["min"]
-                cases[count] = (value, data, data_axes, x, one_eval, 2 * count * vgg_conv_flops(size, deepest))
+                cases[count] = (value, data, data_axes, x, one_eval, 2 * count * vgg_conv_flops(size, deepest), group)
             for optimizer in args.optimizers.split(","):
                 steps = args.lbfgs_steps if optimizer == "lbfgs" else args.steps
                 runs = {count: [] for count in counts}
                 for _ in range(args.repeats):  # interleaved: N = 1, 2, 4, 8, then again
                     for count in counts:
-                        value, data, data_axes, x, _, _ = cases[count]
-                        runs[count].append(native_seconds(value, x, data, data_axes, optimizer, steps))
+                        value, data, data_axes, x, _, _, group = cases[count]
+                        runs[count].append(native_seconds(value, x, data, data_axes, optimizer, steps, group))
                 single = min(run[0] for run in runs[1]) if 1 in runs else float("nan")
                 for count in counts:
-                    value, data, data_axes, x, one_eval, flops = cases[count]
+                    value, data, data_axes, x, one_eval, flops, group = cases[count]
                     times = [run[0] for run in runs[count]]
                     step, (_, evaluations, batch_calls) = min(times), runs[count][0]
                     row = {"technique": technique, "size": size, "N": count, "optimizer": optimizer,
-                           "native s/step": step, "spread": max(times) / step, "one evaluation s": one_eval,
+                           "per call": group or count, "native s/step": step, "spread": max(times) / step, "one evaluation s": one_eval,
                            "native / evaluation": step / one_eval, "separate s/step": count * single,
                            "separate / native": count * single / step, "evals/step/problem": evaluations,
                            "batch evals/step": batch_calls, "GFLOP/s": flops * batch_calls / step / 1e9,
@@ -175,7 +182,7 @@ def main() -> None:
                     rows.append(row)
                     print(markdown_table([row], [key for key in row if key != "native s/step runs"]), flush=True)
     path = write_results("batch", {"config": vars(args), "matmul_peak_gflops": peak, "rows": rows})
-    columns = ["technique", "size", "N", "optimizer", "native s/step", "spread", "separate s/step", "vmap s/step", "separate / native",
+    columns = ["technique", "size", "N", "optimizer", "per call", "native s/step", "spread", "separate s/step", "vmap s/step", "separate / native",
                "vmap / native", "native / evaluation", "evals/step/problem", "batch evals/step", "vmap evals/step/problem", "GFLOP/s",
                "of peak"]
     print("\nbatches of problems: seconds per step, random VGG19 weights, one process")
