@@ -7,9 +7,10 @@ import os
 import jax
 
 from jaxmosaic.errors import JaxmosaicError
-from jaxmosaic.vgg import activation_floats
+from jaxmosaic.vgg import activation_floats, images_per_call
 
-__all__ = ["available_bytes", "memory_budget", "check_memory", "optimisation_bytes", "activation_bytes", "largest_tile"]
+__all__ = ["available_bytes", "memory_budget", "check_memory", "optimisation_bytes", "activation_bytes", "largest_tile",
+           "images_at_once"]
 
 
 def available_bytes() -> int | None:
@@ -54,10 +55,20 @@ def activation_bytes(height: int, width: int, layers, batch: int = 1) -> int:
     return batch * activation_floats(height, width, layers) * 4
 
 
-def optimisation_bytes(height: int, width: int, layers, batch: int = 1, channels: int = 3) -> int:
+def optimisation_bytes(height: int, width: int, layers, batch: int = 1, channels: int = 3, per_call: int | None = None) -> int:
     """Bytes one L-BFGS step through VGG19 holds at its peak: every activation up to the deepest
-    layer twice (forward and its gradient, float32) plus the optimiser's image-sized buffers."""
-    return 2 * activation_bytes(height, width, layers, batch) + batch * 30 * height * width * channels * 4 + 200 * 2**20
+    layer twice (forward and its gradient, float32) for the images evaluated at once (`per_call`
+    of the batch, default all), plus the optimiser's image-sized buffers for the whole batch."""
+    at_once = min(batch, per_call or batch)
+    return 2 * activation_bytes(height, width, layers, at_once) + batch * 30 * height * width * channels * 4 + 200 * 2**20
+
+
+def images_at_once(height: int, width: int) -> int | None:
+    """How many images of a batched optimisation at this size are in the network at once:
+    `images_per_call` on each of this process's devices, which on a CPU all share the host's
+    memory (forced host devices); None when the whole batch is."""
+    per_call = images_per_call(height, width)
+    return None if per_call is None else per_call * jax.local_device_count()
 
 
 def largest_tile(budget: int | None, layers, batch: int = 1, *, fixed: int = 0, step: int = 64, most: int = 1024) -> int:

@@ -247,3 +247,16 @@ def test_bad_settings_are_refused(random_params):
     for field, value in (("spectrum_weight", -1.0), ("spectrum_weight", float("nan")), ("steps", 0), ("variations", 0)):
         with pytest.raises(ConfigError, match=f"^{field}: "):
             TextureConfig(**{field: value})
+
+
+def test_memory_of_a_cpu_batch_counts_the_images_in_the_network_at_once():
+    # at 512 px a CPU runs one variation at a time through the network: a batch of 4 adds three
+    # images' optimiser buffers, not their activations
+    from jaxmosaic.resources import activation_bytes
+
+    exemplar = TextureInputs(np.zeros((512, 512, 3), np.float32))
+    one, four = (texture_memory(TextureConfig(variations=n, tile=None), exemplar) for n in (1, 4))
+    assert four - one == 3 * 30 * 512 * 512 * 3 * 4
+    small = TextureInputs(np.zeros((64, 64, 3), np.float32))  # 64 px: 16 images per call, all 4 at once
+    one, four = (texture_memory(TextureConfig(variations=n, tile=None), small) for n in (1, 4))
+    assert four - one == 3 * (2 * activation_bytes(64, 64, TextureConfig().layers) + 30 * 64 * 64 * 3 * 4)
