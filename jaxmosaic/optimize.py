@@ -588,17 +588,18 @@ def _tile_visits(tiles: Tiles, steps: int) -> list[tuple[int, int, int]]:
     return visits
 
 
-def _refiner(value_fn: Callable, optimizer: str, lr: float | None, length: int):
+def _refiner(value_fn: Callable, optimizer: str, lr: float | None, length: int, data_axes, group: int | None):
     """A function (tiles, data) -> (tiles, losses, good, evaluations): `length` steps from a
-    fresh optimiser state (the evaluation that starts L-BFGS counted)."""
+    fresh optimiser state (the evaluation that starts L-BFGS counted), the loss evaluated
+    `group` tiles at a time."""
     transform = make_optimizer(optimizer, lr)
     lbfgs = Optimizer(optimizer) == Optimizer.lbfgs
-    chunk = make_chunk(value_fn, transform, length, lbfgs=lbfgs)
+    chunk = make_chunk(value_fn, transform, length, lbfgs=lbfgs, data_axes=data_axes, group=group)
 
     def refine(params, data):
         with _standard_promotion():
             if lbfgs:
-                value, grad = _batched_value_and_grad(value_fn, data)(params)
+                value, grad = _batched_value_and_grad(value_fn, data, data_axes, group)(params)
                 state = transform.init(params, value, grad)
             else:
                 state = transform.init(params)
@@ -630,7 +631,8 @@ def _refine_tiles(stage: Stage, problem: Problem, images, steps: int, start_step
         data = tiles.data(top, left)
         if length not in compiled:
             start = time.perf_counter()
-            function = _refiner(stage.value_fn, problem.optimizer, problem.learning_rate, length)
+            function = _refiner(stage.value_fn, problem.optimizer, problem.learning_rate, length, stage.data_axes,
+                                _group(stage.group, count))
             compiled[length] = jax.jit(function).lower(before, data).compile()
             compile_seconds += time.perf_counter() - start
         start = time.perf_counter()

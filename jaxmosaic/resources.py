@@ -72,12 +72,13 @@ def images_at_once(height: int, width: int) -> int | None:
 
 
 def largest_tile(budget: int | None, layers, batch: int = 1, *, fixed: int = 0, step: int = 64, most: int = 1024) -> int:
-    """The largest square tile (a multiple of `step`, at most `most`) whose optimisation fits in
-    `budget` bytes besides `fixed` bytes held anyway; `step` when none does."""
+    """The largest square tile (a multiple of `step`, at most `most`) whose optimisation of a
+    batch of tiles (`images_at_once` of them in the network at once) fits in `budget` bytes
+    besides `fixed` bytes held anyway; `step` when none does."""
     if budget is None:
         return most
     side = most
-    while side > step and optimisation_bytes(side, side, layers, batch) + fixed > budget:
+    while side > step and optimisation_bytes(side, side, layers, batch, per_call=images_at_once(side, side)) + fixed > budget:
         side -= step
     return side
 

@@ -191,3 +191,17 @@ def test_tiled_texture_reaches_the_untiled_losses(random_params):
     assert 0.9 <= seam_ratio(tiled.images[0], plan.grid, plan.shape, sigma=2.0) <= 1.1
     with pytest.raises(Exception, match="tileable"):
         TextureConfig(tile=96, overlap=16, tileable=True)
+
+
+def test_a_tiled_batch_one_tile_per_network_call_equals_the_whole_batch(random_params, monkeypatch):
+    # on a CPU large tiles go through the network one at a time (images_per_call); each style's
+    # tile keeps its own Gram targets and shares the content
+    inputs = StyleInputs(sample("chelsea.png", 96, 96), [sample("coffee.png", 64, 64), sample("brick.png", 64, 64)])
+    config = StyleConfig(size=96, steps=(4,), batch=True, tile=64, overlap=16, tile_steps=2, **SHALLOW)
+    whole = style_transfer(config, inputs, random_params)
+    monkeypatch.setattr("jaxmosaic.techniques.style.images_per_call", lambda height, width: 1)
+    one_by_one = style_transfer(config, inputs, random_params)
+    assert len(style_tiles(config, inputs)[0].grid) == 4
+    np.testing.assert_allclose(one_by_one.images, whole.images, atol=1e-5)
+    np.testing.assert_array_equal(one_by_one.evaluations, whole.evaluations)
+    assert np.abs(one_by_one.images[0] - one_by_one.images[1]).mean() > 2e-3  # each tile saw its own style (measured 1e-2)

@@ -273,7 +273,8 @@ def style_memory(config: StyleConfig, inputs: StyleInputs) -> int:
                       + _style_bytes(config, shapes, None))
         else:
             side = statistic_tile(plan.tile) + 2 * HALO  # the final loss, taken tile by tile, sees images and content
-            step = max(optimisation_bytes(*plan.shape, layers, count), activation_bytes(side, side, layers, count + 1))
+            step = max(optimisation_bytes(*plan.shape, layers, count, per_call=images_at_once(*plan.shape)),
+                       activation_bytes(side, side, layers, count + 1))
             needed = step + held_bytes(plan.height, plan.width, count) + _style_bytes(config, shapes, plan.tile) + _RUNTIME
         peak = max(peak, needed)
     return peak
@@ -373,7 +374,8 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
 
         axes = (StyleTargets(None, 0) if config.batch else None, None)  # the content is shared by a batch of styles
         if plan.tile is not None:
-            return Stage(f"{plan.width}x{plan.height} in {len(plan.grid)} tiles", start, tile_value(plan), None, axes, tiles(plan))
+            return Stage(f"{plan.width}x{plan.height} in {len(plan.grid)} tiles", start, tile_value(plan), None, axes, tiles(plan),
+                         group=images_per_call(*plan.shape))
         return Stage(f"{plan.width}x{plan.height}", start, value, (targets_at(plan.height, plan.width), params), axes,
                      group=images_per_call(plan.height, plan.width))
 

@@ -258,7 +258,8 @@ def texture_memory(config: TextureConfig, inputs: TextureInputs) -> int:
     if plan.tile is None:
         return optimisation_bytes(out_height, out_width, layers, config.variations,
                                   per_call=images_at_once(out_height, out_width)) + exemplar
-    return optimisation_bytes(*plan.shape, layers, config.variations) + held_bytes(out_height, out_width, config.variations) + exemplar
+    return (optimisation_bytes(*plan.shape, layers, config.variations, per_call=images_at_once(*plan.shape))
+            + held_bytes(out_height, out_width, config.variations) + exemplar)
 
 
 def texture_tiles(config: TextureConfig, inputs: TextureInputs) -> TilePlan:
@@ -330,7 +331,7 @@ def texture_problem(config: TextureConfig, inputs: TextureInputs, params) -> Pro
         steps, notes, facts = config.steps, (), {}
     else:
         stage = Stage(f"{width}x{height} in {len(plan.grid)} tiles", start, _tile_value(plan, weights, settings), None,
-                      tiles=_texture_tiles(config, plan, exemplar, params))
+                      tiles=_texture_tiles(config, plan, exemplar, params), group=images_per_call(*plan.shape))
         steps = config.steps * len(plan.grid)
         notes = (f"{len(plan.grid)} tiles of {plan.shape[1]}x{plan.shape[0]} px, {config.overlap} px overlap",)
         facts = {"tiles": [{"size": f"{width}x{height}", "tile": plan.tile, "count": len(plan.grid)}]}
