@@ -110,9 +110,10 @@ def _batched_value_and_grad(value_fn: Callable, data, data_axes=None, group: int
     """params -> ((B,) losses, gradients): the gradient of the summed losses, which is each
     problem's own gradient since problem i's loss depends on its own parameters only.
 
-    With `group` (a divisor of B below it), the batch is evaluated `group` problems at a time,
-    one group after the other in a `lax.map`, each group's losses and gradients at once; the
-    parts of data with the problem axis (`data_axes`) are split with the params."""
+    With `group` (a divisor of B below it, as `_group` gives), the batch is evaluated `group`
+    problems at a time, one group after the other in a `lax.map`, each group's losses and
+    gradients at once; the parts of data with the problem axis (`data_axes`) are split with the
+    params."""
 
     def whole(params, data):
         def total(params):
@@ -123,9 +124,9 @@ def _batched_value_and_grad(value_fn: Callable, data, data_axes=None, group: int
         return values, grads
 
     def value_and_grad(params):
-        batch = count(params)
-        if group is None or group >= batch:
+        if group is None:
             return whole(params, data)
+        batch = count(params)
         per_problem = _per_problem_leaves(data_axes, data)
         split = lambda leaf: leaf.reshape((batch // group, group) + leaf.shape[1:])  # noqa: E731
         own = jax.tree_util.tree_map(lambda sharded, leaf: split(leaf) if sharded else None, per_problem, data)

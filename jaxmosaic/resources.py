@@ -55,11 +55,11 @@ def activation_bytes(height: int, width: int, layers, batch: int = 1) -> int:
     return batch * activation_floats(height, width, layers) * 4
 
 
-def optimisation_bytes(height: int, width: int, layers, batch: int = 1, channels: int = 3, per_call: int | None = None) -> int:
-    """Bytes one L-BFGS step through VGG19 holds at its peak: every activation up to the deepest
-    layer twice (forward and its gradient, float32) for the images evaluated at once (`per_call`
-    of the batch, default all), plus the optimiser's image-sized buffers for the whole batch."""
-    at_once = min(batch, per_call or batch)
+def optimisation_bytes(height: int, width: int, layers, batch: int = 1, channels: int = 3) -> int:
+    """Bytes one L-BFGS step of a batch through VGG19 holds at its peak: every activation up to
+    the deepest layer twice (forward and its gradient, float32) for the images in the network at
+    once (`images_at_once`), plus the optimiser's image-sized buffers for the whole batch."""
+    at_once = min(batch, images_at_once(height, width) or batch)
     return 2 * activation_bytes(height, width, layers, at_once) + batch * 30 * height * width * channels * 4 + 200 * 2**20
 
 
@@ -78,7 +78,7 @@ def largest_tile(budget: int | None, layers, batch: int = 1, *, fixed: int = 0, 
     if budget is None:
         return most
     side = most
-    while side > step and optimisation_bytes(side, side, layers, batch, per_call=images_at_once(side, side)) + fixed > budget:
+    while side > step and optimisation_bytes(side, side, layers, batch) + fixed > budget:
         side -= step
     return side
 

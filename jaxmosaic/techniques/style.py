@@ -25,7 +25,7 @@ from jaxmosaic.config import (ConfigError, choice, layer_weights, names, number,
 from jaxmosaic.image import fit_shape, resize
 from jaxmosaic.losses import content_losses, gram_targets, style_losses, tv_losses
 from jaxmosaic.optimize import Optimizer, Problem, Progress, Resume, Solution, Stage, Tiles, learning_rate, per_image, solve
-from jaxmosaic.resources import activation_bytes, images_at_once, memory_budget, optimisation_bytes
+from jaxmosaic.resources import activation_bytes, memory_budget, optimisation_bytes
 from jaxmosaic.tiling import HALO, TilePlan, held_bytes, position_share, statistic_tile, tile_weights, plan_tiles, tiled_grams, tiled_style_terms
 from jaxmosaic.vgg import Pooling, check_layers, images_per_call, smallest_side, vgg19_features
 
@@ -250,8 +250,7 @@ def style_tiles(config: StyleConfig, inputs: StyleInputs) -> list[TilePlan]:
     plans = []
     for size in config.sizes:
         (height, width), shapes = _style_sizes(config, inputs, size)
-        untiled = (optimisation_bytes(height, width, layers, count, per_call=images_at_once(height, width))
-                   + _style_bytes(config, shapes, None))
+        untiled = optimisation_bytes(height, width, layers, count) + _style_bytes(config, shapes, None)
         fixed = held_bytes(height, width, count) + _style_bytes(config, shapes, 512)
         plans.append(plan_tiles(height, width, config.tile, config.overlap, untiled=untiled, budget=budget, layers=layers,
                                 count=count, fixed=fixed))
@@ -269,12 +268,10 @@ def style_memory(config: StyleConfig, inputs: StyleInputs) -> int:
     for size, plan in zip(config.sizes, style_tiles(config, inputs)):
         _, shapes = _style_sizes(config, inputs, size)
         if plan.tile is None:
-            needed = (optimisation_bytes(plan.height, plan.width, layers, count, per_call=images_at_once(plan.height, plan.width))
-                      + _style_bytes(config, shapes, None))
+            needed = optimisation_bytes(plan.height, plan.width, layers, count) + _style_bytes(config, shapes, None)
         else:
             side = statistic_tile(plan.tile) + 2 * HALO  # the final loss, taken tile by tile, sees images and content
-            step = max(optimisation_bytes(*plan.shape, layers, count, per_call=images_at_once(*plan.shape)),
-                       activation_bytes(side, side, layers, count + 1))
+            step = max(optimisation_bytes(*plan.shape, layers, count), activation_bytes(side, side, layers, count + 1))
             needed = step + held_bytes(plan.height, plan.width, count) + _style_bytes(config, shapes, plan.tile) + _RUNTIME
         peak = max(peak, needed)
     return peak

@@ -28,7 +28,7 @@ from jaxmosaic.config import ConfigError, MAX_INT, check_tiling, choice, layer_w
 from jaxmosaic.image import fit_shape, resize
 from jaxmosaic.losses import gram_targets, style_losses
 from jaxmosaic.optimize import Optimizer, Problem, Progress, Solution, Stage, Tiles, learning_rate, per_image, solve
-from jaxmosaic.resources import activation_bytes, images_at_once, memory_budget, optimisation_bytes
+from jaxmosaic.resources import activation_bytes, memory_budget, optimisation_bytes
 from jaxmosaic.tiling import HALO, TilePlan, held_bytes, plan_tiles, statistic_tile, tile_weights, tiled_style_terms
 from jaxmosaic.spectrum import spectrum_losses, spectrum_target
 from jaxmosaic.vgg import VGG19_LAYERS, Pooling, check_layers, images_per_call, smallest_side, three_channels, vgg19_features
@@ -256,10 +256,8 @@ def texture_memory(config: TextureConfig, inputs: TextureInputs) -> int:
     plan = texture_tiles(config, inputs)
     exemplar = optimisation_bytes(height, width, layers) // 2
     if plan.tile is None:
-        return optimisation_bytes(out_height, out_width, layers, config.variations,
-                                  per_call=images_at_once(out_height, out_width)) + exemplar
-    return (optimisation_bytes(*plan.shape, layers, config.variations, per_call=images_at_once(*plan.shape))
-            + held_bytes(out_height, out_width, config.variations) + exemplar)
+        return optimisation_bytes(out_height, out_width, layers, config.variations) + exemplar
+    return optimisation_bytes(*plan.shape, layers, config.variations) + held_bytes(out_height, out_width, config.variations) + exemplar
 
 
 def texture_tiles(config: TextureConfig, inputs: TextureInputs) -> TilePlan:
@@ -267,7 +265,7 @@ def texture_tiles(config: TextureConfig, inputs: TextureInputs) -> TilePlan:
     with a tile setting, when its untiled optimisation does not fit `config.max_memory` (default:
     what is free); `tile="auto"` takes the largest tile that fits."""
     height, width = config.output_size(inputs.exemplar.shape)
-    untiled = optimisation_bytes(height, width, config.layers, config.variations, per_call=images_at_once(height, width))
+    untiled = optimisation_bytes(height, width, config.layers, config.variations)
     fixed = held_bytes(height, width, config.variations) + activation_bytes(*inputs.exemplar.shape[:2], config.layers)
     return plan_tiles(height, width, config.tile, config.overlap, untiled=untiled, budget=memory_budget(config.max_memory),
                       layers=config.layers, count=config.variations, fixed=fixed)
