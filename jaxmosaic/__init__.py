@@ -22,7 +22,8 @@ from jaxmosaic.spectrum import (
     spectrum_target,
 )
 from jaxmosaic.clustering import KMeansInit, kmeans, nearest_centers
-from jaxmosaic.optimize import Optimizer, Problem, Solution, minimize, solve
+from jaxmosaic.optimize import Optimizer, minimize
+from jaxmosaic.stages import Problem, Solution, solve
 from jaxmosaic.vgg import VGG19, VGG19_LAYERS, Pooling, layer_channels, layer_stride, vgg19_features
 from jaxmosaic.alexnet import ALEXNET_LAYERS, AlexNet, alexnet_features
 from jaxmosaic.weights import load_alexnet, load_vgg19, random_alexnet, random_vgg19

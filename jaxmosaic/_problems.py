@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["count", "problem", "stack", "per_problem_dot", "broadcast", "select", "finite"]
+__all__ = ["count", "problem", "stack", "per_problem_dot", "broadcast", "select", "finite", "per_problem_leaves"]
 
 
 def count(tree) -> int:
@@ -60,3 +60,10 @@ def finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
               for leaf in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
     return jnp.all(jnp.stack(leaves), axis=0)
+
+
+def per_problem_leaves(data_axes, data):
+    """`data_axes`, a prefix of data's structure (0: a leading problem axis; None: shared), as a
+    full tree of booleans: which leaves of `data` have the problem axis."""
+    return jax.tree_util.tree_map(lambda axis, sub: jax.tree_util.tree_map(lambda _: axis == 0, sub), data_axes, data,
+                                  is_leaf=lambda x: x is None)

@@ -33,7 +33,6 @@ __all__ = [
     "MAX_INT",
     "parse_tile",
     "tile_setting",
-    "check_tiling",
 ]
 
 MAX_INT = 2**31 - 1
@@ -176,12 +175,3 @@ def tile_setting(name: str, value, overlap: int) -> int | str | None:
     if overlap * 2 >= value:
         raise ConfigError("overlap", f"must be less than half the tile ({value} px), got {overlap}")
     return value
-
-
-def check_tiling(config) -> None:
-    """Validate the tiling settings a configuration has: tile, overlap, tile_steps, max_memory."""
-    whole("overlap", config.overlap, minimum=0)
-    object.__setattr__(config, "tile", tile_setting("tile", config.tile, config.overlap))
-    whole("tile_steps", config.tile_steps, minimum=1)
-    if config.max_memory is not None:
-        object.__setattr__(config, "max_memory", number("max_memory", config.max_memory, above=0.0))

@@ -98,9 +98,9 @@ def style_layer_losses(features: jax.Array, target_gram: jax.Array) -> jax.Array
 
 
 def style_losses(features: Mapping[str, jax.Array], target_grams: Mapping[str, jax.Array],
-                 weights: Mapping[str, float]) -> jax.Array:
-    """L_style = sum_l w_l E_l of each image, over the layers named in `weights` -> (N,)."""
-    return sum(weights[name] * style_layer_losses(features[name], target_grams[name]) for name in weights)
+                 layer_weights: Mapping[str, float]) -> jax.Array:
+    """L_style = sum_l w_l E_l of each image, over the layers named in `layer_weights` -> (N,)."""
+    return sum(weight * style_layer_losses(features[name], target_grams[name]) for name, weight in layer_weights.items())
 
 
 def tv_losses(images: jax.Array) -> jax.Array:
@@ -123,9 +123,10 @@ def style_layer_loss(features: jax.Array, target_gram: jax.Array) -> jax.Array:
     return jnp.sum(style_layer_losses(features, target_gram))
 
 
-def style_loss(features: Mapping[str, jax.Array], target_grams: Mapping[str, jax.Array], weights: Mapping[str, float]) -> jax.Array:
-    """L_style = sum_l w_l E_l over the layers named in `weights` (a batch sums too)."""
-    return jnp.sum(style_losses(features, target_grams, weights))
+def style_loss(features: Mapping[str, jax.Array], target_grams: Mapping[str, jax.Array],
+               layer_weights: Mapping[str, float]) -> jax.Array:
+    """L_style = sum_l w_l E_l over the layers named in `layer_weights` (a batch sums too)."""
+    return jnp.sum(style_losses(features, target_grams, layer_weights))
 
 
 def tv_loss(images: jax.Array) -> jax.Array:

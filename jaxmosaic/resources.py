@@ -10,7 +10,7 @@ from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.vgg import activation_floats, images_per_call
 
 __all__ = ["available_bytes", "memory_budget", "check_memory", "optimisation_bytes", "activation_bytes", "largest_tile",
-           "images_at_once"]
+           "images_at_once", "held_bytes", "check_disk"]
 
 
 def available_bytes() -> int | None:
@@ -69,6 +69,12 @@ def images_at_once(height: int, width: int) -> int | None:
     memory (forced host devices); None when the whole batch is."""
     per_call = images_per_call(height, width)
     return None if per_call is None else per_call * jax.local_device_count()
+
+
+def held_bytes(height: int, width: int, count: int, channels: int = 3) -> int:
+    """Bytes of whole images a tiled optimisation holds besides a tile's: the images, the
+    content or targets, the blended copy, a view for the progress and the final picture."""
+    return (5 * count + 2) * height * width * channels * 4
 
 
 def largest_tile(budget: int | None, layers, batch: int = 1, *, fixed: int = 0, step: int = 64, most: int = 1024) -> int:

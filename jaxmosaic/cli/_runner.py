@@ -27,8 +27,12 @@ from jaxmosaic.io.folders import OutputFolder
 from jaxmosaic.io.outputs import check_outputs
 from jaxmosaic.io.images import save_gif, save_image
 from jaxmosaic.image import resize
-from jaxmosaic.optimize import Diverged, Problem, Progress, Resume, device_mesh, solve, state_like, tiled_state
+from jaxmosaic.optimize import state_like
+from jaxmosaic.refine import tiled_state
 from jaxmosaic.resources import check_memory, memory_budget
+from jaxmosaic.sharding import device_mesh
+from jaxmosaic.stages import Diverged, Problem, Progress, Resume, solve
+from jaxmosaic.techniques.common import SynthesisConfig
 from jaxmosaic.cli._common import echo, err_console, error_line, output_name, write_metrics
 
 __all__ = ["RunConfig", "Job", "optimise"]
@@ -190,12 +194,12 @@ def optimise(job: Job, run: RunConfig) -> None:
     inputs = job.load()
     mesh = device_mesh(run.devices)
     devices = 1 if mesh is None else mesh.size
-    tiles = hasattr(job.config, "tile")
-    if tiles and job.config.tile is not None and run.split_image:
+    tiling = isinstance(job.config, SynthesisConfig)
+    if tiling and job.config.tiles and run.split_image:
         raise ConfigError("split_image", "splits one image over several devices; --tile refines it tile by tile on one: choose one")
-    budget = memory_budget(job.config.max_memory) if tiles and job.config.max_memory is not None else None
+    budget = memory_budget(job.config.max_memory) if tiling and job.config.max_memory is not None else None
     check_memory(job.memory(inputs), f"this {job.technique} run", devices=devices, budget=budget,
-                 hint="--tile auto" if tiles and job.config.tile is None else "")
+                 hint="--tile auto" if tiling and not job.config.tiles else "")
     problem = job.problem(inputs)._replace(split=run.split_image and mesh is not None)
     if run.split_image and problem.count > 1:
         raise ConfigError("split_image", f"splits one image over the devices, not a batch of {problem.count}; "

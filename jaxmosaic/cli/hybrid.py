@@ -34,5 +34,6 @@ def hybrid(
     def load() -> HybridInputs:
         return HybridInputs(load_image(near), load_image(far), (str(near), str(far)))
 
-    optimise(Job("hybrid", config, out, outputs, [near, far], load, lambda inputs: hybrid_memory(config, inputs),
-                 lambda inputs: hybrid_problem(config, inputs), pictures), run)
+    optimise(Job(technique="hybrid", config=config, out=out, outputs=outputs, inputs=[near, far], load=load,
+                 memory=lambda inputs: hybrid_memory(config, inputs), problem=lambda inputs: hybrid_problem(config, inputs),
+                 pictures=pictures), run)

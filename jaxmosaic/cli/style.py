@@ -41,5 +41,7 @@ def style(
         return tile_map(images[0], grid, shape, overlap=config.overlap)
 
     pictures = [(output_name(out, "tiles", ".png"), tiles_picture)] if preview else []
-    optimise(Job("style", config, out, outputs, [content, *styles, *init], load, lambda inputs: style_memory(config, inputs),
-                 lambda inputs: style_problem(config, inputs, vgg_params(weights, config.seed)), pictures, weights=weights), run)
+    optimise(Job(technique="style", config=config, out=out, outputs=outputs, inputs=[content, *styles, *init], load=load,
+                 memory=lambda inputs: style_memory(config, inputs),
+                 problem=lambda inputs: style_problem(config, inputs, vgg_params(weights, config.seed)), pictures=pictures,
+                 weights=weights), run)

@@ -36,5 +36,7 @@ def texture(
     def load() -> TextureInputs:
         return TextureInputs(load_image(exemplar), load_image(continue_from) if continue_from else None, str(exemplar))
 
-    optimise(Job("texture", config, out, outputs, [exemplar, *start], load, lambda inputs: texture_memory(config, inputs),
-                 lambda inputs: texture_problem(config, inputs, vgg_params(weights, config.seed)), pictures, weights), run)
+    optimise(Job(technique="texture", config=config, out=out, outputs=outputs, inputs=[exemplar, *start], load=load,
+                 memory=lambda inputs: texture_memory(config, inputs),
+                 problem=lambda inputs: texture_problem(config, inputs, vgg_params(weights, config.seed)), pictures=pictures,
+                 weights=weights), run)

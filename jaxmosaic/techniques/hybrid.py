@@ -27,7 +27,9 @@ import numpy as np
 from jaxmosaic.config import ConfigError, choice, number, numbers, setting, whole
 from jaxmosaic.filters import Padding, fft_gaussian_blur, gaussian_kernel1d, separable_blur
 from jaxmosaic.image import center_crop, fit_shape, linear_to_srgb, resize, srgb_to_linear
-from jaxmosaic.optimize import Optimizer, Problem, Progress, Solution, Stage, per_image, solve
+from jaxmosaic.optimize import Optimizer
+from jaxmosaic.stages import Problem, Progress, Solution, Stage, per_image, solve
+from jaxmosaic.techniques.common import OptimizerConfig
 
 __all__ = [
     "HybridMethod",
@@ -61,18 +63,18 @@ class HybridInit(enum.StrEnum):
     fourier = "fourier"
 
 
-@dataclasses.dataclass(frozen=True)
-class HybridConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HybridConfig(OptimizerConfig):
     """Settings of a hybrid image; the defaults are the original article's run."""
 
+    optimizer: Optimizer = setting(Optimizer.sgd, "sgd (plain gradient descent), adam or lbfgs.")
+    lr: float = setting(0.3, "Learning rate (sgd, adam; scales lbfgs's step).")
     method: HybridMethod = setting(HybridMethod.optimize, "optimize pixels (the original article's way) or the fourier filter construction.")
     ratios: tuple[float, ...] = setting((0.1,), "m_precise / m_blurred; several, comma-separated, run together in one compiled call.", flag="--ratio")
     steps: int = setting(200, "Optimisation steps.", resume=False)
     kernel: int = setting(15, "Gaussian kernel size (taps, odd).")
     sigma: float = setting(3.0, "Gaussian sigma in pixels (fourier: the far image's low-pass).")
     sigma_high: float | None = setting(None, "fourier: sigma of the low-pass removed from the near image (default: --sigma).")
-    lr: float = setting(0.3, "Learning rate (sgd, adam; scales lbfgs's step).")
-    optimizer: Optimizer = setting(Optimizer.sgd, "sgd (plain gradient descent), adam or lbfgs.")
     init: HybridInit = setting(HybridInit.grey, "Start from grey, the near image, or the fourier result.")
     padding: Padding = setting(Padding.zeros, "Blur edge handling.")
     gamma: float = setting(2.2, "sRGB <-> linear light power.")
@@ -81,6 +83,7 @@ class HybridConfig:
     m_blurred: float = setting(1.0, "Weight of the blurred term (m_precise is ratio x m_blurred).", cli=False)
 
     def __post_init__(self):
+        super().__post_init__()
         put = functools.partial(object.__setattr__, self)
         put("method", choice("method", self.method, HybridMethod))
         put("ratios", numbers("ratios", self.ratios, minimum=0.0, maximum=1e6))
@@ -89,8 +92,6 @@ class HybridConfig:
         put("sigma", number("sigma", self.sigma, above=0.0, maximum=1e4))
         if self.sigma_high is not None:
             put("sigma_high", number("sigma_high", self.sigma_high, above=0.0, maximum=1e4))
-        put("lr", number("lr", self.lr, above=0.0, maximum=1e6))
-        put("optimizer", choice("optimizer", self.optimizer, Optimizer))
         put("init", choice("init", self.init, HybridInit))
         put("padding", choice("padding", self.padding, Padding))
         put("gamma", number("gamma", self.gamma, above=0.0, maximum=10.0))
@@ -221,8 +222,8 @@ def hybrid_problem(config: HybridConfig, inputs: HybridInputs, params=None) -> P
 
     if fourier:
         image = constructed(config.sigma_high or config.sigma)
-        return Problem((), (), config.optimizer, config.lr, 1, lambda x: x, lambda x: x, terms, initial=image[None],
-                       notes=(note,))
+        return Problem(stages=(), steps=(), optimizer=config.optimizer, learning_rate=config.learning_rate, count=1,
+                       view=lambda x: x, finish=lambda x: x, terms=terms, initial=image[None], notes=(note,))
 
     def start(_):
         theta = {HybridInit.grey: lambda: jnp.zeros(near.shape, jnp.float32), HybridInit.near: lambda: _logit(near),
@@ -232,9 +233,11 @@ def hybrid_problem(config: HybridConfig, inputs: HybridInputs, params=None) -> P
     def value(theta, weights):
         return loss(jax.nn.sigmoid(theta), weights)[0]
 
-    stage = Stage(f"{near.shape[1]}x{near.shape[0]}", start, value, (m_precise, m_blurred), data_axes=0)
-    return Problem((lambda: stage,), (config.steps,), config.optimizer, config.lr, len(ratios), jax.nn.sigmoid,
-                   lambda x: x, terms, notes=(note,))
+    stage = Stage(label=f"{near.shape[1]}x{near.shape[0]}", start=start, value_fn=value, data=(m_precise, m_blurred),
+                  data_axes=0)
+    return Problem(stages=(lambda: stage,), steps=(config.steps,), optimizer=config.optimizer,
+                   learning_rate=config.learning_rate, count=len(ratios), view=jax.nn.sigmoid, finish=lambda x: x,
+                   terms=terms, notes=(note,))
 
 
 def hybrid_optimize(config: HybridConfig, inputs: HybridInputs, *, callback: Callable[[Progress], None] | None = None,

@@ -20,14 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmosaic.color import rgb_to_yiq, yiq_to_rgb
-from jaxmosaic.config import (ConfigError, choice, layer_weights, names, number, numbers, check_tiling, parse_tile, setting,
-                              whole, wholes)
+from jaxmosaic.config import ConfigError, choice, layer_weights, names, number, numbers, setting, whole, wholes
 from jaxmosaic.image import fit_shape, resize
 from jaxmosaic.losses import content_losses, gram_targets, style_losses, tv_losses
-from jaxmosaic.optimize import Optimizer, Problem, Progress, Resume, Solution, Stage, Tiles, learning_rate, per_image, solve
-from jaxmosaic.resources import activation_bytes, memory_budget, optimisation_bytes
-from jaxmosaic.tiling import HALO, TilePlan, held_bytes, position_share, statistic_tile, tile_weights, plan_tiles, tiled_grams, tiled_style_terms
-from jaxmosaic.vgg import Pooling, check_layers, images_per_call, smallest_side, vgg19_features
+from jaxmosaic.resources import activation_bytes, held_bytes, optimisation_bytes
+from jaxmosaic.stages import Problem, Progress, Resume, Solution, per_image, solve
+from jaxmosaic.techniques.common import SynthesisConfig, plan_steps, synthesis_stage, tile_note, tile_plan, tiled_terms
+from jaxmosaic.tiled_losses import HALO, position_share, statistic_tile, tiled_grams
+from jaxmosaic.tiling import TilePlan
+from jaxmosaic.vgg import Pooling, check_layers, smallest_side, vgg19_features
 
 __all__ = [
     "CONTENT_LAYERS",
@@ -51,9 +52,9 @@ STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 INITS = ("noise", "content", "style")
 
 
-@dataclasses.dataclass(frozen=True)
-class StyleConfig:
-    """Settings of a style transfer; the defaults are the paper's."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StyleConfig(SynthesisConfig):
+    """Settings of a style transfer; the defaults are the paper's (L-BFGS included)."""
 
     size: int = setting(512, "Longest side of the output.")
     scales: tuple[int, ...] | None = setting(None, "Coarse to fine, e.g. 256,512: each scale starts from the previous result upsampled (overrides --size).")
@@ -67,21 +68,12 @@ class StyleConfig:
     style_weight: float = setting(1e3, "beta (alpha / beta = 1e-3 in the paper).")
     tv_weight: float = setting(0.0, "Weight of the squared total variation (smoothness).")
     pooling: Pooling = setting(Pooling.max, "VGG19 pooling.")
-    optimizer: Optimizer = setting(Optimizer.lbfgs, "lbfgs (as in the paper), adam or sgd.")
-    lr: float | None = setting(None, "Learning rate (adam, sgd: on the [0, 1] pixel scale, default 0.02; lbfgs: scales its step).")
     init: str = setting("noise", "noise (seeded), content, style, or an image path.")
-    seed: int = setting(0, "Seed of the noise (and of --weights random).")
     style_scale: float = setting(1.0, "Style image size relative to the output's.")
     original_colors: bool = setting(False, "Keep the content's colours (transfer luminance only, YIQ).")
-    tile: int | str | None = setting(
-        None, "Refine every scale larger than T px, or too large for --max-memory, in overlapping tiles of T px (memory of one tile); 'auto' picks T from the memory.",
-        parse=parse_tile, example="auto or a number")
-    overlap: int = setting(64, "Overlap of neighbouring tiles in px, blended with a smooth window.")
-    tile_steps: int = setting(10, "Steps a tile gets per visit; passes over all tiles repeat until each has had the scale's steps.")
-    max_memory: float | None = setting(None, "Memory budget in GiB that decides which scales are tiled and --tile auto (default: what is free, less 10%).",
-                                       resume=False)
 
     def __post_init__(self):
+        super().__post_init__()
         put = functools.partial(object.__setattr__, self)
         whole("size", self.size, minimum=16)
         if self.scales is not None:
@@ -102,14 +94,9 @@ class StyleConfig:
         for name in ("content_weight", "style_weight", "tv_weight"):
             put(name, number(name, getattr(self, name), minimum=0.0))
         put("pooling", choice("pooling", self.pooling, Pooling))
-        put("optimizer", choice("optimizer", self.optimizer, Optimizer))
-        if self.lr is not None:
-            put("lr", number("lr", self.lr, above=0.0))
         if not str(self.init).strip():
             raise ConfigError("init", "expected noise, content, style or an image path")
-        whole("seed", self.seed, minimum=0)
         put("style_scale", number("style_scale", self.style_scale, above=0.0, maximum=64.0))
-        check_tiling(self)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -122,13 +109,9 @@ class StyleConfig:
         return self.steps * len(self.sizes) if len(self.steps) == 1 else self.steps
 
     @property
-    def style_weights(self) -> dict[str, float]:
+    def layer_weight_map(self) -> dict[str, float]:
         """{style layer: w_l}."""
         return layer_weights("layer_weights", self.style_layers, self.layer_weights)
-
-    @property
-    def learning_rate(self) -> float | None:
-        return learning_rate(self.optimizer, self.lr)
 
 
 class StyleInputs(NamedTuple):
@@ -163,25 +146,25 @@ def style_targets(params, content: jax.Array, styles: Sequence[jax.Array], *, bl
     return StyleTargets({name: content_features[name][0] for name in content_layers}, grams)
 
 
-def style_transfer_losses(x: jax.Array, targets: StyleTargets, params, *, style_weights: Mapping[str, float], alpha=1.0,
+def style_transfer_losses(x: jax.Array, targets: StyleTargets, params, *, layer_weights: Mapping[str, float], alpha=1.0,
                           beta=1e3, tv_weight=0.0, pooling: str = "max") -> tuple[jax.Array, dict]:
     """The loss of each image of an NHWC batch, the network run once on the whole batch:
     (totals (N,), {"content", "style", "tv"}: (N,) each). `targets` are shared by the batch or
     hold one entry per image (content features (N, H, W, C), Gram matrices (N, C, C))."""
-    layers = tuple(dict.fromkeys((*targets.content, *style_weights)))
+    layers = tuple(dict.fromkeys((*targets.content, *layer_weights)))
     features = vgg19_features(params, x, layers, pooling=pooling)
     l_content = sum(content_losses(features[name], targets.content[name]) for name in targets.content)
-    l_style = style_losses({name: features[name] for name in style_weights}, targets.grams, style_weights)
+    l_style = style_losses({name: features[name] for name in layer_weights}, targets.grams, layer_weights)
     tv = tv_losses(x)
     return alpha * l_content + beta * l_style + tv_weight * tv, {"content": l_content, "style": l_style, "tv": tv}
 
 
-def style_transfer_loss(x: jax.Array, targets: StyleTargets, params, *, style_weights: Mapping[str, float], alpha=1.0,
+def style_transfer_loss(x: jax.Array, targets: StyleTargets, params, *, layer_weights: Mapping[str, float], alpha=1.0,
                         beta=1e3, tv_weight=0.0, pooling: str = "max") -> tuple[jax.Array, dict]:
     """(total, {"content", "style", "tv"}) for one HWC image: the unweighted L_content (summed over
     the content layers), L_style = sum_l w_l E_l, and TV; total = alpha L_content + beta L_style +
     tv_weight TV."""
-    totals, terms = style_transfer_losses(x[None], targets, params, style_weights=style_weights, alpha=alpha, beta=beta,
+    totals, terms = style_transfer_losses(x[None], targets, params, layer_weights=layer_weights, alpha=alpha, beta=beta,
                                           tv_weight=tv_weight, pooling=pooling)
     return totals[0], {name: value[0] for name, value in terms.items()}
 
@@ -246,14 +229,12 @@ def style_tiles(config: StyleConfig, inputs: StyleInputs) -> list[TilePlan]:
     `tile="auto"` takes the largest tile that fits."""
     count = len(inputs.styles) if config.batch else 1
     layers = (*config.content_layers, *config.style_layers)
-    budget = memory_budget(config.max_memory)
     plans = []
     for size in config.sizes:
         (height, width), shapes = _style_sizes(config, inputs, size)
         untiled = optimisation_bytes(height, width, layers, count) + _style_bytes(config, shapes, None)
         fixed = held_bytes(height, width, count) + _style_bytes(config, shapes, 512)
-        plans.append(plan_tiles(height, width, config.tile, config.overlap, untiled=untiled, budget=budget, layers=layers,
-                                count=count, fixed=fixed))
+        plans.append(tile_plan(config, height, width, untiled=untiled, fixed=fixed, layers=layers, count=count))
     return plans
 
 
@@ -301,10 +282,10 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
     content = jnp.asarray(inputs.content, jnp.float32)
     styles = [jnp.asarray(style, jnp.float32) for style in inputs.styles]
     count = len(styles) if config.batch else 1
-    weights = config.style_weights
-    settings = {"style_weights": weights, "alpha": config.content_weight, "beta": config.style_weight,
+    layer_weights = config.layer_weight_map
+    settings = {"layer_weights": layer_weights, "alpha": config.content_weight, "beta": config.style_weight,
                 "tv_weight": config.tv_weight, "pooling": config.pooling}
-    tile_of = {(plan.height, plan.width): plan.tile for plan in plans}
+    tile_of = {(plan.height, plan.width): plan for plan in plans}
 
     def scaled_styles(height: int, width: int) -> list:
         side = max(16, round(max(height, width) * config.style_scale))
@@ -313,18 +294,19 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
     @functools.cache
     def grams_at(height: int, width: int) -> dict:
         """The style Gram targets of an output of this size: blended, or one per style (batch)."""
-        tile = tile_of.get((height, width))
+        plan = tile_of.get((height, width))
+        tile = None if plan is None else plan.tile
         each = []
         for style in scaled_styles(height, width):
             if tile is None:
-                each.append(gram_targets(params, style, tuple(weights), size=(height, width), pooling=config.pooling))
+                each.append(gram_targets(params, style, tuple(layer_weights), size=(height, width), pooling=config.pooling))
             else:
-                each.append(tiled_grams(params, style, tuple(weights), tile=statistic_tile(tile), halo=HALO,
+                each.append(tiled_grams(params, style, tuple(layer_weights), tile=statistic_tile(tile), halo=HALO,
                                         pooling=config.pooling, size=(height, width)))
         if config.batch:
-            return {name: jnp.stack([grams[name] for grams in each]) for name in weights}
+            return {name: jnp.stack([grams[name] for grams in each]) for name in layer_weights}
         blend = np.full(len(each), 1.0 / len(each)) if config.style_blend is None else np.asarray(config.style_blend) / sum(config.style_blend)
-        return {name: sum(float(b) * grams[name] for b, grams in zip(blend, each)) for name in weights}
+        return {name: sum(float(b) * grams[name] for b, grams in zip(blend, each)) for name in layer_weights}
 
     @functools.cache
     def targets_at(height: int, width: int) -> StyleTargets:
@@ -332,14 +314,11 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
         features = vgg19_features(params, scaled[None], config.content_layers, pooling=config.pooling)
         return StyleTargets({name: features[name][0] for name in config.content_layers}, grams_at(height, width))
 
-    def value(pixels, data):
-        targets, network = data
-        return style_transfer_losses(pixels, targets, network, **settings)[0]
-
-    def tiles(plan: TilePlan) -> Tiles:
+    def tile_data(plan: TilePlan):
+        """(top, left) -> a tile's targets: the content features of its region, and the whole
+        style image's Gram matrices scaled to the tile's positions."""
         scaled = resize(content, plan.height, plan.width)
-        ratio = {name: position_share(plan, name) for name in weights}
-        grams = {name: value * ratio[name] for name, value in grams_at(plan.height, plan.width).items()}
+        grams = {name: value * position_share(plan, name) for name, value in grams_at(plan.height, plan.width).items()}
         features = jax.jit(lambda crop: vgg19_features(params, crop[None], config.content_layers, pooling=config.pooling))
 
         def data(top: int, left: int):
@@ -347,21 +326,9 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
             content_features = features(crop)
             return StyleTargets({name: content_features[name][0] for name in config.content_layers}, grams), params
 
-        return Tiles(plan.grid, plan.shape, config.overlap, config.tile_steps, data, config.seed)
+        return data
 
-    def tile_value(plan: TilePlan):
-        """A tile's loss, weighted as its share of the whole image's: content and TV sum over the
-        tile's own positions, while E_l is per position, so w_l is scaled by the tile's share of
-        the positions (the tile's gradient is then the whole loss's gradient there)."""
-        tile_settings = {**settings, "style_weights": tile_weights(plan, weights)}
-
-        def value_of_tile(pixels, data):
-            targets, network = data
-            return style_transfer_losses(pixels, targets, network, **tile_settings)[0]
-
-        return value_of_tile
-
-    def stage(index: int) -> Stage:
+    def stage(index: int):
         plan = plans[index]
 
         def start(previous):
@@ -371,10 +338,10 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
 
         axes = (StyleTargets(None, 0) if config.batch else None, None)  # the content is shared by a batch of styles
         if plan.tile is not None:
-            return Stage(f"{plan.width}x{plan.height} in {len(plan.grid)} tiles", start, tile_value(plan), None, axes, tiles(plan),
-                         group=images_per_call(*plan.shape))
-        return Stage(f"{plan.width}x{plan.height}", start, value, (targets_at(plan.height, plan.width), params), axes,
-                     group=images_per_call(plan.height, plan.width))
+            return synthesis_stage(config, plan, start=start, losses=style_transfer_losses, settings=settings,
+                                   tile_data=tile_data(plan), data_axes=axes)
+        return synthesis_stage(config, plan, start=start, losses=style_transfer_losses, settings=settings,
+                               data=(targets_at(plan.height, plan.width), params), data_axes=axes)
 
     def view(pixels):
         return jnp.clip(pixels, 0.0, 1.0)
@@ -388,21 +355,22 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
 
     def terms(images):
         height, width = images.shape[1:3]
-        tile = tile_of.get((height, width))
-        if tile is None:
+        plan = tile_of.get((height, width))
+        if plan is None or plan.tile is None:
             return per_image(terms_of(jnp.asarray(images), targets_at(height, width), params))
-        parts = tiled_style_terms(params, images, resize(content, height, width), grams_at(height, width), weights,
-                                  config.content_layers, tile=statistic_tile(tile), halo=HALO, pooling=config.pooling)
+        parts = tiled_terms(params, images, plan, grams_at(height, width), layer_weights, pooling=config.pooling,
+                            content=resize(content, height, width), content_layers=config.content_layers)
         total = config.content_weight * parts["content"] + config.style_weight * parts["style"] + config.tv_weight * parts["tv"]
         return per_image((total, parts))
 
-    steps = tuple(steps if plan.tile is None else steps * len(plan.grid) for plan, steps in zip(plans, config.step_counts))
+    tiled = [plan for plan in plans if plan.tile is not None]
     facts = {"tiles": [{"scale": f"{plan.width}x{plan.height}", "tile": plan.tile, "count": len(plan.grid)}
-                       for plan in plans if plan.tile is not None]} if any(plan.tile for plan in plans) else {}
-    notes = tuple(f"scale {plan.width}x{plan.height}: {len(plan.grid)} tiles of {plan.shape[1]}x{plan.shape[0]} px, "
-                  f"{config.overlap} px overlap" for plan in plans if plan.tile is not None)
-    return Problem(tuple(functools.partial(stage, i) for i in range(len(config.sizes))), steps,
-                   config.optimizer, config.learning_rate, count, view, finish, terms, facts=facts, notes=notes)
+                       for plan in tiled]} if tiled else {}
+    return Problem(stages=tuple(functools.partial(stage, i) for i in range(len(config.sizes))),
+                   steps=tuple(plan_steps(plan, steps) for plan, steps in zip(plans, config.step_counts)),
+                   optimizer=config.optimizer, learning_rate=config.learning_rate, count=count, view=view, finish=finish,
+                   terms=terms, facts=facts,
+                   notes=tuple(f"scale {plan.width}x{plan.height}: {tile_note(plan, config.overlap)}" for plan in tiled))
 
 
 def style_transfer(config: StyleConfig, inputs: StyleInputs, params, *, callback: Callable[[Progress], None] | None = None,
@@ -415,10 +383,10 @@ def style_transfer(config: StyleConfig, inputs: StyleInputs, params, *, callback
         `config.batch` one output each, optimised together as one batch through the network)
         and the starting image when `config.init` names one.
       params: VGG19 params.
-      callback: called with a `jaxmosaic.optimize.Progress` after each chunk of steps.
+      callback: called with a `jaxmosaic.stages.Progress` after each chunk of steps.
       resume: continue from a `Resume` (e.g. a checkpoint) instead of starting over.
       chunk: steps per compiled chunk.
-      mesh: devices to share the work (`jaxmosaic.optimize.device_mesh`): the batch of styles
+      mesh: devices to share the work (`jaxmosaic.sharding.device_mesh`): the batch of styles
         is sharded over them, or with `split_image` the one output's height.
 
     Returns:

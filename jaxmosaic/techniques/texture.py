@@ -24,14 +24,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmosaic.config import ConfigError, MAX_INT, check_tiling, choice, layer_weights, names, number, parse_tile, setting, whole
+from jaxmosaic.config import ConfigError, MAX_INT, choice, layer_weights, names, number, setting, whole
 from jaxmosaic.image import fit_shape, resize
 from jaxmosaic.losses import gram_targets, style_losses
-from jaxmosaic.optimize import Optimizer, Problem, Progress, Solution, Stage, Tiles, learning_rate, per_image, solve
-from jaxmosaic.resources import activation_bytes, memory_budget, optimisation_bytes
-from jaxmosaic.tiling import HALO, TilePlan, held_bytes, plan_tiles, statistic_tile, tile_weights, tiled_style_terms
+from jaxmosaic.resources import activation_bytes, held_bytes, optimisation_bytes
 from jaxmosaic.spectrum import spectrum_losses, spectrum_target
-from jaxmosaic.vgg import VGG19_LAYERS, Pooling, check_layers, images_per_call, smallest_side, three_channels, vgg19_features
+from jaxmosaic.stages import Problem, Progress, Solution, per_image, solve
+from jaxmosaic.techniques.common import SynthesisConfig, plan_steps, synthesis_stage, tile_note, tile_plan, tiled_terms
+from jaxmosaic.tiling import TilePlan
+from jaxmosaic.vgg import VGG19_LAYERS, Pooling, check_layers, smallest_side, three_channels, vgg19_features
 
 __all__ = [
     "TEXTURE_LAYERS",
@@ -48,6 +49,7 @@ __all__ = [
     "is_gray",
     "texture_memory",
     "texture_tiles",
+    "texture_exemplar",
     "texture_problem",
     "synthesize_texture",
 ]
@@ -78,9 +80,9 @@ def parse_spectrum_weight(text: str) -> float | str:
     return "auto" if text.strip() == "auto" else float(text)
 
 
-@dataclasses.dataclass(frozen=True)
-class TextureConfig:
-    """Settings of a texture synthesis."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TextureConfig(SynthesisConfig):
+    """Settings of a texture synthesis (L-BFGS from noise by default)."""
 
     size: int | tuple[int, int] | None = setting(
         None, "Output size: the longest side (e.g. 512) or WxH (default: the exemplar's).",
@@ -96,18 +98,9 @@ class TextureConfig:
     match_histogram: bool = setting(False, "Match each channel's histogram to the exemplar's at the end.")
     color: TextureColor = setting(TextureColor.auto, "auto: grey when the exemplar's channels are equal.")
     pooling: Pooling = setting(Pooling.avg, "VGG19 pooling (avg is better for synthesis).")
-    optimizer: Optimizer = setting(Optimizer.lbfgs, "lbfgs (as in the paper), adam or sgd.")
-    lr: float | None = setting(None, "Learning rate (adam, sgd: default 0.02; lbfgs: scales its step).")
-    seed: int = setting(0, "Seed of the starting noise (and of --weights random).")
-    tile: int | str | None = setting(
-        None, "Refine an output larger than T px, or too large for --max-memory, in overlapping tiles of T px (memory of one tile); 'auto' picks T from the memory.",
-        parse=parse_tile, example="auto or a number")
-    overlap: int = setting(64, "Overlap of neighbouring tiles in px, blended with a smooth window.")
-    tile_steps: int = setting(10, "Steps a tile gets per visit; passes over all tiles repeat until each has had --steps.")
-    max_memory: float | None = setting(None, "Memory budget in GiB that decides whether to tile and --tile auto (default: what is free, less 10%).",
-                                       resume=False)
 
     def __post_init__(self):
+        super().__post_init__()
         put = functools.partial(object.__setattr__, self)
         if isinstance(self.size, tuple):
             if len(self.size) != 2:
@@ -124,22 +117,14 @@ class TextureConfig:
         whole("variations", self.variations, minimum=1, maximum=1024)
         put("color", choice("color", self.color, TextureColor))
         put("pooling", choice("pooling", self.pooling, Pooling))
-        put("optimizer", choice("optimizer", self.optimizer, Optimizer))
-        if self.lr is not None:
-            put("lr", number("lr", self.lr, above=0.0))
         whole("seed", self.seed, minimum=0, maximum=MAX_INT - self.variations)
-        check_tiling(self)
         if self.tile is not None and self.tileable:
             raise ConfigError("tile", "does not go with tileable: a texture refined in tiles cannot wrap around")
 
     @property
-    def weights(self) -> dict[str, float]:
+    def layer_weight_map(self) -> dict[str, float]:
         """{layer: w_l}."""
         return layer_weights("layer_weights", self.layers, self.layer_weights)
-
-    @property
-    def learning_rate(self) -> float | None:
-        return learning_rate(self.optimizer, self.lr)
 
     def output_size(self, exemplar_shape) -> tuple[int, int]:
         """(height, width) of the output for an exemplar of this shape."""
@@ -234,7 +219,7 @@ def is_gray(image: np.ndarray, tolerance: float = 0.5 / 255) -> bool:
     return image.shape[-1] == 1 or bool(np.all(np.abs(image - image[..., :1]) <= tolerance))
 
 
-def _exemplar(config: TextureConfig, inputs: TextureInputs) -> np.ndarray:
+def texture_exemplar(config: TextureConfig, inputs: TextureInputs) -> np.ndarray:
     """The exemplar as the synthesis sees it: one channel when the texture is grey."""
     exemplar = np.asarray(inputs.exemplar, np.float32)
     gray = config.color == TextureColor.gray or (config.color == TextureColor.auto and is_gray(exemplar))
@@ -267,29 +252,28 @@ def texture_tiles(config: TextureConfig, inputs: TextureInputs) -> TilePlan:
     height, width = config.output_size(inputs.exemplar.shape)
     untiled = optimisation_bytes(height, width, config.layers, config.variations)
     fixed = held_bytes(height, width, config.variations) + activation_bytes(*inputs.exemplar.shape[:2], config.layers)
-    return plan_tiles(height, width, config.tile, config.overlap, untiled=untiled, budget=memory_budget(config.max_memory),
-                      layers=config.layers, count=config.variations, fixed=fixed)
+    return tile_plan(config, height, width, untiled=untiled, fixed=fixed, layers=config.layers, count=config.variations)
 
 
 def texture_problem(config: TextureConfig, inputs: TextureInputs, params) -> Problem:
     """The synthesis as a `Problem`: one stage, `config.variations` images (a batch when more
     than one); the spectrum weight "auto" is calibrated here (see `Problem.facts`)."""
     texture_memory(config, inputs)
-    exemplar = _exemplar(config, inputs)
+    exemplar = texture_exemplar(config, inputs)
     height, width = config.output_size(exemplar.shape)
     channels, count = exemplar.shape[-1], config.variations
     padding = "circular" if config.tileable else "zeros"
-    weights = config.weights
+    layer_weights = config.layer_weight_map
     plan = texture_tiles(config, inputs)
-    targets = texture_targets(params, exemplar, size=(height, width), layers=tuple(weights), pooling=config.pooling)
+    targets = texture_targets(params, exemplar, size=(height, width), layers=tuple(layer_weights), pooling=config.pooling)
     beta = config.spectrum_weight
     if beta == "auto" and plan.tile is None:
-        beta = calibrate_spectrum_weight(params, targets, weights, channels=channels, pooling=config.pooling, padding=padding)
+        beta = calibrate_spectrum_weight(params, targets, layer_weights, channels=channels, pooling=config.pooling, padding=padding)
     elif beta == "auto":  # calibrated on a tile, for the whole image: the spectrum term sums over pixels
-        at_tile = texture_targets(params, exemplar, size=plan.shape, layers=tuple(weights), pooling=config.pooling)
-        beta = calibrate_spectrum_weight(params, at_tile, weights, channels=channels, pooling=config.pooling,
+        at_tile = texture_targets(params, exemplar, size=plan.shape, layers=tuple(layer_weights), pooling=config.pooling)
+        beta = calibrate_spectrum_weight(params, at_tile, layer_weights, channels=channels, pooling=config.pooling,
                                          padding=padding) * plan.shape[0] * plan.shape[1] / (height * width)
-    settings = {"layer_weights": weights, "spectrum_weight": float(beta), "pooling": config.pooling, "padding": padding}
+    settings = {"layer_weights": layer_weights, "spectrum_weight": float(beta), "pooling": config.pooling, "padding": padding}
 
     def start(_):
         if inputs.start is not None:
@@ -299,10 +283,6 @@ def texture_problem(config: TextureConfig, inputs: TextureInputs, params) -> Pro
             return jnp.broadcast_to(resize(image, height, width), (count, height, width, channels))
         keys = jnp.stack([jax.random.PRNGKey(config.seed + i) for i in range(count)])
         return jax.vmap(lambda key: jax.random.uniform(key, (height, width, channels), jnp.float32))(keys)
-
-    def value(pixels, data):
-        t, p = data
-        return texture_losses(pixels, t, p, **settings)[0]
 
     def view(pixels):
         return jnp.clip(pixels, 0.0, 1.0)
@@ -318,43 +298,23 @@ def texture_problem(config: TextureConfig, inputs: TextureInputs, params) -> Pro
     def terms(images):
         if plan.tile is None:
             return per_image(terms_of(jnp.asarray(images), targets, params))
-        parts = tiled_style_terms(params, images, None, targets.grams, weights, tile=statistic_tile(plan.tile), halo=HALO,
-                                  pooling=config.pooling)
+        parts = tiled_terms(params, images, plan, targets.grams, layer_weights, pooling=config.pooling)
         spectrum = spectrum_of(jnp.asarray(images), targets.spectrum)
         return per_image((parts["style"] + float(beta) * spectrum, {"gram": parts["style"], "spectrum": spectrum}))
 
     if plan.tile is None:
-        stage = Stage(f"{width}x{height}", start, value, (targets, params), data_axes=None,
-                      group=images_per_call(height, width))
-        steps, notes, facts = config.steps, (), {}
-    else:
-        stage = Stage(f"{width}x{height} in {len(plan.grid)} tiles", start, _tile_value(plan, weights, settings), None,
-                      tiles=_texture_tiles(config, plan, exemplar, params), group=images_per_call(*plan.shape))
-        steps = config.steps * len(plan.grid)
-        notes = (f"{len(plan.grid)} tiles of {plan.shape[1]}x{plan.shape[0]} px, {config.overlap} px overlap",)
+        stage = synthesis_stage(config, plan, start=start, losses=texture_losses, settings=settings, data=(targets, params))
+        notes, facts = (), {}
+    else:  # every tile aims at the same statistics: the Gram matrices and the spectrum at the tile's size
+        at_tile = texture_targets(params, exemplar, size=plan.shape, layers=config.layers, pooling=config.pooling)
+        stage = synthesis_stage(config, plan, start=start, losses=texture_losses, settings=settings,
+                                tile_data=lambda top, left: (at_tile, params))
+        notes = (tile_note(plan, config.overlap),)
         facts = {"tiles": [{"size": f"{width}x{height}", "tile": plan.tile, "count": len(plan.grid)}]}
     facts = {"spectrum_weight": float(beta), "gray": channels == 1, "size": [width, height], **facts}
-    return Problem((lambda: stage,), (steps,), config.optimizer, config.learning_rate, count, view, finish, terms,
-                   facts=facts, notes=notes)
-
-
-def _tile_value(plan: TilePlan, weights: Mapping[str, float], settings: dict) -> Callable:
-    """A tile's loss as its share of the whole image's: E_l is per position, so w_l is scaled by
-    the tile's share of the positions; the spectrum term sums over the tile's own pixels."""
-    tile_settings = {**settings, "layer_weights": tile_weights(plan, weights)}
-
-    def value_of_tile(pixels, data):
-        targets, network = data
-        return texture_losses(pixels, targets, network, **tile_settings)[0]
-
-    return value_of_tile
-
-
-def _texture_tiles(config: TextureConfig, plan: TilePlan, exemplar, params) -> Tiles:
-    """Every tile aims at the same statistics: the exemplar's Gram matrices scaled to the tile's
-    positions and its spectrum at the tile's size."""
-    targets = texture_targets(params, exemplar, size=plan.shape, layers=config.layers, pooling=config.pooling)
-    return Tiles(plan.grid, plan.shape, config.overlap, config.tile_steps, lambda top, left: (targets, params), config.seed)
+    return Problem(stages=(lambda: stage,), steps=(plan_steps(plan, config.steps),), optimizer=config.optimizer,
+                   learning_rate=config.learning_rate, count=count, view=view, finish=finish, terms=terms, facts=facts,
+                   notes=notes)
 
 
 def synthesize_texture(config: TextureConfig, inputs: TextureInputs, params, *,
