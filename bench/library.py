@@ -35,7 +35,7 @@ from common import machine, markdown_table, matmul_peak_gflops, timeit, write_re
 from jaxmosaic.search import l2_normalize, match_tiles  # noqa: E402
 from jaxmosaic.techniques.mosaic.bank import BankGrid, bank_parameters  # noqa: E402
 from jaxmosaic.techniques.mosaic.features import ColorMode, FeatureConfig  # noqa: E402
-from jaxmosaic.techniques.mosaic.stream import BankSource, _add_gram, build_folder, stream_library, top_eigen  # noqa: E402
+from jaxmosaic.techniques.mosaic.stream import BankSource, accumulate_gram, build_folder, stream_library, top_eigen  # noqa: E402
 from jaxmosaic.weights import random_alexnet, random_vgg19  # noqa: E402
 
 FULL = BankGrid()
@@ -109,12 +109,12 @@ def main() -> None:
     # the statistics: float64 syrk per chunk, projected to the full bank
     gram = np.zeros((d, d), np.float64, order="F")
     block = rows[:chunk]
-    timing = timeit(lambda: _add_gram(gram, block), repeats=3)
+    timing = timeit(lambda: accumulate_gram(gram, block), repeats=3)
     statistics_per_chunk = timing["min"]
     gram = np.zeros((d, d), np.float64, order="F")
     start = time.perf_counter()
     for s in range(0, len(rows), chunk):
-        gram = _add_gram(gram, rows[s : s + chunk])
+        gram = accumulate_gram(gram, rows[s : s + chunk])
     statistics_subset = time.perf_counter() - start
     start = time.perf_counter()
     values, basis = top_eigen(gram, 100)

@@ -141,19 +141,18 @@ def output_name(out, tag: str, suffix: str | None = None) -> Path:
     return out.with_name(f"{out.stem}-{tag}{suffix if suffix is not None else out.suffix}")
 
 
-def write_metrics(path: Path | None, technique: str, settings: dict, inputs, outputs, *, steps: int = 0, seconds: float = 0.0,
-                  compile_seconds: float = 0.0, wall_seconds: float | None = None, loss=None, **own) -> None:
+def write_metrics(path: Path | None, technique: str, settings: dict, inputs, outputs, **figures) -> None:
     """Write the one `--metrics` JSON object every command writes (when a path is given):
-    technique, settings, inputs, steps, seconds, compile_seconds, [wall_seconds], [loss], the
-    command's own figures under keys of their own, and the outputs written."""
+    technique, settings, inputs, steps, seconds and compile_seconds (0 unless given), then the
+    other `figures` given (wall_seconds and loss, left out when None; the command's own figures
+    under keys of their own), and the outputs written."""
     if path is None:
         return
-    summary = {"technique": technique, "settings": settings, "inputs": [str(p) for p in inputs], "steps": steps,
-               "seconds": seconds, "compile_seconds": compile_seconds}
-    if wall_seconds is not None:
-        summary["wall_seconds"] = wall_seconds
-    if loss is not None:
-        summary["loss"] = loss
-    summary.update(own)
+    summary = {"technique": technique, "settings": settings, "inputs": [str(p) for p in inputs], "steps": 0,
+               "seconds": 0.0, "compile_seconds": 0.0, **figures}
+    for optional in ("wall_seconds", "loss"):
+        if optional in summary and summary[optional] is None:
+            del summary[optional]
     summary["outputs"] = [str(p) for p in outputs]
     write_json(path, summary, inputs=inputs)
+

@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from jaxmosaic._version import __version__
-from jaxmosaic.cli import features, hybrid, mosaic, style, texture, vq, weights
+from jaxmosaic.cli import features, hybrid, library, mosaic, style, texture, vq, weights
 from jaxmosaic.cli._common import enable_compilation_cache, error_line, state
 
 class _OneLineErrors(TyperGroup):
@@ -66,7 +66,7 @@ def main_options(
 def register() -> None:
     app.command(name="mosaic")(mosaic.mosaic)
     app.add_typer(mosaic.tiles_app, name="tiles")
-    app.add_typer(mosaic.library_app, name="library")
+    app.add_typer(library.library_app, name="library")
     app.command(name="hybrid")(hybrid.hybrid)
     app.command(name="style")(style.style)
     app.command(name="texture")(texture.texture)

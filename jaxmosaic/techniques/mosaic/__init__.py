@@ -5,7 +5,7 @@ or VGG19 activations (`features`); tiles come from a library (`library`: a folde
 the built-in Gabor tiles of `tiles`, found through `sources`), whose dictionary may be compressed
 by SVD (see `jaxmosaic.search`); candidates are found by blocked top-k matching; a greedy pass
 enforces a reuse cap and a minimum distance between repeats; tiles are coloured towards their
-patches and assembled (`assemble`).
+patches and assembled (`assemble`). Libraries too large for memory are built chunk by chunk (`stream`).
 """
 
 from jaxmosaic.techniques.mosaic.assemble import (
@@ -34,6 +34,8 @@ from jaxmosaic.techniques.mosaic.features import (
     view_for,
 )
 from jaxmosaic.techniques.mosaic.library import (
+    AUTO_SVD_CAP,
+    AUTO_SVD_ENERGY,
     TileLibrary,
     attach_svd,
     auto_svd_k,
@@ -42,8 +44,10 @@ from jaxmosaic.techniques.mosaic.library import (
     load_library,
     load_tile,
     save_library,
+    spectrum_svd_k,
 )
 from jaxmosaic.techniques.mosaic.sources import LibraryConfig, color_mode, feature_config, obtain_library, with_svd
+from jaxmosaic.techniques.mosaic.stream import LibraryBuildConfig
 from jaxmosaic.techniques.mosaic.tiles import GaborGrid, GaborTilesConfig, gabor_colors, gabor_parameters, gabor_tile_name, gabor_tiles
 
 __all__ = [
@@ -68,6 +72,8 @@ __all__ = [
     "matching_view",
     "vgg_patch_features",
     "view_for",
+    "AUTO_SVD_CAP",
+    "AUTO_SVD_ENERGY",
     "TileLibrary",
     "attach_svd",
     "auto_svd_k",
@@ -76,11 +82,13 @@ __all__ = [
     "load_library",
     "load_tile",
     "save_library",
+    "spectrum_svd_k",
     "LibraryConfig",
     "color_mode",
     "feature_config",
     "obtain_library",
     "with_svd",
+    "LibraryBuildConfig",
     "GaborGrid",
     "GaborTilesConfig",
     "gabor_colors",

@@ -53,6 +53,13 @@ class FeatureKind(enum.StrEnum):
         """The weights these features need: "vgg19", "alexnet", or None."""
         return {"vgg": "vgg19", "alexnet": "alexnet"}.get(self.value)
 
+    @property
+    def typical_dimension(self) -> int:
+        """The length of a feature row at this kind's default settings (color: a 4 x 4 grid; vgg:
+        relu4_1's 512 channels averaged; alexnet: avgpool flattened), for estimates made before
+        the settings are known."""
+        return {"color": 64, "vgg": 512, "alexnet": 9216}[self.value]
+
 
 class PatchPool(enum.StrEnum):
     """How a VGG19 activation map becomes a vector: its spatial mean, or the whole map flattened."""
@@ -118,6 +125,11 @@ class FeatureConfig:
         if self.kind == FeatureKind.alexnet and self.layer == "avgpool":
             return 9216 if self.pool == PatchPool.flat else 256
         return None
+
+    @property
+    def expected_dimension(self) -> int:
+        """`dimension` where it is known, else the kind's typical one: for memory and disk estimates."""
+        return self.dimension or self.kind.typical_dimension
 
     def as_dict(self) -> dict:
         return {name: str(value) if isinstance(value, enum.Enum) else value for name, value in dataclasses.asdict(self).items()}

@@ -36,12 +36,20 @@ __all__ = [
     "build_library",
     "save_library",
     "load_library",
+    "AUTO_SVD_CAP",
+    "AUTO_SVD_ENERGY",
     "auto_svd_k",
+    "spectrum_svd_k",
     "attach_svd",
     "is_current",
 ]
 
 _KIND = "tile-library"
+
+AUTO_SVD_CAP = 100
+"""The most dimensions svd_k "auto" keeps."""
+AUTO_SVD_ENERGY = 0.998
+"""The share of the tiles' spread around their mean that svd_k "auto" keeps."""
 
 
 @dataclasses.dataclass
@@ -122,9 +130,22 @@ def load_tile(path: str | os.PathLike, size: int) -> np.ndarray:
     return np.asarray(picture, np.float32) / 255.0
 
 
-def auto_svd_k(features: np.ndarray, energy: float = 0.998, cap: int = 100) -> int:
+def spectrum_svd_k(values: np.ndarray, total: float, *, energy: float = AUTO_SVD_ENERGY, cap: int = AUTO_SVD_CAP) -> int:
+    """One dimension for the mean direction plus the fewest principal directions that keep
+    `energy` of the spread, at most `cap`.
+
+    Args:
+      values: the leading eigenvalues of the centred D^T D, descending (at least `cap` of them,
+        or all).
+      total: the sum of all its eigenvalues (its trace).
+    """
+    kept = np.cumsum(values) / max(float(total), 1e-30)
+    return max(1, min(int(np.searchsorted(kept, energy) + 2), cap))
+
+
+def auto_svd_k(features: np.ndarray, energy: float = AUTO_SVD_ENERGY, cap: int = AUTO_SVD_CAP) -> int:
     """One dimension for the features' mean direction plus the fewest principal directions that
-    keep `energy` of the tiles' spread around it, at most `cap`.
+    keep `energy` of the tiles' spread around it, at most `cap` (see `spectrum_svd_k`).
 
     The uncentred energy of D is the wrong guide: features share a large common component (the
     mean tile), so one singular vector already holds most of ||D||_F^2 while telling no tiles apart.
@@ -132,9 +153,7 @@ def auto_svd_k(features: np.ndarray, energy: float = 0.998, cap: int = 100) -> i
     n, t = features.shape
     centred = features.astype(np.float64) - features.mean(axis=0, dtype=np.float64)
     values = np.sort(np.clip(np.linalg.eigvalsh(centred.T @ centred), 0, None))[::-1]
-    kept = np.cumsum(values) / max(values.sum(), 1e-30)
-    k = int(np.searchsorted(kept, energy) + 2)
-    return max(1, min(k, cap, n, t))
+    return max(1, min(spectrum_svd_k(values, values.sum(), energy=energy, cap=cap), n, t))
 
 
 def attach_svd(library: TileLibrary, k: int) -> None:

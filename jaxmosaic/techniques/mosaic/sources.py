@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -18,6 +19,8 @@ from jaxmosaic.config import MAX_INT, ConfigError, choice, setting, whole
 from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.techniques.mosaic.features import ColorMode, FeatureConfig, FeatureKind, PatchPool, view_for
 from jaxmosaic.techniques.mosaic.library import (
+    AUTO_SVD_CAP,
+    AUTO_SVD_ENERGY,
     TileLibrary,
     attach_svd,
     auto_svd_k,
@@ -44,7 +47,7 @@ class LibraryConfig:
     color: ColorMode = setting(ColorMode.auto, "How tiles take the patch's colour: none, multiply (grey tile x mean colour), transfer (mean/std), blend; auto: multiply for gabor, a library's own mode, else none.")
     layer: str | None = setting(None, "vgg or alexnet features: the layer (default relu4_1 for vgg, avgpool for alexnet).")
     pool: PatchPool | None = setting(None, "vgg or alexnet features: 'mean' (spatial average) or 'flat' (the whole map); default mean for vgg, flat for alexnet.")
-    svd_k: int | str = setting("auto", "SVD dimensions kept: 'auto' (99.8% of the tiles' spread, at most 100), a number, or 0 for exact matching.",
+    svd_k: int | str = setting("auto", f"SVD dimensions kept: 'auto' ({AUTO_SVD_ENERGY:.1%} of the tiles' spread, at most {AUTO_SVD_CAP}), a number, or 0 for exact matching.",
                                parse=parse_svd_k, example="auto or a whole number")
     gabor_colors: int = setting(1, "gabor tiles: 1 for grey tiles, N for grey plus N-1 tinted copies of each.")
     bank_grid: BankGrid = setting(BankGrid(), "gabor-bank: the number of sigma, theta, lambda and gamma values (50,10,25,25 is the original's 312,500 tiles; 2,2,3,3 is 36).",
@@ -124,14 +127,15 @@ def obtain_library(tiles: str, config: LibraryConfig, settings: FeatureConfig, m
     """The library for a tile source, with `settings`' features and the SVD `config.svd_k` asks for.
 
     Args:
-      tiles: "gabor", a folder (indexed once and cached under `cache` until it changes) or a
-        library file (`loaded`, if the caller has read it; used as it is when current, else its
-        source is indexed again).
+      tiles: "gabor", "gabor-bank" (built once into `cache`), a folder (indexed once and cached
+        under `cache` until it changes) or a library file (`loaded`, if the caller has read it;
+        used as it is when current, else its source is indexed again).
       say: receives a line for the user when something worth knowing happens.
     """
     source = Path(tiles)
     if tiles == BANK:
-        library = _cached_bank(config, settings, mode, params=params, cache=cache, progress=progress, say=say)
+        library = _from_cache(_bank_recipe(config, settings, mode, params=params, progress=progress, say=say), cache,
+                              settings, mode, say)
     elif tiles == "gabor":
         library = build_library("gabor", settings, mode, params=params, colors=gabor_colors(config.gabor_colors),
                                 progress=progress)
@@ -143,65 +147,73 @@ def obtain_library(tiles: str, config: LibraryConfig, settings: FeatureConfig, m
             return obtain_library(library.source, config, settings, mode, params=params, cache=cache, progress=progress, say=say)
         library.color = mode
     elif source.is_dir():
-        library = _cached_folder(source, config, settings, mode, params=params, cache=cache, progress=progress, say=say,
-                                 inputs=inputs)
+        library = _from_cache(_folder_recipe(source, settings, mode, params=params, progress=progress, say=say, inputs=inputs),
+                              cache, settings, mode, say)
     else:
         raise JaxmosaicError(f"{tiles}: no such folder or library file (or use gabor or {BANK})")
     return with_svd(library, config.svd_k)
 
 
-def _current_cache(cached: Path, settings, mode) -> TileLibrary | None:
-    """The library cached at `cached` if it is readable and current for `settings` (serving
-    `mode`), else None."""
+class _Recipe(NamedTuple):
+    """How a library the cache keeps is found there and made."""
+
+    prefix: str  # of its file's name in the cache
+    key: list  # what the library depends on (hashed into the file's name)
+    what: str  # the library, for the user
+    make: Callable[[Path | None], TileLibrary]  # the file to write it to (None: no cache) -> the library
+
+
+def _from_cache(recipe: _Recipe, cache: Path | None, settings: FeatureConfig, mode: ColorMode,
+                say: Callable[[str], None]) -> TileLibrary:
+    """The library of `recipe`: read from `cache` when it is there and current for `settings`
+    (serving `mode`), else made (into the cache when there is one)."""
+    if cache is None:
+        return recipe.make(None)
+    key = hashlib.sha256(json.dumps(recipe.key, sort_keys=True).encode()).hexdigest()[:20]
+    cached = cache / f"{recipe.prefix}{key}.npz"
     if cached.is_file():
         with contextlib.suppress(JaxmosaicError):
             library = load_library(cached)
             if is_current(library, settings):
                 library.color = mode
+                say(f"{recipe.what} ({len(library)} tiles) is up to date ({cached})")
                 return library
-    return None
+    return recipe.make(cached)
 
 
-def _cached_bank(config: LibraryConfig, settings, mode, *, params, cache, progress, say) -> TileLibrary:
+def _bank_recipe(config: LibraryConfig, settings: FeatureConfig, mode: ColorMode, *, params, progress, say) -> _Recipe:
     """The Gabor bank's library: built chunk by chunk into the cache once (resuming a build that
     was stopped), then read from there."""
-    from jaxmosaic.techniques.mosaic.stream import BankSource, stream_library
-
-    if cache is None:
-        raise ValueError(f"{BANK} is built into the library cache; pass a cache folder")
-    k = config.svd_k if config.svd_k not in (0,) else 100
-    key = hashlib.sha256(json.dumps([BANK, str(config.bank_grid), settings.as_dict(), k], sort_keys=True).encode()).hexdigest()[:20]
-    cached = cache / f"bank-{key}.npz"
-    library = _current_cache(cached, settings, mode)
-    if library is not None:
-        say(f"{BANK} library ({len(library)} tiles) is up to date ({cached})")
-        return library
     from jaxmosaic.resources import check_disk, check_memory
-    from jaxmosaic.techniques.mosaic.stream import stream_memory
+    from jaxmosaic.techniques.mosaic.stream import DEFAULT_CHUNK, BankSource, stream_disk, stream_library, stream_memory
+    from jaxmosaic.techniques.mosaic.stream import stream_svd_k
 
-    dimension = settings.dimension or 512
-    check_memory(stream_memory(settings, dimension, 256, config.bank_grid.size, 100 if k == "auto" else int(k)),
-                 f"building the {BANK} library", hint="build it with `jaxmosaic library build gabor-bank --chunk N` first")
-    check_disk(cache, config.bank_grid.size * dimension * 4, f"the feature rows of {config.bank_grid.size} bank tiles")
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    say(f"building the {BANK} library ({config.bank_grid.size} tiles) once, into {cached}")
-    return stream_library(BankSource(config.bank_grid), settings, mode, cached, params=params, weights=settings.weights,
-                          k=k, resume=True, progress=progress)
+    grid, k = config.bank_grid, stream_svd_k(config.svd_k)
 
-
-def _cached_folder(source: Path, config, settings, mode, *, params, cache, progress, say, inputs) -> TileLibrary:
-    cached = None
-    if cache is not None:
-        key = hashlib.sha256(json.dumps([str(source.resolve()), settings.as_dict()], sort_keys=True).encode()).hexdigest()[:20]
-        cached = cache / f"{key}.npz"
-        library = _current_cache(cached, settings, mode)
-        if library is not None:
-            say(f"tile library for {source} is up to date ({cached})")
-            return library
-    library = build_library(str(source), settings, mode, params=params, progress=progress)
-    if library.skipped:
-        say(f"skipped {len(library.skipped)} unreadable file(s), e.g. {library.skipped[0]} (see `jaxmosaic library info`)")
-    if cached is not None:
+    def make(cached: Path | None) -> TileLibrary:
+        if cached is None:
+            raise ValueError(f"{BANK} is built into the library cache; pass a cache folder")
+        check_memory(stream_memory(settings, DEFAULT_CHUNK, grid.size, k), f"building the {BANK} library",
+                     hint="build it with `jaxmosaic library build gabor-bank --chunk N` first")
+        check_disk(cached.parent, stream_disk(settings, grid.size), f"the feature rows of {grid.size} bank tiles")
         cached.parent.mkdir(parents=True, exist_ok=True)
-        save_library(cached, library, inputs=inputs)
-    return library
+        say(f"building the {BANK} library ({grid.size} tiles) once, into {cached}")
+        return stream_library(BankSource(grid), settings, mode, cached, params=params, weights=settings.weights, k=k,
+                              resume=True, progress=progress)
+
+    return _Recipe("bank-", [BANK, str(grid), settings.as_dict(), k], f"{BANK} library", make)
+
+
+def _folder_recipe(source: Path, settings: FeatureConfig, mode: ColorMode, *, params, progress, say, inputs) -> _Recipe:
+    """A folder's library: indexed in memory, kept in the cache until the folder changes."""
+
+    def make(cached: Path | None) -> TileLibrary:
+        library = build_library(str(source), settings, mode, params=params, progress=progress)
+        if library.skipped:
+            say(f"skipped {len(library.skipped)} unreadable file(s), e.g. {library.skipped[0]} (see `jaxmosaic library info`)")
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            save_library(cached, library, inputs=inputs)
+        return library
+
+    return _Recipe("", [str(source.resolve()), settings.as_dict()], f"tile library for {source}", make)

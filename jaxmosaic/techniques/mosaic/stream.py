@@ -29,6 +29,7 @@ import scipy.linalg
 import scipy.linalg.blas
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxmosaic.config import number, setting, whole
 from jaxmosaic.errors import ImageError, JaxmosaicError
 from jaxmosaic.image import resize
 from jaxmosaic.io.files import atomic_path
@@ -36,13 +37,41 @@ from jaxmosaic.io.folders import OutputFolder
 from jaxmosaic.io.images import IMAGE_SUFFIXES, scan_folder
 from jaxmosaic.techniques.mosaic.bank import BANK, BANK_SIZE, BankGrid, bank_parameters, bank_tiles
 from jaxmosaic.techniques.mosaic.features import ColorMode, FeatureConfig, feature_program
-from jaxmosaic.techniques.mosaic.library import TileLibrary, folder_fingerprint, load_tile, save_library
+from jaxmosaic.techniques.mosaic.library import AUTO_SVD_CAP, TileLibrary, folder_fingerprint, load_tile, save_library
+from jaxmosaic.techniques.mosaic.library import spectrum_svd_k
 
-__all__ = ["BuildPlan", "BankSource", "FolderSource", "tile_source", "top_eigen", "stream_memory", "stream_library",
-           "build_folder"]
+__all__ = ["DEFAULT_CHUNK", "LibraryBuildConfig", "BuildPlan", "BankSource", "FolderSource", "tile_source", "top_eigen",
+           "stream_svd_k", "stream_memory", "stream_disk", "accumulate_gram", "stream_library", "build_folder"]
+
+DEFAULT_CHUNK = 256
+"""Tiles a streaming build embeds together unless told otherwise."""
 
 _WORK_KIND = "library-build"
 _EXACT_BELOW = 2048  # feature dimensions up to which the eigenvectors of G are computed exactly
+
+
+@dataclasses.dataclass(frozen=True)
+class LibraryBuildConfig:
+    """How a library is built: in memory, or chunk by chunk (streamed) over the local devices."""
+
+    stream: bool = setting(False, "Build chunk by chunk in bounded memory (always for gabor-bank): the library then holds D_k = D V_k, not D.")
+    chunk: int = setting(DEFAULT_CHUNK, "Streaming: tiles embedded together.")
+    resume: bool = setting(False, "Streaming: continue a stopped build from its last finished chunk (OUT.build).")
+    keep_features: bool = setting(False, "Streaming: keep the build folder with every tile's full feature row.")
+    devices: int | None = setting(None, "Local devices to share the work over (default: all).")
+    max_memory: float | None = setting(None, "Streaming: GiB the build may use (default: what is free).")
+
+    def __post_init__(self):
+        whole("chunk", self.chunk, minimum=1, maximum=65536)
+        if self.devices is not None:
+            whole("devices", self.devices, minimum=1)
+        if self.max_memory is not None:
+            object.__setattr__(self, "max_memory", number("max_memory", self.max_memory, above=0.0))
+
+    def streams(self, tiles: str) -> bool:
+        """Whether the library of `tiles` is built chunk by chunk: always for the Gabor bank, else
+        when streaming, resuming or keeping the feature rows is asked for."""
+        return tiles == BANK or self.stream or self.resume or self.keep_features
 
 
 class BankSource:
@@ -176,9 +205,18 @@ def top_eigen(gram: np.ndarray, k: int, *, seed: int = 0, iterations: int = 8) -
     return np.clip(values, 0, None), vectors * np.where(signs == 0, 1, signs)
 
 
-def stream_memory(settings: FeatureConfig, dimension: int, chunk: int, tiles: int, k: int) -> int:
-    """Bytes a streaming build holds at its peak: one chunk's images and activations, G and its
-    eigen workspace, D_k."""
+def stream_svd_k(svd_k: int | str) -> int | str:
+    """The dimensions a streamed library keeps for `svd_k`: it always holds projections, so 0
+    (exact matching) keeps the most "auto" would."""
+    return AUTO_SVD_CAP if svd_k == 0 else svd_k
+
+
+def stream_memory(settings: FeatureConfig, chunk: int, tiles: int, k: int | str) -> int:
+    """Bytes a streaming build of `tiles` tiles keeping k dimensions ("auto": at most
+    `AUTO_SVD_CAP`) holds at its peak: one chunk's images and activations, G and its eigen
+    workspace, D_k."""
+    dimension = settings.expected_dimension
+    k = AUTO_SVD_CAP if k == "auto" else int(k)
     size = settings.size
     per_image = size * size * 3 * 4 * 4
     if settings.kind != "color":
@@ -187,7 +225,12 @@ def stream_memory(settings: FeatureConfig, dimension: int, chunk: int, tiles: in
     return chunk * per_image + dimension * dimension * 8 * 3 + dimension * width * 8 * 4 + tiles * k * 4 * 2
 
 
-def _add_gram(gram: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def stream_disk(settings: FeatureConfig, tiles: int) -> int:
+    """Bytes of the feature rows a streaming build of `tiles` tiles keeps in its build folders."""
+    return tiles * settings.expected_dimension * 4
+
+
+def accumulate_gram(gram: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """gram + rows^T rows in float64, the upper triangle only (BLAS syrk, in place for a
     Fortran-ordered gram)."""
     return scipy.linalg.blas.dsyrk(1.0, np.asarray(rows, np.float64), beta=1.0, c=gram, trans=1, lower=0, overwrite_c=1)
@@ -258,8 +301,8 @@ def _open_work(path: Path, plan: BuildPlan, resume: bool) -> tuple[OutputFolder,
 
 
 def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str | os.PathLike, *, params=None,
-                   weights: str = "", k: int | str = 100, chunk: int = 256, resume: bool = False, mesh: Mesh | None = None,
-                   progress: Callable[[int, int], None] | None = None, keep_work: bool = False,
+                   weights: str = "", k: int | str = AUTO_SVD_CAP, chunk: int = DEFAULT_CHUNK, resume: bool = False,
+                   mesh: Mesh | None = None, progress: Callable[[int, int], None] | None = None, keep_work: bool = False,
                    say: Callable[[str], None] = lambda line: None) -> TileLibrary | None:
     """Build the library of `source` (`BankSource`, `FolderSource`) chunk by chunk and write it
     to `out` (process 0; the others return None).
@@ -267,7 +310,8 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
     Args:
       settings: the features; `params` the network's weights they need (`weights` their fingerprint).
       k: the dimensions kept (at most min(tiles, d)), or "auto": one for the mean direction plus
-        the fewest principal directions keeping 99.8% of the spread around it, at most 100.
+        the fewest principal directions keeping `AUTO_SVD_ENERGY` (99.8%) of the spread around
+        it, at most `AUTO_SVD_CAP` (see `spectrum_svd_k`).
       chunk: tiles embedded together.
       resume: reuse the chunks a killed build with the same plan finished.
       mesh: local devices to shard each chunk over (a one-axis mesh; None: one device).
@@ -315,7 +359,7 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
             if gram is None:
                 dimension = rows_c.shape[1]
                 gram, sums = np.zeros((dimension, dimension), np.float64, order="F"), np.zeros(dimension, np.float64)
-            gram = _add_gram(gram, rows_c)
+            gram = accumulate_gram(gram, rows_c)
             sums += rows_c.sum(axis=0, dtype=np.float64)
             count += len(kept)
         done += stop - start
@@ -336,10 +380,10 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
     if k == "auto":
         mean = sums / count
         centred = np.asfortranarray(gram - count * np.outer(mean, mean))
-        values, _ = top_eigen(centred, min(100, dimension, count))
-        kept_share = np.cumsum(values) / max(float(np.trace(centred)), 1e-30)
+        values, _ = top_eigen(centred, min(AUTO_SVD_CAP, dimension, count))
+        total = float(np.trace(centred))
         del centred
-        k = max(1, min(int(np.searchsorted(kept_share, 0.998) + 2), 100, count, dimension))
+        k = max(1, min(spectrum_svd_k(values, total), count, dimension))
     k = int(k)
     if not 1 <= k <= min(count, dimension):
         raise JaxmosaicError(f"--svd-k {k}: the library has {count} tiles of {dimension} features; use at most "

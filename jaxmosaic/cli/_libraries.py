@@ -1,0 +1,44 @@
+"""What `mosaic` and `library` share: tile libraries, the networks their features need, the
+local devices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jaxmosaic.cli._common import echo, rate_progress, vgg_params
+from jaxmosaic.errors import JaxmosaicError
+from jaxmosaic.sharding import device_mesh
+from jaxmosaic.techniques.mosaic import FeatureKind, LibraryConfig, TileLibrary, color_mode, feature_config, load_library
+from jaxmosaic.techniques.mosaic import obtain_library
+from jaxmosaic.weights import cache_dir
+
+
+def network_params(kind: FeatureKind, weights: str | None, seed: int):
+    """The weights `kind` features need (VGG19 or AlexNet), or None for colour features."""
+    return vgg_params(weights, seed, arch=kind.network) if kind.network else None
+
+
+def local_mesh(devices: int | None):
+    """A mesh over the first `devices` local devices (default all), or None for one."""
+    try:
+        return device_mesh(devices, local=True)
+    except ValueError as error:
+        raise JaxmosaicError(f"--devices {devices}: {error}") from None
+
+
+def source_paths(source: str | None) -> list[Path]:
+    """A tile source or a --weights value as an input path (none for gabor, random or the lookup)."""
+    return [Path(source)] if source not in (None, "gabor", "random") and Path(source).exists() else []
+
+
+def obtain_tile_library(tiles: str, config: LibraryConfig, weights: str | None, inputs, *, cache: bool) -> tuple[TileLibrary, object]:
+    """(the library for a tile source, the network params its features need or None)."""
+    loaded = load_library(tiles) if Path(tiles).is_file() else None
+    mode = color_mode(config, tiles, loaded)
+    kind = config.features or (loaded.settings.kind if loaded is not None else FeatureKind.color)
+    params = network_params(FeatureKind(kind), weights, config.seed)
+    settings = feature_config(config, mode, loaded, params)
+    with rate_progress(f"indexing {tiles}") as progress:
+        library = obtain_library(tiles, config, settings, mode, params=params, loaded=loaded, progress=progress, say=echo,
+                                 cache=cache_dir() / "libraries" if cache else None, inputs=inputs)
+    return library, params

@@ -1,0 +1,124 @@
+"""`jaxmosaic library build / info`: index a tile set once, for fast mosaics."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Annotated
+
+import jax
+import typer
+
+from jaxmosaic.cli._common import OverwriteOption, WeightsOption, echo, guarded, rate_progress
+from jaxmosaic.cli._libraries import local_mesh, network_params, obtain_tile_library, source_paths
+from jaxmosaic.cli._options import command
+from jaxmosaic.distributed import DistributedConfig, start_distributed
+from jaxmosaic.errors import JaxmosaicError
+from jaxmosaic.io.outputs import check_outputs
+from jaxmosaic.resources import check_disk, check_memory, memory_budget
+from jaxmosaic.techniques.mosaic import (
+    FeatureKind,
+    LibraryBuildConfig,
+    LibraryConfig,
+    TileLibrary,
+    color_mode,
+    feature_config,
+    is_current,
+    load_library,
+    save_library,
+)
+from jaxmosaic.techniques.mosaic.stream import stream_disk, stream_library, stream_memory, stream_svd_k, tile_source
+
+library_app = typer.Typer(help="Index a folder of tiles once, for fast mosaics.", no_args_is_help=True, rich_markup_mode="rich")
+
+
+@library_app.command()
+@guarded
+@command(library=LibraryConfig, config=LibraryBuildConfig, distributed=DistributedConfig)
+def build(
+    tiles: Annotated[str, typer.Argument(help="A folder of tile images (searched recursively), 'gabor', or 'gabor-bank'.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Library file to write (.npz).")],
+    library: LibraryConfig,
+    config: LibraryBuildConfig,
+    distributed: DistributedConfig,
+    weights: WeightsOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Index again even if the library is up to date.")] = False,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Compute the features (and SVD) of a tile set and store them, re-indexing only when the folder changed.
+
+    gabor-bank (or --stream) builds chunk by chunk: memory stays bounded whatever the number of
+    tiles, a stopped build continues with --resume, chunks are shared over the local devices and,
+    with --coordinator/--num-processes/--process-id, over several processes or machines (each
+    embeds a contiguous share; D^T D is summed by a collective; process 0 writes OUT).
+    """
+    if out.suffix != ".npz":
+        raise JaxmosaicError(f"--out {out}: a tile library file must end in .npz")
+    if config.streams(tiles) or distributed.active:
+        _stream_build(tiles, out, library, config, distributed, weights, overwrite=overwrite)
+        return
+    check_outputs([out], [*source_paths(tiles), *source_paths(weights)], overwrite=overwrite)
+    if out.is_file() and not force:
+        with contextlib.suppress(JaxmosaicError):
+            old = load_library(out)
+            params = network_params(library.features or FeatureKind.color, weights, library.seed)
+            wanted = feature_config(library, color_mode(library, tiles), None, params)
+            if is_current(old, wanted) and (library.svd_k == "auto" or (old.svd or {}).get("k", 0) == library.svd_k):
+                echo(f"{out} is up to date ({len(old)} tiles); nothing to do")
+                return
+    made, _ = obtain_tile_library(tiles, library, weights, [], cache=False)
+    save_library(out, made, inputs=source_paths(tiles))
+    _say_skipped(made)
+    energy = f", k={made.svd['k']} keeps {made.svd['energy']:.1%} of the energy" if made.svd else ""
+    echo(f"indexed {len(made)} tiles ({made.features.shape[1]} {made.settings.kind} features{energy}) -> {out}")
+
+
+def _stream_build(tiles: str, out: Path, library: LibraryConfig, config: LibraryBuildConfig, distributed: DistributedConfig,
+                  weights: str | None, *, overwrite: bool) -> None:
+    """`build` chunk by chunk, over the local devices and the processes `distributed` names."""
+    start_distributed(distributed)
+    if jax.process_index() == 0:
+        check_outputs([out], [*source_paths(tiles), *source_paths(weights)], overwrite=overwrite)
+    mode = color_mode(library, tiles)
+    params = network_params(library.features or FeatureKind.color, weights, library.seed)
+    settings = feature_config(library, mode, None, params)
+    source = tile_source(tiles, settings, library.bank_grid)
+    k = stream_svd_k(library.svd_k)
+    check_memory(stream_memory(settings, config.chunk, source.count, k), f"a streaming build in chunks of {config.chunk}",
+                 budget=memory_budget(config.max_memory), hint="a smaller --chunk")
+    check_disk(out.parent, stream_disk(settings, source.count) // max(1, jax.process_count()),
+               f"the feature rows of {source.count} tiles")
+    mesh = local_mesh(config.devices)
+    with rate_progress(f"embedding {tiles}", unit="tiles") as progress:
+        made = stream_library(source, settings, mode, out, params=params, weights=settings.weights, k=k, chunk=config.chunk,
+                              resume=config.resume, mesh=mesh, progress=progress, keep_work=config.keep_features, say=echo)
+    if made is None:
+        echo(f"process {jax.process_index()}: done; process 0 writes {out}")
+        return
+    _say_skipped(made)
+    rate = made.build["tiles_per_second"]
+    echo(f"indexed {len(made)} tiles ({made.dimension} {made.settings.kind} features -> k={made.svd['k']} keeps "
+         f"{made.svd['energy']:.1%} of the energy; {rate:.1f} tiles/s on process 0 over {made.build['devices']} device(s), "
+         f"{made.build['processes']} process(es)) -> {out}")
+
+
+def _say_skipped(made: TileLibrary) -> None:
+    if made.skipped:
+        echo(f"skipped {len(made.skipped)} unreadable file(s): {', '.join(made.skipped[:5])}{' ...' if len(made.skipped) > 5 else ''}")
+
+
+@library_app.command()
+@guarded
+def info(library_file: Annotated[Path, typer.Argument(help="A library .npz.")]) -> None:
+    """Describe a tile library: source, size, features, SVD, skipped files, and whether it is current."""
+    library = load_library(library_file)
+    summary = {
+        "kind": library.kind, "source": library.source, "tiles": len(library), "features": library.dimension,
+        "settings": library.settings.as_dict(), "color": str(library.color),
+        "svd": None if library.svd is None else {"k": library.svd["k"], "energy": library.svd["energy"],
+                                                 "projected": library.projected},
+        "bank": None if library.bank is None else ",".join(map(str, library.bank)), "build": library.build,
+        "current": is_current(library, library.settings), "skipped": library.skipped,
+    }
+    typer.echo(json.dumps(summary, indent=2))
