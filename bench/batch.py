@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, matmul_peak_gflops, timeit, vgg_conv_flops, write_results  # noqa: E402
 
 from jaxmosaic import load_image, resize  # noqa: E402
-from jaxmosaic.optimize import _batched_value_and_grad, _group, minimize  # noqa: E402
+from jaxmosaic.optimize import batched_value_and_grad, minimize, problem_group  # noqa: E402
 from jaxmosaic.techniques.style import STYLE_LAYERS, style_targets, style_transfer_losses  # noqa: E402
 from jaxmosaic.techniques.texture import TEXTURE_LAYERS, texture_losses, texture_targets  # noqa: E402
 from jaxmosaic.vgg import images_per_call  # noqa: E402
@@ -67,7 +67,7 @@ def loss_of(technique: str, params, size: int, count: int):
     weights = {name: 1 / len(STYLE_LAYERS) for name in STYLE_LAYERS}
 
     def value(x, data):
-        return style_transfer_losses(x, data[0], data[1], style_weights=weights)[0]
+        return style_transfer_losses(x, data[0], data[1], layer_weights=weights)[0]
 
     return value, (targets, params), (0, None), "relu5_1"
 
@@ -153,9 +153,9 @@ def main() -> None:
                 value, data, data_axes, deepest = loss_of(technique, params, size, count)
                 channels = 1 if technique == "texture" else 3
                 x = jax.random.uniform(jax.random.PRNGKey(count), (count, size, size, channels))
-                group = _group(images_per_call(size, size), count)  # the techniques' network calls
+                group = problem_group(images_per_call(size, size), count)  # the techniques' network calls
                 evaluate = jax.jit(lambda p, d, value=value, data_axes=data_axes, group=group:
-                                   _batched_value_and_grad(value, d, data_axes, group)(p))
+                                   batched_value_and_grad(value, d, data_axes=data_axes, group=group)(p))
                 one_eval = timeit(lambda: jax.block_until_ready(evaluate(x, data)), repeats=args.repeats)["min"]
                 cases[count] = (value, data, data_axes, x, one_eval, 2 * count * vgg_conv_flops(size, deepest), group)
             for optimizer in args.optimizers.split(","):

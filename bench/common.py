@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# bench/run.py sets these for the scripts it runs: where results go, and a tag for their names
+RESULTS_ENV, TAG_ENV = "JAXMOSAIC_BENCH_RESULTS", "JAXMOSAIC_BENCH_TAG"
 # the PyTorch reference (torchvision's VGG19 layout and the losses written in PyTorch) lives with the tests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -61,11 +63,19 @@ def machine() -> dict:
     }
 
 
+def results_path(name: str) -> Path:
+    """bench/results/NAME-BACKEND.json (cpu, gpu, tpu), or NAME-BACKEND-TAG.json with $JAXMOSAIC_BENCH_TAG,
+    in $JAXMOSAIC_BENCH_RESULTS when it is set."""
+    folder = Path(os.environ.get(RESULTS_ENV) or RESULTS)
+    tag = os.environ.get(TAG_ENV)
+    return folder / f"{name}-{jax.default_backend()}{'-' + tag if tag else ''}.json"
+
+
 def write_results(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "machine": machine(), **payload}
-    path = RESULTS / f"{name}-{jax.default_backend()}.json"
+    path = results_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 

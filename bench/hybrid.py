@@ -30,25 +30,16 @@ SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 
 def torch_loop(near, far, kernel, steps, lr, ratio):
+    """The original article's gradient descent in PyTorch eager (tests/torch_reference.py's `hybrid_loss`)."""
     import torch
-    import torch.nn.functional as F
+    from torch_reference import hybrid_loss as torch_hybrid_loss
+    from torch_reference import nchw
 
-    taps = torch.tensor(np.array(kernel))
-    half = (len(taps) - 1) // 2
-    vertical = taps.view(1, 1, -1, 1).repeat(3, 1, 1, 1)
-    horizontal = taps.view(1, 1, 1, -1).repeat(3, 1, 1, 1)
-
-    def blur(image):
-        return F.conv2d(F.conv2d(image, vertical, padding=(half, 0), groups=3), horizontal, padding=(0, half), groups=3)
-
-    a = torch.from_numpy(np.ascontiguousarray(near.transpose(2, 0, 1)[None]))
-    b = torch.from_numpy(np.ascontiguousarray(far.transpose(2, 0, 1)[None]))
-    far_seen = blur(b**2.2) ** (1 / 2.2)
-    theta = torch.zeros_like(a, requires_grad=True)
+    article = torch_hybrid_loss(nchw(near), nchw(far), kernel)
+    theta = torch.zeros_like(nchw(near), requires_grad=True)
 
     def loss_fn():
-        x = torch.sigmoid(theta)
-        return ratio * ((x - a) ** 2).sum() + ((blur(x**2.2) ** (1 / 2.2) - far_seen) ** 2).sum()
+        return article(torch.sigmoid(theta), ratio, 1.0)[0]
 
     start = time.perf_counter()
     for _ in range(steps):

@@ -31,7 +31,7 @@ from common import markdown_table, write_results  # noqa: E402
 
 from jaxmosaic import TextureConfig, TextureInputs, load_image, random_vgg19, synthesize_texture  # noqa: E402
 from jaxmosaic.spectrum import radial_power_spectrum, spectrum_distance  # noqa: E402
-from jaxmosaic.techniques.texture import _exemplar, calibrate_spectrum_weight, texture_loss, texture_targets  # noqa: E402
+from jaxmosaic.techniques.texture import calibrate_spectrum_weight, texture_exemplar, texture_loss, texture_targets  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
@@ -46,12 +46,12 @@ def main() -> None:
     params = random_vgg19(jax.random.PRNGKey(0))
     exemplar = np.asarray(load_image(SAMPLES / args.exemplar))
     base = TextureConfig(size=args.size, steps=args.steps, spectrum_weight=0.0)
-    grey = _exemplar(base, TextureInputs(exemplar))  # one channel for a grey exemplar, as the synthesis sees it
+    grey = texture_exemplar(base, TextureInputs(exemplar))  # one channel for a grey exemplar, as the synthesis sees it
     height, width = base.output_size(grey.shape)
     channels = grey.shape[-1]
     targets = texture_targets(params, grey, size=(height, width), layers=base.layers, pooling=base.pooling)
     noise = jax.random.uniform(jax.random.PRNGKey(base.seed), (height, width, channels), jnp.float32)
-    weights = base.weights
+    weights = base.layer_weight_map
     _, start_terms = texture_loss(noise, targets, params, layer_weights=weights, pooling=base.pooling)
     reference = radial_power_spectrum(jnp.asarray(grey, jnp.float32))
     target = radial_power_spectrum(targets.spectrum)

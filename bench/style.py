@@ -39,20 +39,17 @@ WEIGHTS = {name: 1 / len(STYLE_LAYERS) for name in STYLE_LAYERS}
 
 
 def torch_step_seconds(params, x, content, style, repeats):
+    """The paper's loss and its gradient in PyTorch eager, float32 (tests/torch_reference.py's `gatys_loss`)."""
     import torch
-    from torch_reference import features, gram, style_term, torch_vgg19
+    from torch_reference import gatys_loss, torch_vgg19
 
-    model = torch_vgg19(params)
-    target_p = features(model, content, ("relu4_2",), dtype=torch.float32)["relu4_2"]
-    target_a = {n: gram(f) for n, f in features(model, style, STYLE_LAYERS, dtype=torch.float32).items()}
+    loss = gatys_loss(torch_vgg19(params), content, style, alpha=1.0, beta=1e3, tv_weight=0.0, style_weights=WEIGHTS,
+                      dtype=torch.float32)
     pixels = torch.from_numpy(x.copy()).requires_grad_(True)
 
     def step():
         pixels.grad = None
-        f = features(model, pixels, ("relu4_2", *STYLE_LAYERS), dtype=torch.float32)
-        loss = 0.5 * ((f["relu4_2"] - target_p) ** 2).sum()
-        style_loss = sum(WEIGHTS[n] * style_term(f[n], target_a[n]) for n in STYLE_LAYERS)
-        (loss + 1e3 * style_loss).backward()
+        loss(pixels)[0].backward()
 
     return timeit(step, repeats=repeats)["min"], torch.get_num_threads()
 
@@ -75,7 +72,7 @@ def main() -> None:
         targets = style_targets(params, content, [style])
 
         def loss(pixels, t, p):
-            return style_transfer_loss(pixels, t, p, style_weights=WEIGHTS)[0]
+            return style_transfer_loss(pixels, t, p, layer_weights=WEIGHTS)[0]
 
         timing = jit_and_eager_seconds(jax.value_and_grad(loss), (x, targets, params), args.repeats)
         jit_seconds = timing["jit s/iter"]
@@ -93,10 +90,10 @@ def main() -> None:
     inputs = StyleInputs(content_image, [style_image])
     single = style_transfer(StyleConfig(size=size, steps=(steps,)), inputs, params, chunk=steps)
     per_step = single.seconds / steps
-    target = float(single.history[0][-1])
+    target = float(single.history[0][-1, 0])  # a stage's history is (steps, problems)
     coarse_steps = steps // 2
     multi = style_transfer(StyleConfig(scales=(size // 2, size), steps=(coarse_steps, steps)), inputs, params, chunk=steps)
-    fine = multi.history[1]
+    fine = multi.history[1][:, 0]
     reached = np.nonzero(fine <= target)[0]
     # the coarse scale timed alone; the fine steps cost what the single run's steps cost
     coarse = style_transfer(StyleConfig(size=size // 2, steps=(coarse_steps,)), inputs, params, chunk=coarse_steps)

@@ -38,25 +38,17 @@ BETA = 1e-4
 
 
 def torch_step_seconds(params, x, exemplar, repeats):
-    """The original article's loop in PyTorch: VGG19 features, Gram loss, spectrum projection, backward."""
+    """The original article's loop in PyTorch eager, float32: VGG19 features, Gram loss, spectrum
+    projection, backward (tests/torch_reference.py's `texture_loss`)."""
     import torch
-    from torch_reference import features, gram, style_term, torch_vgg19
+    from torch_reference import texture_loss, torch_vgg19
 
-    model = torch_vgg19(params)
-    u = torch.from_numpy(exemplar.copy())
-    u_hat = torch.fft.fft2(u, dim=(0, 1))
-    targets = {n: gram(f) for n, f in features(model, exemplar, WEIGHTS, pooling="avg", dtype=torch.float32).items()}
+    loss = texture_loss(torch_vgg19(params), exemplar, beta=BETA, weights=WEIGHTS, dtype=torch.float32)
     pixels = torch.from_numpy(x.copy()).requires_grad_(True)
 
     def step():
         pixels.grad = None
-        f = features(model, pixels, WEIGHTS, pooling="avg", dtype=torch.float32)
-        loss = sum(w * style_term(f[n], targets[n]) for n, w in WEIGHTS.items())
-        with torch.no_grad():
-            x_hat = torch.fft.fft2(pixels, dim=(0, 1))
-            phi = (x_hat * u_hat.conj()).sum(-1, keepdim=True)
-            projected = torch.fft.ifft2(phi / phi.abs().clamp_min(1e-30) * u_hat, dim=(0, 1)).real
-        (loss + BETA * 0.5 * ((pixels - projected) ** 2).sum()).backward()
+        loss(pixels)[1].backward()
 
     return timeit(step, repeats=repeats)["min"], torch.get_num_threads()
 

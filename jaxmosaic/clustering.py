@@ -19,7 +19,7 @@ from jax import lax
 
 from jaxmosaic.search import match_tiles
 
-__all__ = ["KMeansInit", "KMeansResult", "kmeans", "nearest_centers", "kmeans_plusplus"]
+__all__ = ["KMeansInit", "KMeansResult", "DIRECT_CENTERS", "kmeans", "nearest_centers", "kmeans_plusplus"]
 
 
 class KMeansInit(enum.StrEnum):
@@ -28,11 +28,14 @@ class KMeansInit(enum.StrEnum):
     plusplus = "k-means++"
     random = "random"
 
-_DIRECT = 16384  # up to this many centres, a block of points is scored against all of them at once
+DIRECT_CENTERS = 16384
+"""Up to this many centres, `nearest_centers` scores a block of points against all of them at once."""
 _GROUP = 128
 
 
 class KMeansResult(NamedTuple):
+    """What `kmeans` returns."""
+
     centers: jax.Array  # (k, d)
     labels: jax.Array  # (n,) int32: each point's nearest centre in `centers`
     inertia: jax.Array  # () sum of squared distances of the points to their nearest centre
@@ -40,20 +43,21 @@ class KMeansResult(NamedTuple):
     history: jax.Array  # (max_iter,) inertia before each iteration (Lloyd; NaN after the last run)
 
 
-def nearest_centers(data: jax.Array, centers: jax.Array, *, block: int = 1024) -> tuple[jax.Array, jax.Array]:
+def nearest_centers(data: jax.Array, centers: jax.Array, *, block: int = 1024,
+                    direct: int = DIRECT_CENTERS) -> tuple[jax.Array, jax.Array]:
     """(labels, squared distances): each row of `data` (n, d) to its nearest row of `centers` (k, d).
 
     Nearest = largest x . c - |c|^2 / 2, computed a block of `block` points at a time (memory
     block x k floats). The argmax runs in two stages (over groups of 128 centres, then inside the
     winning group), as XLA's CPU argmax over a long row is much slower than its max. More than
-    `_DIRECT` centres go through `match_tiles`, which also blocks over the centres. The returned
+    `direct` centres go through `match_tiles`, which also blocks over the centres. The returned
     distance is recomputed as |x - c|^2 for the chosen centre, free of cancellation.
     """
     data = jnp.asarray(data)
     centers = jnp.asarray(centers, data.dtype)
     n, k = data.shape[0], centers.shape[0]
     half = 0.5 * jnp.sum(jnp.square(centers), axis=1)
-    if k > _DIRECT:
+    if k > direct:
         queries = jnp.concatenate([data, jnp.ones((n, 1), data.dtype)], axis=1)
         keys = jnp.concatenate([centers, -half[:, None]], axis=1)
         labels = match_tiles(queries, keys, top_k=1, query_block=block)[1][:, 0]

@@ -30,6 +30,8 @@ __all__ = ["LBFGSState", "BatchedLBFGS", "batched_lbfgs"]
 
 
 class LBFGSState(NamedTuple):
+    """The batched L-BFGS state: a curvature memory, the loss and gradient, and a count per problem."""
+
     memory: Any  # optax's ScaleByLBFGSState, one per problem (a leading problem axis on every leaf)
     value: jax.Array  # (B,) float: the loss at the current parameters
     grad: Any  # like params: the gradient there
@@ -37,6 +39,8 @@ class LBFGSState(NamedTuple):
 
 
 class BatchedLBFGS(NamedTuple):
+    """The batched L-BFGS's pure `init` and `step` (see the module doc)."""
+
     init: Callable  # (params, value (B,), grad) -> LBFGSState
     step: Callable  # (value_and_grad, params, state, active (B,)) -> (params, state, value before the step (B,))
 

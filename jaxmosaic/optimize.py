@@ -80,7 +80,7 @@ def _standard_promotion():
     return jax.numpy_dtype_promotion("standard")
 
 
-def init_state(transform, params, value_and_grad: Callable | None = None):
+def init_state(transform, params, *, value_and_grad: Callable | None = None):
     """A fresh optimiser state for a batch of `params`. L-BFGS (`value_and_grad` given) starts
     from the losses and gradients at `params`, and that evaluation is counted."""
     if value_and_grad is None:
@@ -100,10 +100,10 @@ def state_like(optimizer: str, lr: float | None, params):
     if Optimizer(optimizer) == Optimizer.lbfgs:
         first = jax.tree_util.tree_leaves(params)[0]
         zeros = lambda p: (jnp.zeros((count(p),), first.dtype), jax.tree_util.tree_map(jnp.zeros_like, p))  # noqa: E731
-    return init_state(transform, params, zeros)
+    return init_state(transform, params, value_and_grad=zeros)
 
 
-def batched_value_and_grad(value_fn: Callable, data, data_axes=None, group: int | None = None) -> Callable:
+def batched_value_and_grad(value_fn: Callable, data, *, data_axes=None, group: int | None = None) -> Callable:
     """params -> ((B,) losses, gradients): the gradient of the summed losses, which is each
     problem's own gradient since problem i's loss depends on its own parameters only.
 
@@ -155,7 +155,7 @@ def make_chunk(value_fn: Callable, optimizer, length: int, *, lbfgs: bool, data_
     `batched_value_and_grad`). Not jitted here: callers jit it once per chunk length."""
 
     def step(params, opt_state, good, data):
-        value_and_grad = batched_value_and_grad(value_fn, data, data_axes, group)
+        value_and_grad = batched_value_and_grad(value_fn, data, data_axes=data_axes, group=group)
         if lbfgs:
             return optimizer.step(value_and_grad, params, opt_state, good)
         values, grads = value_and_grad(params)
@@ -184,13 +184,13 @@ def compile_timed(function: Callable, *args) -> tuple[Any, float]:
     return compiled, time.perf_counter() - start
 
 
-def divergence(losses: np.ndarray, stopped: np.ndarray, offset: int = 0) -> np.ndarray:
+def divergence(losses: np.ndarray, stopped: np.ndarray, *, offset: int = 0) -> np.ndarray:
     """Per problem of `losses` (steps, B): `offset` plus the first step whose loss was not finite
     where `stopped`, else -1."""
     return np.where(stopped, np.argmax(~np.isfinite(losses), axis=0) + offset, -1)
 
 
-def merge_divergence(earlier: np.ndarray, later: np.ndarray | None, offset: int = 0) -> np.ndarray:
+def merge_divergence(earlier: np.ndarray, later: np.ndarray | None, *, offset: int = 0) -> np.ndarray:
     """Where each problem first diverged: `earlier`, else `later` (shifted by `offset`), else -1."""
     if later is None:
         return earlier
@@ -288,7 +288,7 @@ def _minimize_batch(value_fn: Callable, params, data, *, optimizer, learning_rat
     compile_seconds, seconds = 0.0, 0.0
     evaluations_before = np.zeros(batch, np.int64)  # the evaluation of a fresh L-BFGS state counts
     if opt_state is None and lbfgs:
-        fresh = lambda p, d: init_state(transform, p, batched_value_and_grad(value_fn, d, data_axes, group))  # noqa: E731
+        fresh = lambda p, d: init_state(transform, p, value_and_grad=batched_value_and_grad(value_fn, d, data_axes=data_axes, group=group))  # noqa: E731
         compiled, compile_seconds = compile_timed(fresh, params, data)
         opt_state = compiled(params, data)
     elif opt_state is None:
@@ -297,7 +297,7 @@ def _minimize_batch(value_fn: Callable, params, data, *, optimizer, learning_rat
         if lbfgs:
             evaluations_before = np.asarray(opt_state.evaluations)[:batch]
         if size != batch:
-            opt_state = pad_problems(opt_state, size, batch)
+            opt_state = pad_problems(opt_state, size, batch=batch)
     good = jnp.ones((size,), bool)
     chunk = max(1, min(chunk or 50, steps))
     compiled: dict[int, Any] = {}
@@ -325,7 +325,7 @@ def _minimize_batch(value_fn: Callable, params, data, *, optimizer, learning_rat
     full = np.concatenate(history, axis=0) if history else np.zeros((0, batch))
     diverged = None
     if not bool(np.all(np.asarray(good)[:batch])):
-        diverged = divergence(full, (~np.isfinite(full)).any(axis=0), start_step)
+        diverged = divergence(full, (~np.isfinite(full)).any(axis=0), offset=start_step)
     evaluations = np.asarray(opt_state.evaluations)[:batch] - evaluations_before if lbfgs else None
     return Outcome(unpad_problems(params, batch, size), unpad_problems(opt_state, batch, size), done, full, diverged,
                    seconds, compile_seconds, evaluations)

@@ -65,7 +65,8 @@ def _refiner(value_fn: Callable, optimizer: str, lr: float | None, length: int, 
     chunk = make_chunk(value_fn, transform, length, lbfgs=lbfgs, data_axes=data_axes, group=group)
 
     def refine(params, data):
-        state = init_state(transform, params, batched_value_and_grad(value_fn, data, data_axes, group) if lbfgs else None)
+        evaluate = batched_value_and_grad(value_fn, data, data_axes=data_axes, group=group) if lbfgs else None
+        state = init_state(transform, params, value_and_grad=evaluate)
         good = jnp.ones((jax.tree_util.tree_leaves(params)[0].shape[0],), bool)
         params, state, good, losses = chunk(params, state, good, data)
         evaluations = state.evaluations if lbfgs else jnp.zeros(good.shape, jnp.int32)
@@ -106,7 +107,7 @@ def refine_tiles(tiles: Tiles, value_fn: Callable, images, *, optimizer: str, le
         losses = np.asarray(losses)
         history.append(losses)
         evaluations += np.asarray(used)
-        diverged = merge_divergence(diverged, divergence(losses, ~np.asarray(good)), done)
+        diverged = merge_divergence(diverged, divergence(losses, ~np.asarray(good)), offset=done)
         done += length
         if report is not None:
             report(ChunkReport(done, steps, losses, images, tiled_state(count)), tile=(tile, len(tiles.grid), pass_index))

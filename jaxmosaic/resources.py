@@ -71,7 +71,7 @@ def images_at_once(height: int, width: int) -> int | None:
     return None if per_call is None else per_call * jax.local_device_count()
 
 
-def held_bytes(height: int, width: int, count: int, channels: int = 3) -> int:
+def held_bytes(height: int, width: int, count: int, *, channels: int = 3) -> int:
     """Bytes of whole images a tiled optimisation holds besides a tile's: the images, the
     content or targets, the blended copy, a view for the progress and the final picture."""
     return (5 * count + 2) * height * width * channels * 4

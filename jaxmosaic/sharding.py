@@ -30,7 +30,7 @@ def device_mesh(devices: int | None = None, *, local: bool = False) -> Mesh | No
     return Mesh(np.asarray(available[:wanted]), ("devices",)) if wanted > 1 else None
 
 
-def pad_problems(tree, size: int, batch: int | None = None):
+def pad_problems(tree, size: int, *, batch: int | None = None):
     """Every leaf with the leading problem axis (of `batch`, default: any) padded to `size` with
     copies of its first problem; leaves without it (a step count) as they are."""
     def pad(leaf):

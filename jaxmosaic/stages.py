@@ -152,7 +152,7 @@ def solve(problem: Problem, *, callback: Callable[[Progress], None] | None = Non
         compile_seconds += outcome.compile_seconds
         if outcome.evaluations is not None:
             evaluations += outcome.evaluations
-        diverged = merge_divergence(diverged, outcome.diverged_at, before)
+        diverged = merge_divergence(diverged, outcome.diverged_at, offset=before)
     images = problem.finish(problem.view(params))
     solution = Solution(images=np.asarray(images), loss=problem.terms(images), steps=steps, history=history, seconds=seconds,
                         compile_seconds=compile_seconds, params=params, opt_state=opt_state, stage=index, facts=problem.facts,

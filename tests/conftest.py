@@ -1,5 +1,6 @@
-"""Shared fixtures: strict JAX settings, the compilation cache, a torchvision-layout VGG19, and
-the plain / jit / vmap variants every pure function is checked under."""
+"""Shared fixtures: strict JAX settings, the compilation cache, a torchvision-layout VGG19, the
+plain / jit / vmap variants every pure function is checked under, and a folder of tiles. The
+helpers they use live in helpers.py."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "samples"
+from helpers import ROOT, cut_sample_tiles
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -89,6 +89,12 @@ def random_params():
     from jaxmosaic.weights import random_vgg19
 
     return random_vgg19(jax.random.PRNGKey(0))
+
+
+@pytest.fixture
+def tile_folder(tmp_path) -> Path:
+    """A folder of 60 tiles cut from the samples, in subfolders, plus files that are not images."""
+    return cut_sample_tiles(tmp_path / "tiles")
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from jaxmosaic.weights import convert, default_weights_dir, weights_info
 
 torch = pytest.importorskip("torch", reason="PyTorch parity tests need torch")
 from torch_reference import alexnet_features as torch_features  # noqa: E402
+from torch_reference import nhwc  # noqa: E402
 from torch_reference import torch_alexnet  # noqa: E402
 
 
@@ -32,10 +33,6 @@ def alexnet_params(alexnet_checkpoint):
     return load_alexnet(alexnet_checkpoint)
 
 
-def _nhwc(tensor) -> np.ndarray:
-    return tensor.numpy().transpose(0, 2, 3, 1) if tensor.ndim == 4 else tensor.numpy()
-
-
 def _relative(ours, theirs) -> float:
     return float(np.abs(np.asarray(ours, np.float64) - theirs).max() / np.abs(theirs).max())
 
@@ -47,8 +44,8 @@ def test_features_equal_torchvision_layout(alexnet_model, alexnet_params, jit):
     ours = fn(alexnet_params, images, layers=ALEXNET_LAYERS)
     theirs = torch_features(alexnet_model, images)
     for name in ALEXNET_LAYERS:
-        assert ours[name].shape == _nhwc(theirs[name]).shape, name
-        assert _relative(ours[name], _nhwc(theirs[name])) < 1e-4, name
+        assert ours[name].shape == nhwc(theirs[name]).shape, name
+        assert _relative(ours[name], nhwc(theirs[name])) < 1e-4, name
     flat = flatten_channels_first(ours["avgpool"])
     assert flat.shape == (2, 9216)
     assert _relative(flat, theirs["flat"].numpy()) < 1e-4
@@ -61,8 +58,8 @@ def test_adaptive_pooling_of_other_sizes_and_an_hwc_image(alexnet_model, alexnet
         ours = alexnet_features(alexnet_params, image, ("avgpool", "relu3"))
         theirs = torch_features(alexnet_model, image[None])
         assert ours["avgpool"].shape == (6, 6, 256)
-        assert _relative(ours["avgpool"], _nhwc(theirs["avgpool"])[0]) < 1e-4
-        assert _relative(ours["relu3"], _nhwc(theirs["relu3"])[0]) < 1e-4
+        assert _relative(ours["avgpool"], nhwc(theirs["avgpool"])[0]) < 1e-4
+        assert _relative(ours["relu3"], nhwc(theirs["relu3"])[0]) < 1e-4
     x = np.random.default_rng(1).normal(size=(1, 7, 5, 2)).astype(np.float32)
     pooled = np.asarray(adaptive_avg_pool(x, 3))
     expected = torch.nn.AdaptiveAvgPool2d(3)(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)

@@ -17,34 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
-from typer.testing import CliRunner
 
-from conftest import ROOT, SAMPLES
-from jaxmosaic.cli import app
+from helpers import ROOT, SAMPLES, cli_command, noise_tiles, run_cli
 from jaxmosaic.search import svd_compress
 from jaxmosaic.techniques.mosaic import ColorMode, FeatureConfig, batched_features, feature_function, load_library
 from jaxmosaic.techniques.mosaic.bank import BankGrid, bank_axes, bank_parameters, parse_bank_grid, render_bank
 from jaxmosaic.techniques.mosaic.stream import BankSource, build_folder, stream_library, top_eigen
 from jaxmosaic.weights import random_alexnet
+from references import opencv_gabor
 
-runner = CliRunner()
 SUBSET = BankGrid(8, 5, 10, 5)  # 2,000 tiles
 SMALL = BankGrid(2, 3, 4, 2)  # 48 tiles
-
-
-def opencv_gabor(ksize, sigma, theta, lambd, gamma, psi):
-    """cv2.getGaborKernel((ksize, ksize), ...) transcribed from OpenCV's imgproc/src/gabor.cpp
-    (float64; checked against opencv-python 5.0 to 1e-16): a (2 (ksize // 2) + 1)-sided kernel,
-    stored flipped (row ymax - y, column xmax - x)."""
-    half = ksize // 2
-    c, s = math.cos(theta), math.sin(theta)
-    y, x = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
-    xr, yr = x * c + y * s, -x * s + y * c
-    sigma_y = sigma / gamma
-    values = np.exp(-0.5 / sigma**2 * xr**2 - 0.5 / sigma_y**2 * yr**2) * np.cos(2 * math.pi / lambd * xr + psi)
-    kernel = np.empty_like(values)
-    kernel[half - y.astype(int), half - x.astype(int)] = values
-    return kernel
 
 
 def test_bank_grid_order_and_renderer_equal_opencv():
@@ -174,14 +157,13 @@ def test_devices_and_processes_give_the_library_of_one_process(tmp_path):
     """One process on one device (here), one process over 4 forced host devices, and 2 processes
     (jax.distributed on 127.0.0.1, CPU collectives) build the same 48-tile AlexNet library."""
     one = tmp_path / "one.npz"
-    result = runner.invoke(app, [*BUILD, "-o", str(one), "--devices", "1"])
+    result = run_cli(*BUILD, "-o", one, "--devices", "1")
     assert result.exit_code == 0, result.output
-    command = [sys.executable, "-m", "jaxmosaic.cli"]
     four, two = tmp_path / "four.npz", tmp_path / "two.npz"
     port = _free_port()
-    runs = [([*command, *BUILD, "-o", str(four)], _env(4))]  # the three processes run at once
-    runs += [([*command, *BUILD, "-o", str(two), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
-               str(i)], _env(1)) for i in range(2)]
+    runs = [(cli_command(*BUILD, "-o", four, module=True), _env(4))]  # the three processes run at once
+    runs += [(cli_command(*BUILD, "-o", two, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
+                          i, module=True), _env(1)) for i in range(2)]
     workers = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args, env in runs]
     outputs = [worker.communicate(timeout=600) for worker in workers]
     assert all(worker.returncode == 0 for worker in workers), [err[-2000:] for _, err in outputs]
@@ -225,12 +207,12 @@ def test_sharded_matching_equals_one_device():
 
 def test_bank_mosaic_with_abs_scores_from_the_cli(tmp_path):
     library = tmp_path / "bank.npz"
-    result = runner.invoke(app, ["library", "build", "gabor-bank", "--bank-grid", "2,2,3,3", "--features", "alexnet", "--weights",
-                                 "random", "--svd-k", "12", "--chunk", "16", "-o", str(library)])
+    result = run_cli("library", "build", "gabor-bank", "--bank-grid", "2,2,3,3", "--features", "alexnet", "--weights",
+                     "random", "--svd-k", "12", "--chunk", "16", "-o", library)
     assert result.exit_code == 0, result.output
     out, metrics = tmp_path / "mosaic.png", tmp_path / "metrics.json"
-    result = runner.invoke(app, ["mosaic", str(SAMPLES / "astronaut.png"), "-o", str(out), "--tiles", str(library), "--score", "abs",
-                                 "--weights", "random", "--cols", "6", "--render", "16", "--metrics", str(metrics)])
+    result = run_cli("mosaic", SAMPLES / "astronaut.png", "-o", out, "--tiles", library, "--score", "abs",
+                     "--weights", "random", "--cols", "6", "--render", "16", "--metrics", metrics)
     assert result.exit_code == 0, result.output
     summary = json.loads(metrics.read_text())
     assert summary["library"]["tiles"] == 36 and summary["library"]["k"] == 12 and summary["library"]["features"] == 9216
@@ -239,27 +221,21 @@ def test_bank_mosaic_with_abs_scores_from_the_cli(tmp_path):
     scores = summary["mosaic"]["mean_score"]
     assert 0 < scores <= 1.0
     # the memory and option checks refuse before starting, in one line
-    refused = runner.invoke(app, [*BUILD, "-o", str(tmp_path / "x.npz"), "--max-memory", "0.05"])
+    refused = run_cli(*BUILD, "-o", tmp_path / "x.npz", "--max-memory", "0.05")
     assert refused.exit_code == 1 and "needs about" in refused.output and "--chunk" in refused.output
     assert not (tmp_path / "x.npz").exists() and not (tmp_path / "x.npz.build").exists()
-    bad = runner.invoke(app, [*BUILD, "-o", str(tmp_path / "y.npz"), "--coordinator", "127.0.0.1:1"])
+    bad = run_cli(*BUILD, "-o", tmp_path / "y.npz", "--coordinator", "127.0.0.1:1")
     assert bad.exit_code == 1 and "go together" in bad.output
-    bad = runner.invoke(app, [*BUILD[:3], "--bank-grid", "1,2", "-o", str(tmp_path / "z.npz")])
+    bad = run_cli(*BUILD[:3], "--bank-grid", "1,2", "-o", tmp_path / "z.npz")
     assert bad.exit_code == 1 and "--bank-grid" in bad.output
 
 
 def test_streaming_a_folder_equals_its_in_memory_library(tmp_path):
     """A folder with an unreadable file, colour features (d = 64: the exact eigen path), chunks of 5."""
-    from PIL import Image
-
     from jaxmosaic.techniques.mosaic import build_library
     from jaxmosaic.techniques.mosaic.stream import FolderSource
 
-    folder = tmp_path / "tiles"
-    folder.mkdir()
-    rng = np.random.default_rng(2)
-    for i in range(23):
-        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"t{i:02d}.png")
+    folder = noise_tiles(tmp_path / "tiles", 23, (20, 24), np.random.default_rng(2), name="t{:02d}.png")
     (folder / "broken.png").write_bytes(b"not an image")
     settings = FeatureConfig.color(ColorMode.none)
     library = stream_library(FolderSource(folder, settings.size), settings, ColorMode.none, tmp_path / "lib.npz", k=8, chunk=5)

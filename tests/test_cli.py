@@ -9,38 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from conftest import ROOT, SAMPLES
-from jaxmosaic.cli import app
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code != 0
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error: ")
-    for fragment in fragments:
-        assert fragment in lines[0]
-    assert "Traceback" not in result.output
+from helpers import ROOT, SAMPLES, cli_command, noise_tiles, one_line_error, run_cli, sample_image
+from references import squared_distances
 
 
 def test_help_and_version():
-    result = run("--help")
+    result = run_cli("--help")
     assert result.exit_code == 0 and "weights" in result.output and "features" in result.output
-    result = run("--version")
+    result = run_cli("--version")
     assert result.exit_code == 0 and result.output.strip().startswith("jaxmosaic 0.")
 
 
 def test_features_with_random_weights(tmp_path):
     out, preview, metrics = tmp_path / "f.npz", tmp_path / "f.png", tmp_path / "m.json"
-    result = run("features", SAMPLES / "coffee.png", "-o", out, "--weights", "random", "--size", "64",
+    result = run_cli("features", SAMPLES / "coffee.png", "-o", out, "--weights", "random", "--size", "64",
                  "--layers", "relu1_1,pool2", "--preview", preview, "--metrics", metrics)
     assert result.exit_code == 0, result.output
     with np.load(out) as data:
@@ -52,41 +35,41 @@ def test_features_with_random_weights(tmp_path):
 
 
 def test_missing_image_is_one_line(tmp_path):
-    result = run("features", tmp_path / "none.png", "-o", tmp_path / "f.npz", "--weights", "random")
-    assert_one_line_error(result, "none.png", "no such file")
+    result = run_cli("features", tmp_path / "none.png", "-o", tmp_path / "f.npz", "--weights", "random")
+    one_line_error(result, "none.png", "no such file")
     assert not (tmp_path / "f.npz").exists()
 
 
 def test_bad_layer_is_one_line(tmp_path):
-    result = run("features", SAMPLES / "coffee.png", "-o", tmp_path / "f.npz", "--weights", "random", "--layers", "relu9_9")
-    assert_one_line_error(result, "relu9_9")
+    result = run_cli("features", SAMPLES / "coffee.png", "-o", tmp_path / "f.npz", "--weights", "random", "--layers", "relu9_9")
+    one_line_error(result, "relu9_9")
 
 
 def test_missing_weights_is_one_line_with_the_way_out(tmp_path):
-    result = run("features", SAMPLES / "coffee.png", "-o", tmp_path / "f.npz", "--size", "32")
-    assert_one_line_error(result, "jaxmosaic weights download", "--weights random")
-    result = run("features", SAMPLES / "coffee.png", "-o", tmp_path / "f.npz", "--weights", tmp_path / "nothing")
-    assert_one_line_error(result, "--weights", "nothing", "no such file")
+    result = run_cli("features", SAMPLES / "coffee.png", "-o", tmp_path / "f.npz", "--size", "32")
+    one_line_error(result, "jaxmosaic weights download", "--weights random")
+    result = run_cli("features", SAMPLES / "coffee.png", "-o", tmp_path / "f.npz", "--weights", tmp_path / "nothing")
+    one_line_error(result, "--weights", "nothing", "no such file")
 
 
 def test_output_never_overwrites_input_and_writes_nothing(tmp_path):
     image = tmp_path / "in.png"
     image.write_bytes((SAMPLES / "coffee.png").read_bytes())
     before = image.read_bytes()
-    result = run("features", image, "-o", tmp_path / "f.npz", "--weights", "random", "--size", "32", "--preview", image)
-    assert_one_line_error(result, "in.png", "refusing to overwrite an input file")
+    result = run_cli("features", image, "-o", tmp_path / "f.npz", "--weights", "random", "--size", "32", "--preview", image)
+    one_line_error(result, "in.png", "refusing to overwrite an input file")
     assert image.read_bytes() == before and not (tmp_path / "f.npz").exists()
 
 
 def test_weights_convert_info_and_unsafe(torch_checkpoint, tmp_path):
-    result = run("weights", "convert", torch_checkpoint, "-o", tmp_path / "w")
+    result = run_cli("weights", "convert", torch_checkpoint, "-o", tmp_path / "w")
     assert result.exit_code == 0, result.output
-    result = run("weights", "info", "--weights", tmp_path / "w")
+    result = run_cli("weights", "info", "--weights", tmp_path / "w")
     info = json.loads(result.output)
     assert info["found"] and info["file"] == torch_checkpoint.name and len(info["sha256"]) == 64
     (tmp_path / "evil.pth").write_bytes(b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.")
-    result = run("weights", "convert", tmp_path / "evil.pth", "-o", tmp_path / "w2")
-    assert_one_line_error(result, "evil.pth", "posix.system")
+    result = run_cli("weights", "convert", tmp_path / "evil.pth", "-o", tmp_path / "w2")
+    one_line_error(result, "evil.pth", "posix.system")
     assert not (tmp_path / "w2").exists()
 
 
@@ -94,14 +77,14 @@ def test_weights_random_writes_a_loadable_folder(tmp_path):
     from jaxmosaic import load_vgg19, random_vgg19
     import jax
 
-    result = run("weights", "random", "-o", tmp_path / "r", "--seed", "3")
+    result = run_cli("weights", "random", "-o", tmp_path / "r", "--seed", "3")
     assert result.exit_code == 0, result.output
     loaded = load_vgg19(tmp_path / "r")
     np.testing.assert_array_equal(loaded["conv5_4"]["kernel"], random_vgg19(jax.random.PRNGKey(3))["conv5_4"]["kernel"])
 
 
 def test_usage_error_exits_2_from_the_console_script():
-    result = subprocess.run([sys.executable, str(ROOT / "cli.py"), "features"], capture_output=True, text=True)
+    result = subprocess.run(cli_command("features"), capture_output=True, text=True)
     assert result.returncode == 2 and "Missing argument" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -131,7 +114,7 @@ def test_import_reads_no_data_file_and_opens_no_socket():
 
 def test_mosaic_with_gabor_tiles(tmp_path):
     out, metrics = tmp_path / "m.png", tmp_path / "m.json"
-    result = run("mosaic", SAMPLES / "coffee.png", "-o", out, "--cols", 12, "--patch", 8, "--render", 10, "--preview",
+    result = run_cli("mosaic", SAMPLES / "coffee.png", "-o", out, "--cols", 12, "--patch", 8, "--render", 10, "--preview",
                  "--max-reuse", 4, "--min-distance", 2, "--metrics", metrics)
     assert result.exit_code == 0, result.output
     summary = json.loads(metrics.read_text())
@@ -146,32 +129,27 @@ def test_mosaic_with_gabor_tiles(tmp_path):
 
 
 def test_library_build_is_reused_until_the_folder_changes(tmp_path):
-    from PIL import Image
-
-    folder = tmp_path / "tiles"
-    folder.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(12):
-        Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    folder = noise_tiles(tmp_path / "tiles", 12, (20, 30), rng)
     lib = tmp_path / "lib.npz"
-    result = run("library", "build", folder, "-o", lib, "--svd-k", 4)
+    result = run_cli("library", "build", folder, "-o", lib, "--svd-k", 4)
     assert result.exit_code == 0, result.output
     assert "indexed 12 tiles" in result.output and "k=4" in result.output
-    result = run("library", "build", folder, "-o", lib, "--svd-k", 4)
+    result = run_cli("library", "build", folder, "-o", lib, "--svd-k", 4)
     assert result.exit_code == 0 and "up to date" in result.output
-    info = json.loads(run("library", "info", lib).stdout)
+    info = json.loads(run_cli("library", "info", lib).stdout)
     assert info["tiles"] == 12 and info["svd"]["k"] == 4 and info["current"] is True
-    Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(folder / "new.png")
-    result = run("library", "build", folder, "-o", lib, "--svd-k", 4)
+    noise_tiles(folder, 1, (20, 30), rng, name="new.png")
+    result = run_cli("library", "build", folder, "-o", lib, "--svd-k", 4)
     assert "indexed 13 tiles" in result.output
     out = tmp_path / "m.png"
-    result = run("mosaic", SAMPLES / "chelsea.png", "-o", out, "--tiles", lib, "--patch", 32, "--svd-k", 4)
+    result = run_cli("mosaic", SAMPLES / "chelsea.png", "-o", out, "--tiles", lib, "--patch", 32, "--svd-k", 4)
     assert result.exit_code == 0, result.output
     assert out.exists()
 
 
 def test_tiles_gabor_writes_pngs(tmp_path):
-    result = run("tiles", "gabor", tmp_path / "g", "--size", 9)
+    result = run_cli("tiles", "gabor", tmp_path / "g", "--size", 9)
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "g").glob("gabor-*.png"))) == 384
     assert (tmp_path / "g" / "contact-sheet.png").exists()
@@ -192,10 +170,10 @@ def test_mosaic_errors_are_one_line_and_write_nothing(tmp_path, case):
     if case == "k":
         args += ["--svd-k", 65]
     out = tmp_path / "out.png"
-    result = run("mosaic", SAMPLES / "coffee.png", "-o", out, "--metrics", tmp_path / "m.json", *args)
+    result = run_cli("mosaic", SAMPLES / "coffee.png", "-o", out, "--metrics", tmp_path / "m.json", *args)
     expected = {"empty": "no image files", "non-images": "none of the 3 image files", "patch": "larger than the target",
                 "k": "--svd-k: 65 is larger than"}[case]
-    assert_one_line_error(result, expected)
+    one_line_error(result, expected)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiles"]
 
 
@@ -206,13 +184,13 @@ def test_style_checkpoint_resume_matches_one_run(tmp_path):
     from jaxmosaic.io.images import load_image
 
     content, style = SAMPLES / "astronaut.png", SAMPLES / "brick.png"
-    whole = run("style", content, style, "-o", tmp_path / "whole.png", "--steps", 40, *STYLE_FAST)
+    whole = run_cli("style", content, style, "-o", tmp_path / "whole.png", "--steps", 40, *STYLE_FAST)
     assert whole.exit_code == 0, whole.output
-    first = run("style", content, style, "-o", tmp_path / "part.png", "--steps", 20, "--checkpoint", tmp_path / "ck",
+    first = run_cli("style", content, style, "-o", tmp_path / "part.png", "--steps", 20, "--checkpoint", tmp_path / "ck",
                 "--checkpoint-every", 10, *STYLE_FAST)
     assert first.exit_code == 0, first.output
     metrics = tmp_path / "m.json"
-    second = run("style", content, style, "-o", tmp_path / "resumed.png", "--steps", 40, "--checkpoint", tmp_path / "ck",
+    second = run_cli("style", content, style, "-o", tmp_path / "resumed.png", "--steps", 40, "--checkpoint", tmp_path / "ck",
                  "--resume", "--metrics", metrics, *STYLE_FAST)
     assert second.exit_code == 0, second.output
     assert "resuming" in second.output
@@ -221,22 +199,21 @@ def test_style_checkpoint_resume_matches_one_run(tmp_path):
     summary = json.loads(metrics.read_text())
     assert summary["technique"] == "style" and summary["steps"] == 20
     assert set(summary["loss"]) == {"total", "content", "style", "tv"}
-    changed = run("style", content, style, "-o", tmp_path / "other.png", "--steps", 40, "--checkpoint", tmp_path / "ck",
+    changed = run_cli("style", content, style, "-o", tmp_path / "other.png", "--steps", 40, "--checkpoint", tmp_path / "ck",
                   "--resume", "--tv-weight", 1, *STYLE_FAST)
-    assert_one_line_error(changed, "other settings", "tv_weight")
+    one_line_error(changed, "other settings", "tv_weight")
 
 
 def test_style_batch_writes_one_output_per_style_with_the_content_colours(tmp_path):
     from jaxmosaic.color import rgb_to_yiq
-    from jaxmosaic.image import resize
     from jaxmosaic.io.images import load_image
 
     out = tmp_path / "b.png"
-    result = run("style", SAMPLES / "astronaut.png", SAMPLES / "brick.png", SAMPLES / "coffee.png", "-o", out,
+    result = run_cli("style", SAMPLES / "astronaut.png", SAMPLES / "brick.png", SAMPLES / "coffee.png", "-o", out,
                  "--batch", "--steps", 5, "--original-colors", *STYLE_FAST)
     assert result.exit_code == 0, result.output
     assert not out.exists()
-    content_chroma = np.asarray(rgb_to_yiq(resize(load_image(SAMPLES / "astronaut.png"), 48, 48)))[..., 1:]
+    content_chroma = np.asarray(rgb_to_yiq(sample_image("astronaut.png", 48, 48)))[..., 1:]
     outputs = [load_image(tmp_path / f"b-style{i}.png") for i in (1, 2)]
     for image in outputs:  # the content's I and Q, up to the 8-bit rounding of the saved file
         assert np.abs(np.asarray(rgb_to_yiq(image))[..., 1:] - content_chroma).max() <= 4 / 255
@@ -250,10 +227,10 @@ def test_style_errors_are_one_line_and_write_nothing(tmp_path, case):
              "memory": ["--size", 60000]}[case]
     if case == "missing":
         args = [SAMPLES / "astronaut.png", tmp_path / "nowhere.png"]
-    result = run("style", *args, "-o", tmp_path / "out.png", "--weights", "random", "--metrics", tmp_path / "m.json", *extra)
+    result = run_cli("style", *args, "-o", tmp_path / "out.png", "--weights", "random", "--metrics", tmp_path / "m.json", *extra)
     expected = {"missing": "nowhere.png: no such file", "blend": "3 weights for 1 style", "layer": "valid names: conv1_1",
                 "memory": "GiB but only"}[case]
-    assert_one_line_error(result, expected)
+    one_line_error(result, expected)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -264,7 +241,7 @@ def test_texture_writes_grey_variations_side_by_side_and_metrics(tmp_path):
     from PIL import Image
 
     out, metrics = tmp_path / "t.png", tmp_path / "m.json"
-    result = run("texture", SAMPLES / "brick.png", "-o", out, "--steps", 8, "--variations", 2, "--tileable",
+    result = run_cli("texture", SAMPLES / "brick.png", "-o", out, "--steps", 8, "--variations", 2, "--tileable",
                  "--gif", "--metrics", metrics, *TEXTURE_FAST)
     assert result.exit_code == 0, result.output
     for name in ("t-1.png", "t-2.png"):
@@ -289,16 +266,16 @@ def test_texture_continue_from_an_earlier_result(tmp_path):
 
     first, metrics = tmp_path / "a.png", tmp_path / "m.json"
     args = ["--spectrum-weight", 0, *TEXTURE_FAST]
-    assert run("texture", SAMPLES / "coffee.png", "-o", first, "--steps", 10, "--metrics", metrics, *args).exit_code == 0
+    assert run_cli("texture", SAMPLES / "coffee.png", "-o", first, "--steps", 10, "--metrics", metrics, *args).exit_code == 0
     before = json.loads(metrics.read_text())["loss"]["total"]
     metrics.unlink()
-    result = run("texture", SAMPLES / "coffee.png", "-o", tmp_path / "b.png", "--steps", 10, "--continue", first,
+    result = run_cli("texture", SAMPLES / "coffee.png", "-o", tmp_path / "b.png", "--steps", 10, "--continue", first,
                  "--metrics", metrics, *args)
     assert result.exit_code == 0, result.output
     assert json.loads(metrics.read_text())["loss"]["total"] < before
     assert load_image(tmp_path / "b.png").shape == (32, 48, 3)  # coffee is 256x171: longest side 48
-    refused = run("texture", SAMPLES / "coffee.png", "-o", first, "--steps", 1, "--continue", first, *args)
-    assert_one_line_error(refused, "a.png")
+    refused = run_cli("texture", SAMPLES / "coffee.png", "-o", first, "--steps", 1, "--continue", first, *args)
+    one_line_error(refused, "a.png")
 
 
 @pytest.mark.parametrize("case", ["small", "not-image", "layer", "size", "beta"])
@@ -316,10 +293,10 @@ def test_texture_errors_are_one_line_and_write_nothing(tmp_path, case):
         exemplar.write_text("not a picture")
     outdir = tmp_path / "out"
     outdir.mkdir()
-    result = run("texture", exemplar, "-o", outdir / "t.png", "--weights", "random", "--metrics", outdir / "m.json", *extra)
+    result = run_cli("texture", exemplar, "-o", outdir / "t.png", "--weights", "random", "--metrics", outdir / "m.json", *extra)
     expected = {"small": "at least 16x16 pixels", "not-image": "notes.png: not an image", "layer": "pool7",
                 "size": "--size: 'big': expected 512 or 640x480", "beta": "--spectrum-weight"}[case]
-    assert_one_line_error(result, expected)
+    one_line_error(result, expected)
     assert list(outdir.iterdir()) == []
 
 
@@ -329,7 +306,7 @@ def numpy_codes(codebook, image, size, stride):
     rows = range(0, grey.shape[0] - size + 1, stride)
     cols = range(0, grey.shape[1] - size + 1, stride)
     patches = np.array([grey[y : y + size, x : x + size].ravel() for y in rows for x in cols])
-    distances = ((patches[:, None, :] - codebook[None].astype(np.float64)) ** 2).sum(-1)
+    distances = squared_distances(patches, codebook.astype(np.float64))
     return distances.argmin(1), len(rows), len(cols)
 
 
@@ -344,7 +321,7 @@ def test_vq_train_compress_and_cluster(tmp_path):
 
     codebook, m_train = tmp_path / "book.npz", tmp_path / "train.json"
     images = [SAMPLES / name for name in ("brick.png", "astronaut.png", "coffee.png")]
-    result = run("vq", "train", *images, "-o", codebook, "--k", 32, "--samples", 3000, "--iterations", 10, "--metrics", m_train)
+    result = run_cli("vq", "train", *images, "-o", codebook, "--k", 32, "--samples", 3000, "--iterations", 10, "--metrics", m_train)
     assert result.exit_code == 0, result.output
     summary = json.loads(m_train.read_text())
     book = summary["codebook"]
@@ -353,11 +330,11 @@ def test_vq_train_compress_and_cluster(tmp_path):
     centers = load_codebook(codebook).centers
 
     out, m_compress = tmp_path / "vq.png", tmp_path / "compress.json"
-    result = run("vq", "compress", SAMPLES / "coffee.png", "--codebook", codebook, "-o", out, "--metrics", m_compress)
+    result = run_cli("vq", "compress", SAMPLES / "coffee.png", "--codebook", codebook, "-o", out, "--metrics", m_compress)
     assert result.exit_code == 0, result.output
     compressed = json.loads(m_compress.read_text())["compression"]
     assert compressed["size"] == [256, 168] and compressed["bits_per_pixel"] == pytest.approx(5 / 64)
-    coffee = load_image(SAMPLES / "coffee.png")
+    coffee = sample_image("coffee.png")
     codes, rows, cols = numpy_codes(centers, coffee, 8, 8)
     rebuilt = centers[codes].reshape(rows, cols, 8, 8).transpose(0, 2, 1, 3).reshape(rows * 8, cols * 8).clip(0, 1)
     expected_psnr = 10 * np.log10(1 / np.mean((rebuilt - coffee[: rows * 8, : cols * 8].mean(axis=-1)) ** 2))
@@ -367,7 +344,7 @@ def test_vq_train_compress_and_cluster(tmp_path):
 
     outdir = tmp_path / "groups"
     all_images = [*images, SAMPLES / "chelsea.png"]
-    result = run("vq", "cluster", *all_images, "--codebook", codebook, "--clusters", 2, "-o", outdir)
+    result = run_cli("vq", "cluster", *all_images, "--codebook", codebook, "--clusters", 2, "-o", outdir)
     assert result.exit_code == 0, result.output
     with open(outdir / "clusters.csv") as handle:
         rows_read = list(csv.DictReader(handle))
@@ -388,8 +365,8 @@ def test_vq_errors_are_one_line(tmp_path, case):
     args = {"k": [SAMPLES / "brick.png", "--k", 5000, "--samples", 4000],
             "patch": [SAMPLES / "coffee.png", "--patch", 200],
             "empty": [empty]}[case]
-    result = run("vq", "train", *args, "-o", tmp_path / "book.npz")
+    result = run_cli("vq", "train", *args, "-o", tmp_path / "book.npz")
     expected = {"k": "--k: 5000 is larger than the number of patches (3969)", "patch": "--patch: 200 is larger than",
                 "empty": "no images given"}[case]
-    assert_one_line_error(result, expected)
+    one_line_error(result, expected)
     assert not (tmp_path / "book.npz").exists()

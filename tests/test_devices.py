@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 
-from conftest import ROOT, SAMPLES
+from helpers import ROOT, SAMPLES
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys
@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent("""
     from typer.testing import CliRunner
     from jaxmosaic import HybridConfig, HybridInputs, StyleConfig, StyleInputs, TextureConfig, TextureInputs, load_image
     from jaxmosaic import hybrid_optimize, random_vgg19, resize, style_transfer, synthesize_texture
-    from jaxmosaic.optimize import device_mesh
+    from jaxmosaic.sharding import device_mesh
     from jaxmosaic.cli import app
 
     samples, out = sys.argv[2], sys.argv[3]
@@ -50,8 +50,8 @@ SCRIPT = textwrap.dedent("""
                                                     TextureInputs(image("brick.png", 32, 32)), params, mesh=m))
     compare("hybrid", lambda m: hybrid_optimize(HybridConfig(size=0, steps=5, ratios=(0.1, 0.3, 1.0, 3.0, 10.0)),
                                                 HybridInputs(image("astronaut.png", 32, 32), image("coffee.png", 32, 32)), mesh=m))
-    import jaxmosaic.techniques.texture as texture_module  # one image per network call, as on a CPU for large images
-    texture_module.images_per_call = lambda height, width: 1
+    import jaxmosaic.techniques.common as common  # one image per network call, as on a CPU for large images
+    common.images_per_call = lambda height, width: 1
     compare("texture per image", lambda m: synthesize_texture(TextureConfig(steps=3, variations=devices, layers=("relu1_1", "pool1")),
                                                               TextureInputs(image("brick.png", 32, 32)), params, mesh=m))
     tall = image("chelsea.png", 64, 48)

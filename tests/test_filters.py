@@ -1,12 +1,17 @@
-"""Gaussian kernels and blurs against the original article's printed kernel and scipy.ndimage."""
+"""Gaussian kernels and blurs against the original article's printed kernel and scipy.ndimage; Gabor
+kernels against OpenCV's."""
 
 from __future__ import annotations
+
+import math
+import os
 
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from jaxmosaic.filters import fft_gaussian_blur, gaussian_blur, gaussian_kernel1d, separable_blur
+from jaxmosaic.filters import fft_gaussian_blur, gabor_kernel, gaussian_blur, gaussian_kernel1d, separable_blur
+from references import opencv_gabor
 
 ARTICLE_KERNEL = [0.00881223, 0.02714358, 0.06511406, 0.12164907, 0.17699836, 0.20056541,
                0.17699836, 0.12164907, 0.06511406, 0.02714358, 0.00881223]
@@ -47,3 +52,13 @@ def test_fft_blur_close_to_scipy_gaussian_filter():
     # of 3 sigma versus scipy's unbounded reflection: close, not equal
     assert np.abs(ours - expected)[9:-9, 9:-9].max() < 2e-3
     assert np.abs(ours - expected).max() < 2e-2
+
+
+@pytest.mark.parametrize("params", [(21, 4.0, 0.0, 10.0, 0.5, 0.0), (31, 5.0, 0.7, 8.0, 1.0, math.pi / 2), (15, 3.0, 2.2, 6.0, 0.3, 1.0)])
+def test_gabor_kernel_matches_opencv(params):
+    size, *rest = params
+    ours = np.asarray(gabor_kernel(size, *rest))
+    np.testing.assert_allclose(ours, opencv_gabor(size, *rest), atol=2e-6)
+    cv2 = pytest.importorskip("cv2") if os.environ.get("JAXMOSAIC_TEST_CV2") else None
+    if cv2 is not None:
+        np.testing.assert_allclose(ours, cv2.getGaborKernel((size, size), *rest, ktype=cv2.CV_64F), atol=2e-6)

@@ -8,11 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from conftest import SAMPLES
-from jaxmosaic import load_image, resize
-from jaxmosaic.cli import app
+from helpers import SAMPLES, one_line_error, run_cli, sample_image
+from jaxmosaic import load_image
 from jaxmosaic.filters import fft_gaussian_blur, gaussian_kernel1d
 from jaxmosaic.techniques.hybrid import HybridConfig, HybridInputs, hybrid_fourier, hybrid_loss, hybrid_optimize
 
@@ -24,44 +22,22 @@ def optimize(near, far, **settings):
 
 @pytest.fixture(scope="module")
 def pair():
-    near = np.asarray(resize(load_image(SAMPLES / "astronaut.png"), 128, 128))
-    far = np.asarray(resize(load_image(SAMPLES / "coffee.png"), 128, 128))
+    near = sample_image("astronaut.png", 128, 128)
+    far = sample_image("coffee.png", 128, 128)
     return near, far
 
 
-def torch_article_loss(x, near, far, m_precise, m_blurred, kernel, gamma=2.2):
-    """The original article's formula written plainly in PyTorch (NCHW, zero padding, depthwise convolutions)."""
-    import torch
-    import torch.nn.functional as F
-
-    taps = torch.tensor(np.array(kernel))
-    half = (len(taps) - 1) // 2
-
-    def blur(image):
-        vertical = taps.view(1, 1, -1, 1).repeat(3, 1, 1, 1)
-        horizontal = taps.view(1, 1, 1, -1).repeat(3, 1, 1, 1)
-        image = F.conv2d(image, vertical, padding=(half, 0), groups=3)
-        return F.conv2d(image, horizontal, padding=(0, half), groups=3)
-
-    precise = ((x - near) ** 2).sum()
-    blurred = ((blur(x**gamma) ** (1 / gamma) - blur(far**gamma) ** (1 / gamma)) ** 2).sum()
-    return m_precise * precise + m_blurred * blurred, precise, blurred
-
-
-def nchw(image):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)[None]))
-
-
 def test_loss_and_gradient_match_pytorch(pair):
+    from torch_reference import hybrid_loss as torch_hybrid_loss
+    from torch_reference import nchw
+
     near, far = pair
     x = np.random.default_rng(0).uniform(0.05, 0.95, near.shape).astype(np.float32)
     kernel = gaussian_kernel1d(15, 3.0)
     (total, terms), grad = jax.value_and_grad(
         lambda v: hybrid_loss(v, near, far, m_precise=0.3, m_blurred=1.0, kernel=kernel), has_aux=True)(jnp.asarray(x))
     tx = nchw(x).requires_grad_(True)
-    t_total, t_precise, t_blurred = torch_article_loss(tx, nchw(near), nchw(far), 0.3, 1.0, kernel)
+    t_total, t_precise, t_blurred = torch_hybrid_loss(nchw(near), nchw(far), kernel)(tx, 0.3, 1.0)
     t_total.backward()
     assert float(total) == pytest.approx(t_total.item(), rel=1e-5)
     assert float(terms["precise"]) == pytest.approx(t_precise.item(), rel=1e-5)
@@ -72,17 +48,20 @@ def test_loss_and_gradient_match_pytorch(pair):
 
 def test_article_run_matches_pytorch_after_200_steps(pair):
     import torch
+    from torch_reference import hybrid_loss as torch_hybrid_loss
+    from torch_reference import nchw
 
     near, far = pair
     kernel = gaussian_kernel1d(15, 3.0)
     result = optimize(near, far)  # the article's run
+    article = torch_hybrid_loss(nchw(near), nchw(far), kernel)
     theta = torch.zeros(1, 3, 128, 128, requires_grad=True)
     for _ in range(200):
-        loss = torch_article_loss(torch.sigmoid(theta), nchw(near), nchw(far), 0.1, 1.0, kernel)[0]
+        loss = article(torch.sigmoid(theta), 0.1, 1.0)[0]
         (grad,) = torch.autograd.grad(loss, theta)
         with torch.no_grad():
             theta -= 0.3 * grad
-    expected = torch_article_loss(torch.sigmoid(theta), nchw(near), nchw(far), 0.1, 1.0, kernel)[0].item()
+    expected = article(torch.sigmoid(theta), 0.1, 1.0)[0].item()
     assert result.steps == 200 and result.history[0].shape == (200, 1)
     assert result.loss[0]["total"] == pytest.approx(expected, rel=5e-3)
     assert result.images.min() >= 0.0 and result.images.max() <= 1.0
@@ -125,14 +104,11 @@ def test_fourier_hybrid_takes_low_frequencies_from_far(pair):
     assert np.abs(high(image) - high(near)).mean() < 0.5 * np.abs(high(image) - high(far)).mean()
 
 
-runner = CliRunner()
-
-
 def test_cli_hybrid_ratios_preview_gif_metrics(tmp_path):
     out = tmp_path / "h.png"
-    result = runner.invoke(app, ["hybrid", str(SAMPLES / "astronaut.png"), str(SAMPLES / "rocket.jpg"), "-o", str(out),
-                                 "--size", "48", "--steps", "20", "--ratio", "0.1,1", "--preview", "--gif",
-                                 "--save-every", "10", "--metrics", str(tmp_path / "m.json")])
+    result = run_cli("hybrid", SAMPLES / "astronaut.png", SAMPLES / "rocket.jpg", "-o", out,
+                     "--size", "48", "--steps", "20", "--ratio", "0.1,1", "--preview", "--gif",
+                     "--save-every", "10", "--metrics", tmp_path / "m.json")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["technique"] == "hybrid" and metrics["steps"] == 20
@@ -153,9 +129,9 @@ def test_cli_hybrid_ratios_preview_gif_metrics(tmp_path):
 
 
 def test_cli_fourier_method(tmp_path):
-    result = runner.invoke(app, ["hybrid", str(SAMPLES / "astronaut.png"), str(SAMPLES / "coffee.png"), "-o",
-                                 str(tmp_path / "f.png"), "--method", "fourier", "--size", "64", "--crop",
-                                 "--metrics", str(tmp_path / "m.json")])
+    result = run_cli("hybrid", SAMPLES / "astronaut.png", SAMPLES / "coffee.png", "-o",
+                     tmp_path / "f.png", "--method", "fourier", "--size", "64", "--crop",
+                     "--metrics", tmp_path / "m.json")
     assert result.exit_code == 0, result.output
     assert "centre-cropped" in result.output
     loss = json.loads((tmp_path / "m.json").read_text())["loss"]
@@ -185,8 +161,6 @@ def test_cli_bad_inputs_are_one_line(tmp_path, case):
         extra = ["--size", "32", "--steps", "0"]
     else:
         extra += ["--ratio", "0.1,x"]
-    result = runner.invoke(app, ["hybrid", near, far, "-o", str(tmp_path / "out.png"), *extra])
-    assert result.exit_code != 0
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    result = run_cli("hybrid", near, far, "-o", tmp_path / "out.png", *extra)
+    one_line_error(result)
     assert not (tmp_path / "out.png").exists()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SAMPLES
+from helpers import SAMPLES
 from jaxmosaic import ImageError, ImageWarning, center_crop, linear_to_srgb, load_image, resize, save_image, srgb_to_linear
 from jaxmosaic.io.files import atomic_path
 

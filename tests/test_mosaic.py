@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import os
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import SAMPLES
-from jaxmosaic.color import rgb_to_lab, rgb_to_yiq, yiq_to_rgb
-from jaxmosaic.filters import gabor_kernel
+from helpers import sample_cells, sample_image
+from jaxmosaic.color import rgb_to_lab
 from jaxmosaic.image import resize
-from jaxmosaic.io.images import load_image
 from jaxmosaic.search import compress_queries, match_tiles, svd_compress
 from jaxmosaic.techniques.mosaic import (
     ColorMode,
@@ -37,42 +33,6 @@ from jaxmosaic.techniques.mosaic import (
     split_cells,
     with_svd,
 )
-
-
-def opencv_gabor(ksize, sigma, theta, lambd, gamma, psi):
-    """A line-by-line transcription of OpenCV's getGaborKernel (modules/imgproc/src/gabor.cpp)."""
-    sigma_x, sigma_y = sigma, sigma / gamma
-    xmax = ymax = ksize // 2
-    c, s = math.cos(theta), math.sin(theta)
-    ex, ey = -0.5 / (sigma_x * sigma_x), -0.5 / (sigma_y * sigma_y)
-    cscale = math.pi * 2 / lambd
-    kernel = np.zeros((2 * ymax + 1, 2 * xmax + 1))
-    for y in range(-ymax, ymax + 1):
-        for x in range(-xmax, xmax + 1):
-            xr = x * c + y * s
-            yr = -x * s + y * c
-            kernel[ymax - y, xmax - x] = math.exp(ex * xr * xr + ey * yr * yr) * math.cos(cscale * xr + psi)
-    return kernel
-
-
-@pytest.mark.parametrize("params", [(21, 4.0, 0.0, 10.0, 0.5, 0.0), (31, 5.0, 0.7, 8.0, 1.0, math.pi / 2), (15, 3.0, 2.2, 6.0, 0.3, 1.0)])
-def test_gabor_kernel_matches_opencv(params):
-    size, *rest = params
-    ours = np.asarray(gabor_kernel(size, *rest))
-    np.testing.assert_allclose(ours, opencv_gabor(size, *rest), atol=2e-6)
-    cv2 = pytest.importorskip("cv2") if os.environ.get("JAXMOSAIC_TEST_CV2") else None
-    if cv2 is not None:
-        np.testing.assert_allclose(ours, cv2.getGaborKernel((size, size), *rest, ktype=cv2.CV_64F), atol=2e-6)
-
-
-def test_lab_and_yiq_reference_values(variant):
-    colours = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [0, 0, 0], [0.5, 0.5, 0.5]], np.float32)
-    expected = np.array([[53.24, 80.09, 67.20], [87.73, -86.18, 83.18], [32.30, 79.19, -107.86], [100, 0, 0], [0, 0, 0], [53.39, 0, 0]])
-    np.testing.assert_allclose(np.asarray(variant(rgb_to_lab, colours)), expected, atol=0.02)
-    yiq = variant(rgb_to_yiq, colours)
-    np.testing.assert_allclose(np.asarray(yiq)[:, 0], colours @ np.array([0.299, 0.587, 0.114]), atol=1e-6)
-    np.testing.assert_allclose(np.asarray(variant(yiq_to_rgb, yiq)), colours, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(yiq)[3:, 1:], 0, atol=1e-5)
 
 
 def test_color_features_tell_brightness_apart_and_pick_the_nearest_colour():
@@ -167,15 +127,10 @@ def test_assign_tiles_refuses_an_impossible_cap():
         assign_tiles(np.zeros((12, 1)), np.zeros((12, 1), np.int64), rows=3, cols=4, tiles=5, max_reuse=2)
 
 
-def sample_patches(name: str, patch: int = 16, side: int = 160) -> np.ndarray:
-    image = load_image(SAMPLES / name)[:side, :side]
-    return np.asarray(split_cells(image, side // patch, side // patch))
-
-
 def test_svd_recall_on_a_library_of_sample_patches(record_property):
     """Recall@1 of the default compressed matching against exact matching, on real image patches."""
-    tiles = np.concatenate([sample_patches(n) for n in ("chelsea.png", "coffee.png", "rocket.jpg", "brick.png")])
-    queries = sample_patches("astronaut.png")
+    tiles = np.concatenate([sample_cells(n) for n in ("chelsea.png", "coffee.png", "rocket.jpg", "brick.png")])
+    queries = sample_cells("astronaut.png")
     fn = feature_function(FeatureConfig.color("none"))
     dictionary, query_features = batched_features(fn, tiles), batched_features(fn, queries)
     k = auto_svd_k(dictionary)
@@ -188,20 +143,6 @@ def test_svd_recall_on_a_library_of_sample_patches(record_property):
     print(f"\n{len(tiles)} tiles x {dictionary.shape[1]} colour features: default k={k}, energy {float(compressed.energy):.5f}, recall@1 {recall:.3f}")
     assert k < dictionary.shape[1]
     assert recall >= 0.9
-
-
-@pytest.fixture
-def tile_folder(tmp_path):
-    """A folder of 60 tiles cut from the samples, in subfolders, plus files that are not images."""
-    root = tmp_path / "tiles"
-    for name in ("chelsea.png", "coffee.png", "rocket.jpg"):
-        sub = root / name.split(".")[0]
-        sub.mkdir(parents=True)
-        for i, cell in enumerate(sample_patches(name, 32)[:20]):
-            Image.fromarray(np.round(cell * 255).astype(np.uint8)).save(sub / f"{i:02d}.png")
-    (root / "broken.jpg").write_bytes(b"not a jpeg")
-    (root / "notes.txt").write_text("ignored: not an image suffix")
-    return root
 
 
 def test_folder_library_skips_bad_files_and_reindexes_on_change(tile_folder, tmp_path):
@@ -224,7 +165,7 @@ def test_folder_library_skips_bad_files_and_reindexes_on_change(tile_folder, tmp
 
 
 def test_mosaic_cells_show_one_tile_each_and_respect_the_rules(tile_folder):
-    target = load_image(SAMPLES / "astronaut.png")
+    target = sample_image("astronaut.png")
     library = with_svd(build_library(str(tile_folder), FeatureConfig.color("none"), ColorMode.none), 8)
     result = make_mosaic(MosaicConfig(patch=32, render=24, max_reuse=3, min_distance=2.0), target, library)
     rows, cols = result.tiles.shape
@@ -240,7 +181,7 @@ def test_mosaic_cells_show_one_tile_each_and_respect_the_rules(tile_folder):
 
 
 def test_gabor_mosaic_multiply_keeps_patch_colours():
-    target = np.asarray(resize(load_image(SAMPLES / "coffee.png"), 64, 96))
+    target = sample_image("coffee.png", 64, 96)
     library = build_library("gabor", FeatureConfig.color("multiply"), ColorMode.multiply)
     assert len(library) == 384
     result = make_mosaic(MosaicConfig(patch=8, render=8), target, library)
@@ -268,7 +209,7 @@ def test_vgg_feature_library_equals_pytorch_features(torch_model, torch_params, 
     maps = features(torch_model, tiles, ("relu3_1",), dtype=torch.float64)["relu3_1"].mean(dim=(2, 3)).numpy()
     expected = maps / np.linalg.norm(maps, axis=1, keepdims=True)
     np.testing.assert_allclose(library.features, expected, atol=1e-5)
-    target = load_image(SAMPLES / "chelsea.png")
+    target = sample_image("chelsea.png")
     result = make_mosaic(MosaicConfig(patch=32), target, library, torch_params)
     assert result.image.shape == (5 * 32, 8 * 32, 3)
     cells = np.asarray(split_cells(np.asarray(resize(target, 5 * 32, 8 * 32)), 5, 8))

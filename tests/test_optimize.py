@@ -72,12 +72,12 @@ def test_a_batch_evaluated_in_groups_equals_the_whole_batch(optimizer):
 
 
 def test_group_is_the_largest_divisor_of_the_batch():
-    from jaxmosaic.optimize import _group
+    from jaxmosaic.optimize import problem_group
 
-    assert [_group(g, 8) for g in (None, 1, 2, 3, 4, 5, 7, 8, 9)] == [None, 1, 2, 2, 4, 4, 4, None, None]
-    assert _group(2, 7) == 1
+    assert [problem_group(g, 8) for g in (None, 1, 2, 3, 4, 5, 7, 8, 9)] == [None, 1, 2, 2, 4, 4, 4, None, None]
+    assert problem_group(2, 7) == 1
     with pytest.raises(ValueError, match="group"):
-        _group(0, 4)
+        problem_group(0, 4)
 
 
 def test_images_per_call_on_a_cpu_make_up_256_by_256_pixels():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import http.server
 import io
 import json
 import os
@@ -15,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -23,23 +21,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from conftest import ROOT, SAMPLES
-from jaxmosaic.cli import app
+from helpers import SAMPLES, FileServer, cli_command, one_line_error, run_cli, sample_tiles
 from jaxmosaic.io.checkpoints import load_checkpoint, read_checkpoint_meta, save_checkpoint
-
-runner = CliRunner()
 
 STYLE = ["--weights", "random", "--size", 32, "--steps", 2, "--content-layers", "relu1_1", "--style-layers", "relu1_1"]
 TEXTURE = ["--weights", "random", "--size", 32, "--steps", 2, "--layers", "relu1_1,pool1"]
 HYBRID = ["--size", 32, "--steps", 2]
 MOSAIC = ["--cols", 6, "--patch", 8]
 VQ = ["--k", 4, "--samples", 200, "--iterations", 2, "--patch", 4]
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def hashes(*roots: Path) -> dict:
@@ -49,19 +39,6 @@ def hashes(*roots: Path) -> dict:
         for path in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
             found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
     return found
-
-
-def one_line_error(result, *fragments, code=None):
-    """The run failed with exactly one line, `error: ...`, holding every fragment; no traceback."""
-    assert result.exit_code != 0, result.output
-    if code is not None:
-        assert result.exit_code == code, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert "Traceback" not in result.output and "unexpected" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture
@@ -81,7 +58,7 @@ def work(tmp_path, monkeypatch):
 def test_checkpoint_into_a_folder_of_inputs_is_refused(work):
     before = hashes(work)
     for folder in ("p", "."):
-        result = run("style", "p/content.png", "p/style.png", "-o", "out.png", "--checkpoint", folder, *STYLE)
+        result = run_cli("style", "p/content.png", "p/style.png", "-o", "out.png", "--checkpoint", folder, *STYLE)
         one_line_error(result, folder)
     assert hashes(work) == before and not (work / "out.png").exists()
 
@@ -90,25 +67,22 @@ def test_weights_never_replace_a_folder_or_file_they_did_not_write(work, torch_c
     shutil.copy(torch_checkpoint, work / "p" / "vgg19.pth")
     (work / "existing.png").write_bytes((SAMPLES / "coffee.png").read_bytes())
     before = hashes(work)
-    one_line_error(run("weights", "random", "-o", "p"), "p", "did not write")
-    one_line_error(run("weights", "convert", "p/vgg19.pth", "-o", "p"), "p")
-    one_line_error(run("weights", "convert", "p/vgg19.pth", "-o", "p/vgg19.pth"), "vgg19.pth")
-    one_line_error(run("weights", "random", "-o", "existing.png"), "existing.png", "not a folder")
-    one_line_error(run("weights", "download", "-o", "existing.png"), "existing.png")
+    one_line_error(run_cli("weights", "random", "-o", "p"), "p", "did not write")
+    one_line_error(run_cli("weights", "convert", "p/vgg19.pth", "-o", "p"), "p")
+    one_line_error(run_cli("weights", "convert", "p/vgg19.pth", "-o", "p/vgg19.pth"), "vgg19.pth")
+    one_line_error(run_cli("weights", "random", "-o", "existing.png"), "existing.png", "not a folder")
+    one_line_error(run_cli("weights", "download", "-o", "existing.png"), "existing.png")
     assert hashes(work) == before
-    assert run("weights", "random", "-o", "w", "--seed", 1).exit_code == 0
-    assert run("weights", "random", "-o", "w", "--seed", 2).exit_code == 0  # its own folder: replaced
+    assert run_cli("weights", "random", "-o", "w", "--seed", 1).exit_code == 0
+    assert run_cli("weights", "random", "-o", "w", "--seed", 2).exit_code == 0  # its own folder: replaced
     assert [p.name for p in (work / "w").iterdir() if not p.name.startswith(".")] != []
 
 
 def test_mosaic_output_inside_its_tile_folder_is_refused(work):
-    tiles = work / "tiles"
-    tiles.mkdir()
-    for i in range(4):
-        shutil.copy(SAMPLES / "coffee.png", tiles / f"{i}.png")
+    tiles = sample_tiles(work / "tiles", 4)
     before = hashes(work)
-    one_line_error(run("mosaic", "p/content.png", "--tiles", tiles, "-o", tiles / "brick.png", *MOSAIC), "inside the input folder")
-    one_line_error(run("mosaic", "p/content.png", "--tiles", tiles, "-o", tiles / "0.png", *MOSAIC), "0.png")
+    one_line_error(run_cli("mosaic", "p/content.png", "--tiles", tiles, "-o", tiles / "brick.png", *MOSAIC), "inside the input folder")
+    one_line_error(run_cli("mosaic", "p/content.png", "--tiles", tiles, "-o", tiles / "0.png", *MOSAIC), "0.png")
     assert hashes(work) == before
 
 
@@ -116,21 +90,21 @@ def test_an_existing_file_is_replaced_only_when_jaxmosaic_wrote_it(work):
     foreign = work / "mine.png"
     foreign.write_bytes((SAMPLES / "coffee.png").read_bytes())
     before = hashes(foreign)
-    one_line_error(run("hybrid", "p/content.png", "p/style.png", "-o", foreign, *HYBRID), "not written by jaxmosaic", "--overwrite")
+    one_line_error(run_cli("hybrid", "p/content.png", "p/style.png", "-o", foreign, *HYBRID), "not written by jaxmosaic", "--overwrite")
     assert hashes(foreign) == before
-    assert run("hybrid", "p/content.png", "p/style.png", "-o", "ours.png", *HYBRID).exit_code == 0
-    assert run("hybrid", "p/content.png", "p/style.png", "-o", "ours.png", *HYBRID).exit_code == 0  # ours: replaced
-    assert run("hybrid", "p/content.png", "p/style.png", "-o", foreign, "--overwrite", *HYBRID).exit_code == 0
+    assert run_cli("hybrid", "p/content.png", "p/style.png", "-o", "ours.png", *HYBRID).exit_code == 0
+    assert run_cli("hybrid", "p/content.png", "p/style.png", "-o", "ours.png", *HYBRID).exit_code == 0  # ours: replaced
+    assert run_cli("hybrid", "p/content.png", "p/style.png", "-o", foreign, "--overwrite", *HYBRID).exit_code == 0
     assert hashes(foreign) != before
     (work / "notes.json").write_text('{"mine": true}')
-    one_line_error(run("hybrid", "p/content.png", "p/style.png", "-o", "h2.png", "--metrics", "notes.json", *HYBRID), "notes.json")
+    one_line_error(run_cli("hybrid", "p/content.png", "p/style.png", "-o", "h2.png", "--metrics", "notes.json", *HYBRID), "notes.json")
     assert json.loads((work / "notes.json").read_text()) == {"mine": True}
 
 
 def test_bad_extension_or_read_only_folder_is_found_before_any_work(work):
     started = time.perf_counter()
-    one_line_error(run("style", "p/content.png", "p/style.png", "-o", "out.xyz", *STYLE), "out.xyz", "unknown image extension")
-    one_line_error(run("style", "p/content.png", "p/style.png", "-o", "/proc/out.png", *STYLE), "/proc", "cannot write")
+    one_line_error(run_cli("style", "p/content.png", "p/style.png", "-o", "out.xyz", *STYLE), "out.xyz", "unknown image extension")
+    one_line_error(run_cli("style", "p/content.png", "p/style.png", "-o", "/proc/out.png", *STYLE), "/proc", "cannot write")
     assert time.perf_counter() - started < 5  # refused before the network is even built
 
 
@@ -139,7 +113,7 @@ def test_tiles_folder_rerun_after_an_interruption_and_with_fewer_files(work, mon
 
     (work / "not-ours").mkdir()
     (work / "not-ours" / "keep.txt").write_text("mine")
-    one_line_error(run("tiles", "gabor", "not-ours", "--size", 8), "not-ours", "did not write")
+    one_line_error(run_cli("tiles", "gabor", "not-ours", "--size", 8), "not-ours", "did not write")
     assert (work / "not-ours" / "keep.txt").read_text() == "mine"
     calls = {"n": 0}
     original = mosaic_cli.save_image
@@ -151,30 +125,30 @@ def test_tiles_folder_rerun_after_an_interruption_and_with_fewer_files(work, mon
         return original(*args, **kwargs)
 
     monkeypatch.setattr(mosaic_cli, "save_image", interrupted)
-    assert run("tiles", "gabor", "g", "--size", 8, "--colors", 2).exit_code == 130
+    assert run_cli("tiles", "gabor", "g", "--size", 8, "--colors", 2).exit_code == 130
     monkeypatch.setattr(mosaic_cli, "save_image", original)
-    assert run("tiles", "gabor", "g", "--size", 8, "--colors", 2).exit_code == 0
+    assert run_cli("tiles", "gabor", "g", "--size", 8, "--colors", 2).exit_code == 0
     assert len([p for p in (work / "g").glob("gabor-*.png")]) == 768
-    assert run("tiles", "gabor", "g", "--size", 8).exit_code == 0  # fewer tiles: the tinted ones go
+    assert run_cli("tiles", "gabor", "g", "--size", 8).exit_code == 0  # fewer tiles: the tinted ones go
     names = sorted(p.name for p in (work / "g").iterdir())
     assert len(names) == 384 + 2 and ".jaxmosaic" in names and "contact-sheet.png" in names
     assert not any("-c1" in name for name in names)
 
 
 def test_cluster_folder_loses_its_stale_montages_only(work):
-    assert run("vq", "train", "p/content.png", "p/style.png", "-o", "book.npz", *VQ).exit_code == 0
+    assert run_cli("vq", "train", "p/content.png", "p/style.png", "-o", "book.npz", *VQ).exit_code == 0
     images = [SAMPLES / name for name in ("brick.png", "astronaut.png", "coffee.png", "chelsea.png")]
-    assert run("vq", "cluster", *images, "--codebook", "book.npz", "--clusters", 3, "-o", "g").exit_code == 0
+    assert run_cli("vq", "cluster", *images, "--codebook", "book.npz", "--clusters", 3, "-o", "g").exit_code == 0
     assert (work / "g" / "cluster-3.png").exists()
     (work / "g" / "my-notes.txt").write_text("mine")
-    assert run("vq", "cluster", *images, "--codebook", "book.npz", "--clusters", 2, "-o", "g").exit_code == 0
+    assert run_cli("vq", "cluster", *images, "--codebook", "book.npz", "--clusters", 2, "-o", "g").exit_code == 0
     names = sorted(p.name for p in (work / "g").iterdir())
     assert names == [".jaxmosaic", "cluster-1.png", "cluster-2.png", "clusters.csv", "dendrogram.png", "my-notes.txt"]
 
 
 def test_a_built_library_is_used_without_indexing_again(work):
-    assert run("library", "build", "gabor", "-o", "lib.npz").exit_code == 0
-    result = run("mosaic", "p/content.png", "--tiles", "lib.npz", "-o", "m.png", *MOSAIC)
+    assert run_cli("library", "build", "gabor", "-o", "lib.npz").exit_code == 0
+    result = run_cli("mosaic", "p/content.png", "--tiles", "lib.npz", "-o", "m.png", *MOSAIC)
     assert result.exit_code == 0, result.output
     assert "indexing" not in result.output and "again" not in result.output
 
@@ -233,8 +207,8 @@ def test_crafted_tensor_records_are_refused_in_one_line(work, record, fragment):
     with pytest.raises(UnsafeCheckpointError, match=fragment):
         read_state_dict(path)
     before = hashes(work)
-    one_line_error(run("weights", "convert", path, "-o", "w"), "crafted.pth", "refusing to load")
-    one_line_error(run("features", "p/content.png", "-o", "f.npz", "--weights", path, "--size", 32), "crafted.pth")
+    one_line_error(run_cli("weights", "convert", path, "-o", "w"), "crafted.pth", "refusing to load")
+    one_line_error(run_cli("features", "p/content.png", "-o", "f.npz", "--weights", path, "--size", 32), "crafted.pth")
     assert hashes(work) == before and not (work / "w").exists()
 
 
@@ -261,33 +235,27 @@ def test_an_honest_record_still_reads(work):
 ])
 def test_sizes_that_would_exhaust_memory_are_refused_before_any_allocation(work, args, fragment):
     before = hashes(work)
-    one_line_error(run(*args), fragment)
+    one_line_error(run_cli(*args), fragment)
     assert hashes(work) == before and not (work / "g").exists()
 
 
 def test_a_library_entry_cannot_lead_outside_its_folder(work):
     from jaxmosaic.io.artifacts import load_artifact, save_artifact
 
-    tiles = work / "tiles"
-    tiles.mkdir()
-    for i in range(3):
-        shutil.copy(SAMPLES / "coffee.png", tiles / f"{i}.png")
-    assert run("library", "build", tiles, "-o", "lib.npz", "--svd-k", 0).exit_code == 0
+    tiles = sample_tiles(work / "tiles", 3)
+    assert run_cli("library", "build", tiles, "-o", "lib.npz", "--svd-k", 0).exit_code == 0
     header, arrays = load_artifact(work / "lib.npz", "tile-library")
     header.pop("format")
     header["entries"][0] = "../../../../../../etc/passwd"
     save_artifact(work / "evil.npz", "tile-library", header, arrays)
-    one_line_error(run("mosaic", "p/content.png", "--tiles", "evil.npz", "-o", "m.png", *MOSAIC), "outside its folder")
+    one_line_error(run_cli("mosaic", "p/content.png", "--tiles", "evil.npz", "-o", "m.png", *MOSAIC), "outside its folder")
     assert not (work / "m.png").exists()
 
 
 def test_a_symlink_loop_in_a_tile_folder_is_skipped(work):
-    tiles = work / "tiles"
-    tiles.mkdir()
-    for i in range(3):
-        shutil.copy(SAMPLES / "coffee.png", tiles / f"{i}.png")
+    tiles = sample_tiles(work / "tiles", 3)
     os.symlink("loop.png", tiles / "loop.png")
-    result = run("library", "build", tiles, "-o", "lib.npz", "--svd-k", 0)
+    result = run_cli("library", "build", tiles, "-o", "lib.npz", "--svd-k", 0)
     assert result.exit_code == 0, result.output
     assert "indexed 3 tiles" in result.output and "skipped 1" in result.output
 
@@ -323,29 +291,29 @@ def corrupt_files(folder: Path, good: Path) -> dict[str, Path]:
 
 
 def test_corrupt_codebooks_are_one_line(work):
-    assert run("vq", "train", "p/content.png", "p/style.png", "-o", "book.npz", *VQ).exit_code == 0
+    assert run_cli("vq", "train", "p/content.png", "p/style.png", "-o", "book.npz", *VQ).exit_code == 0
     bad = work / "bad"
     bad.mkdir()
     for case, path in corrupt_files(bad, work / "book.npz").items():
         before = hashes(work)
-        one_line_error(run("vq", "compress", "p/content.png", "--codebook", path, "-o", "c.png"), path.name)
-        one_line_error(run("vq", "cluster", "p/content.png", "p/style.png", "--codebook", path, "-o", "g"), path.name)
+        one_line_error(run_cli("vq", "compress", "p/content.png", "--codebook", path, "-o", "c.png"), path.name)
+        one_line_error(run_cli("vq", "cluster", "p/content.png", "p/style.png", "--codebook", path, "-o", "g"), path.name)
         assert hashes(work) == before, case
 
 
 def test_corrupt_libraries_are_one_line(work):
-    assert run("library", "build", "gabor", "-o", "lib.npz").exit_code == 0
+    assert run_cli("library", "build", "gabor", "-o", "lib.npz").exit_code == 0
     bad = work / "bad"
     bad.mkdir()
     for case, path in corrupt_files(bad, work / "lib.npz").items():
         before = hashes(work)
-        one_line_error(run("mosaic", "p/content.png", "--tiles", path, "-o", "m.png", *MOSAIC), path.name)
-        one_line_error(run("library", "info", path), path.name)
+        one_line_error(run_cli("mosaic", "p/content.png", "--tiles", path, "-o", "m.png", *MOSAIC), path.name)
+        one_line_error(run_cli("library", "info", path), path.name)
         assert hashes(work) == before, case
 
 
 def test_weights_info_on_a_folder_that_holds_no_weights(work):
-    one_line_error(run("weights", "info", "--weights", "p"), "p", "not a jaxmosaic weights folder")
+    one_line_error(run_cli("weights", "info", "--weights", "p"), "p", "not a jaxmosaic weights folder")
 
 
 # --- kills and interruptions: the previous state survives, leftovers are cleaned -------------
@@ -411,7 +379,7 @@ def test_resume_after_a_style_run_killed_while_saving(work):
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert read_checkpoint_meta(work / "ck")["step"] == 2  # the second save was killed; the first stands
     args[args.index("--steps") + 1] = 6
-    result = run(*args, "--resume", "--metrics", "m.json")
+    result = run_cli(*args, "--resume", "--metrics", "m.json")
     assert result.exit_code == 0, result.output
     assert "resuming" in result.output and json.loads((work / "m.json").read_text())["steps"] == 4
 
@@ -419,7 +387,7 @@ def test_resume_after_a_style_run_killed_while_saving(work):
 def test_ctrl_c_writes_the_images_and_a_checkpoint_that_resumes(work):
     args = ["style", "p/content.png", "p/style.png", "-o", "out.png", "--checkpoint", "ck", "--checkpoint-every", 1, *STYLE]
     args[args.index("--steps") + 1] = 100000
-    process = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *map(str, args)], cwd=work,
+    process = subprocess.Popen(cli_command(*args), cwd=work,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (work / "ck" / "current").exists() and time.time() < deadline and process.poll() is None:
@@ -432,7 +400,7 @@ def test_ctrl_c_writes_the_images_and_a_checkpoint_that_resumes(work):
     assert (work / "out.png").exists()
     step = read_checkpoint_meta(work / "ck")["step"]
     args[args.index("--steps") + 1] = step + 2
-    result = run(*args, "--resume")
+    result = run_cli(*args, "--resume")
     assert result.exit_code == 0, result.output
 
 
@@ -450,43 +418,8 @@ def test_leftovers_of_killed_writes_are_cleaned_by_the_next_run(work):
     other.write_bytes(b"another output's")
     mine = work / ".out.png.backup"
     mine.write_bytes(b"the user's")
-    assert run("hybrid", "p/content.png", "p/style.png", "-o", "out.png", *HYBRID).exit_code == 0
+    assert run_cli("hybrid", "p/content.png", "p/style.png", "-o", "out.png", *HYBRID).exit_code == 0
     assert not leftover.exists() and other.exists() and mine.exists()
-
-
-class RangeServer:
-    """Serves one file over HTTP on 127.0.0.1, honouring Range requests, and records them."""
-
-    def __init__(self, data: bytes, name: str, *, fail_after: int | None = None):
-        self.requests = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                asked = self.headers.get("Range")
-                outer.requests.append(asked)
-                start = int(asked.split("=")[1].split("-")[0]) if asked else 0
-                body = data[start:]
-                self.send_response(206 if asked else 200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if fail_after is not None and len(outer.requests) == 1:
-                    self.wfile.write(body[:fail_after])
-                    self.wfile.flush()
-                    self.connection.shutdown(2)
-                    return
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def test_an_interrupted_download_continues_and_leaves_nothing(torch_checkpoint, tmp_path, monkeypatch):
@@ -495,9 +428,9 @@ def test_an_interrupted_download_continues_and_leaves_nothing(torch_checkpoint, 
 
     data = torch_checkpoint.read_bytes()
     name = f"vgg19-{hashlib.sha256(data).hexdigest()[:8]}.pth"
-    server = RangeServer(data, name, fail_after=len(data) // 3)
+    server = FileServer({name: data}, fail_after=len(data) // 3)
     try:
-        monkeypatch.setenv("JAXMOSAIC_VGG19_URL", server.url)
+        monkeypatch.setenv("JAXMOSAIC_VGG19_URL", server.url(name))
         with pytest.raises(WeightsError, match="run it again to continue"):
             download()
         partial = [p for p in default_weights_dir().parent.iterdir() if "download" in p.name]
@@ -546,14 +479,14 @@ def test_bad_settings_are_one_line_naming_the_option_before_any_work(work, args,
     Image.fromarray(np.zeros((1, 5000, 3), np.uint8)).save(work / "thin.png")
     before = hashes(work)
     started = time.perf_counter()
-    one_line_error(run(*args), fragment)
+    one_line_error(run_cli(*args), fragment)
     assert time.perf_counter() - started < 10
     assert hashes(work) == before and not (work / "g").exists()
 
 
 def test_a_diverging_run_writes_its_last_finite_images_and_says_so(work):
     for args in (["style", "p/content.png", "p/style.png", *STYLE], ["texture", "p/style.png", *TEXTURE]):
-        result = run(*args, "-o", "d.png", "--optimizer", "adam", "--lr", 1e30)
+        result = run_cli(*args, "-o", "d.png", "--optimizer", "adam", "--lr", 1e30)
         errors = [line for line in result.output.splitlines() if line.startswith("error: ")]  # after the progress bar
         assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output, result.output
         assert "diverged" in errors[0] and "wrote the last finite images (d.png)" in errors[0]
@@ -599,14 +532,14 @@ def replaced(args: list, option: str, value: str) -> list:
 def test_every_numeric_option_over_the_usual_mistakes(work, command):
     """0, -1, nan, inf, 1e9, 2**64 for every numeric option: a correct run or a one-line refusal,
     never a traceback, an "unexpected" error, a signal or a changed input."""
-    assert run("vq", "train", "p/content.png", "p/style.png", "-o", "book.npz", *VQ).exit_code == 0
+    assert run_cli("vq", "train", "p/content.png", "p/style.png", "-o", "book.npz", *VQ).exit_code == 0
     cases = [SWEEP[command]] if command != "other" else OTHER
     before = hashes(work / "p", work / "book.npz")
     outcomes = collections.Counter()
     for base, options in cases:
         for option in options:
             for value in SWEEP_VALUES:
-                result = run(*replaced(base, option, value))
+                result = run_cli(*replaced(base, option, value))
                 label = f"{option} {value}"
                 assert "Traceback" not in result.output and "unexpected" not in result.output, (label, result.output)
                 if result.exit_code == 0:

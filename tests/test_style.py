@@ -7,14 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import SAMPLES
+from helpers import SHALLOW_LAYERS, sample_image
 from jaxmosaic.color import rgb_to_yiq
 from jaxmosaic.config import ConfigError
 from jaxmosaic.image import resize
 from jaxmosaic.io.checkpoints import load_checkpoint, save_checkpoint
-from jaxmosaic.io.images import load_image
 from jaxmosaic.losses import content_loss, gram_matrix, style_layer_loss, tv_loss
-from jaxmosaic.optimize import Resume, state_like
+from jaxmosaic.optimize import state_like
+from jaxmosaic.stages import Resume
 from jaxmosaic.techniques.style import (
     STYLE_LAYERS,
     StyleConfig,
@@ -26,14 +26,6 @@ from jaxmosaic.techniques.style import (
     style_transfer_loss,
 )
 
-# shallow layers keep the tests that check the driver's bookkeeping fast
-SHALLOW = {"content_layers": ("relu2_2",), "style_layers": ("relu1_1", "relu2_1")}
-
-
-def sample(name, height, width):
-    return np.asarray(resize(load_image(SAMPLES / name), height, width))
-
-
 def run(params, content, styles, *, chunk=None, callback=None, resume=None, **settings):
     return style_transfer(StyleConfig(**settings), StyleInputs(content, styles), params, chunk=chunk, callback=callback,
                           resume=resume)
@@ -41,7 +33,7 @@ def run(params, content, styles, *, chunk=None, callback=None, resume=None, **se
 
 def test_losses_and_gradients_match_pytorch(torch_model, torch_params):
     x = np.random.default_rng(0).random((48, 40, 3)).astype(np.float32)
-    content, style = sample("chelsea.png", 48, 40), sample("brick.png", 48, 40)
+    content, style = sample_image("chelsea.png", 48, 40), sample_image("brick.png", 48, 40)
     settings = {"alpha": 1.0, "beta": 1e3, "tv_weight": 0.5}
     from torch_reference import gatys
 
@@ -50,7 +42,7 @@ def test_losses_and_gradients_match_pytorch(torch_model, torch_params):
     weights = {name: 0.2 for name in STYLE_LAYERS}
 
     def total(pixels):
-        return style_transfer_loss(pixels, targets, torch_params, style_weights=weights, **settings)
+        return style_transfer_loss(pixels, targets, torch_params, layer_weights=weights, **settings)
 
     (value, terms), grad = jax.jit(jax.value_and_grad(total, has_aux=True))(x)
     ours = {"total": float(value), **{k: float(v) for k, v in terms.items()}}
@@ -76,7 +68,7 @@ def test_loss_functions_against_numpy(variant):
 
 
 def test_content_reconstruction_from_noise(random_params):
-    content = sample("chelsea.png", 64, 64)
+    content = sample_image("chelsea.png", 64, 64)
     result = run(random_params, content, [content], size=64, steps=(200,), content_weight=1.0, style_weight=0.0,
                  style_layers=("relu1_1",), chunk=200)
     start, end = float(result.history[0][0, 0]), result.loss[0]["content"]
@@ -84,7 +76,7 @@ def test_content_reconstruction_from_noise(random_params):
 
 
 def test_style_synthesis_from_noise(random_params):
-    style = sample("brick.png", 64, 64)
+    style = sample_image("brick.png", 64, 64)
     result = run(random_params, style, [style], size=64, steps=(200,), content_weight=0.0, style_weight=1.0,
                  content_layers=("relu1_1",), chunk=200)
     start, end = float(result.history[0][0, 0]), result.loss[0]["style"]
@@ -92,7 +84,7 @@ def test_style_synthesis_from_noise(random_params):
 
 
 def test_default_run_lowers_the_loss_in_every_accepted_step(random_params):
-    content, style = sample("astronaut.png", 64, 64), sample("brick.png", 64, 64)
+    content, style = sample_image("astronaut.png", 64, 64), sample_image("brick.png", 64, 64)
     result = run(random_params, content, [style], size=64, steps=(30,), chunk=30)
     history = result.history[0][:, 0]
     assert np.all(np.diff(history) <= 1e-6 * history[0]), history
@@ -100,8 +92,8 @@ def test_default_run_lowers_the_loss_in_every_accepted_step(random_params):
 
 
 def test_resume_reproduces_the_uninterrupted_run(random_params, tmp_path):
-    content, style = sample("astronaut.png", 64, 64), sample("coffee.png", 64, 64)
-    settings = dict(size=64, steps=(100,), chunk=25, **SHALLOW)
+    content, style = sample_image("astronaut.png", 64, 64), sample_image("coffee.png", 64, 64)
+    settings = dict(size=64, steps=(100,), chunk=25, **SHALLOW_LAYERS)
     full = run(random_params, content, [style], **settings)
 
     def at_fifty(progress):
@@ -126,10 +118,10 @@ def test_batch_of_styles_equals_separate_runs(random_params, optimizer, lr, per_
     # which amplify any last-bit difference through the line search, end where separate runs end.
     # per_call 1: the batch evaluated one image at a time in the step (as on a CPU for large images).
     if per_call is not None:
-        monkeypatch.setattr("jaxmosaic.techniques.style.images_per_call", lambda height, width: per_call)
-    content = sample("astronaut.png", 48, 48)
-    styles = [sample("brick.png", 48, 48), sample("coffee.png", 40, 56), sample("rocket.jpg", 48, 48)]
-    settings = dict(size=48, steps=(30,), chunk=15, optimizer=optimizer, lr=lr, **SHALLOW)
+        monkeypatch.setattr("jaxmosaic.techniques.common.images_per_call", lambda height, width: per_call)
+    content = sample_image("astronaut.png", 48, 48)
+    styles = [sample_image("brick.png", 48, 48), sample_image("coffee.png", 40, 56), sample_image("rocket.jpg", 48, 48)]
+    settings = dict(size=48, steps=(30,), chunk=15, optimizer=optimizer, lr=lr, **SHALLOW_LAYERS)
     batch = run(random_params, content, styles, batch=True, **settings)
     assert batch.images.shape == (3, 48, 48, 3)
     for i, style in enumerate(styles):
@@ -143,8 +135,8 @@ def test_batch_of_styles_equals_separate_runs(random_params, optimizer, lr, per_
 
 
 def test_blending_two_styles_blends_their_grams(random_params):
-    content = sample("astronaut.png", 32, 32)
-    a, b = sample("brick.png", 32, 32), sample("coffee.png", 32, 32)
+    content = sample_image("astronaut.png", 32, 32)
+    a, b = sample_image("brick.png", 32, 32), sample_image("coffee.png", 32, 32)
     ta = style_targets(random_params, content, [a])
     tb = style_targets(random_params, content, [b])
     blended = style_targets(random_params, content, [a, b], blend=[3, 1])
@@ -157,8 +149,8 @@ def test_blending_two_styles_blends_their_grams(random_params):
 
 
 def test_original_colors_keep_the_content_chroma(random_params):
-    content, style = sample("chelsea.png", 48, 48), sample("rocket.jpg", 48, 48)
-    result = run(random_params, content, [style], size=48, steps=(10,), original_colors=True, **SHALLOW)
+    content, style = sample_image("chelsea.png", 48, 48), sample_image("rocket.jpg", 48, 48)
+    result = run(random_params, content, [style], size=48, steps=(10,), original_colors=True, **SHALLOW_LAYERS)
     ours = np.asarray(rgb_to_yiq(result.images[0]))[..., 1:]
     expected = np.asarray(rgb_to_yiq(content))[..., 1:]
     assert np.abs(ours - expected).max() <= 1e-3
@@ -168,11 +160,11 @@ def test_original_colors_keep_the_content_chroma(random_params):
 
 
 def test_multiscale_upsamples_the_previous_scale(random_params):
-    content, style = sample("astronaut.png", 64, 64), sample("brick.png", 64, 64)
-    result = run(random_params, content, [style], scales=(32, 64), steps=(20, 5), **SHALLOW)
+    content, style = sample_image("astronaut.png", 64, 64), sample_image("brick.png", 64, 64)
+    result = run(random_params, content, [style], scales=(32, 64), steps=(20, 5), **SHALLOW_LAYERS)
     assert result.images.shape == (1, 64, 64, 3)
     assert [len(h) for h in result.history] == [20, 5]
-    fresh = run(random_params, content, [style], size=64, steps=(5,), **SHALLOW)
+    fresh = run(random_params, content, [style], size=64, steps=(5,), **SHALLOW_LAYERS)
     assert result.history[1][0, 0] < fresh.history[0][0, 0]
 
 

@@ -9,10 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import SAMPLES
+from helpers import sample_image
 from jaxmosaic.config import ConfigError
-from jaxmosaic.image import resize
-from jaxmosaic.io.images import load_image
 from jaxmosaic.spectrum import (
     periodic_component,
     radial_power_spectrum,
@@ -40,7 +38,7 @@ def synthesize(params, exemplar, *, start=None, chunk=None, **settings):
 
 
 def brick(size):
-    return np.asarray(resize(load_image(SAMPLES / "brick.png"), size, size))[..., :1]
+    return sample_image("brick.png", size, size)[..., :1]
 
 
 def modulus(image):
@@ -198,7 +196,7 @@ def seam_and_rows(image, stride):
 
 
 def test_tileable_output_wraps_seamlessly(random_params):
-    exemplar = np.asarray(resize(load_image(SAMPLES / "coffee.png"), 64, 64))
+    exemplar = sample_image("coffee.png", 64, 64)
     layers = ("relu1_1", "pool1", "pool2", "pool3")
     weights = {name: 0.25 for name in layers}
     # with circular padding the loss cannot tell where the image starts: the seam is not special

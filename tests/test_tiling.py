@@ -9,24 +9,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from conftest import SAMPLES
-from jaxmosaic.cli.app import app
-from jaxmosaic.image import resize
+from helpers import SHALLOW_LAYERS, run_cli, sample_image
 from jaxmosaic.io.images import load_image, save_image
 from jaxmosaic.losses import gram_targets
-from jaxmosaic.optimize import Resume
+from jaxmosaic.stages import Resume
 from jaxmosaic.techniques.style import (StyleConfig, StyleInputs, style_problem, style_tiles, style_transfer,
                                         style_transfer_losses, style_targets)
-from jaxmosaic.tiling import seam_ratio, tile_grid, tile_starts, tile_window, tiled_grams, tiled_style_terms, visit_order
+from jaxmosaic.tiled_losses import tiled_grams, tiled_style_terms
+from jaxmosaic.tiling import seam_ratio, tile_grid, tile_starts, tile_window, visit_order
 
-SHALLOW = {"content_layers": ("relu2_2",), "style_layers": ("relu1_1", "relu2_1")}
 LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-
-
-def sample(name, height, width):
-    return np.asarray(resize(load_image(SAMPLES / name), height, width))
 
 
 @pytest.mark.parametrize("length, tile, overlap", [(300, 128, 32), (256, 128, 32), (1000, 512, 64), (100, 128, 16)])
@@ -73,11 +66,11 @@ def test_tiled_grams_equal_the_whole_images(random_params):
 
 
 def test_tiled_terms_equal_the_untiled_loss(random_params):
-    content = sample("astronaut.png", 256, 192)
+    content = sample_image("astronaut.png", 256, 192)
     images = jnp.stack([jax.random.uniform(jax.random.PRNGKey(i), (256, 192, 3)) for i in range(2)])
-    targets = style_targets(random_params, content, [sample("brick.png", 160, 160)])
+    targets = style_targets(random_params, content, [sample_image("brick.png", 160, 160)])
     weights = {name: 0.2 for name in LAYERS}
-    _, whole = style_transfer_losses(images, targets, random_params, style_weights=weights)
+    _, whole = style_transfer_losses(images, targets, random_params, layer_weights=weights)
     tiled = tiled_style_terms(random_params, images, content, targets.grams, weights, ("relu4_2",), tile=96, halo=96)
     for name in ("content", "style", "tv"):
         np.testing.assert_allclose(tiled[name], whole[name], rtol=1e-4)
@@ -86,7 +79,7 @@ def test_tiled_terms_equal_the_untiled_loss(random_params):
 @pytest.fixture(scope="module")
 def tiled_and_untiled(random_params):
     """A 256 px style transfer, untiled and in tiles of 128 px with 32 px overlap, same steps."""
-    inputs = StyleInputs(sample("rocket.jpg", 256, 256), [sample("brick.png", 256, 256)])
+    inputs = StyleInputs(sample_image("rocket.jpg", 256, 256), [sample_image("brick.png", 256, 256)])
     settings = {"size": 256, "steps": (12,)}
     untiled = style_transfer(StyleConfig(**settings), inputs, random_params)
     config = StyleConfig(**settings, tile=128, overlap=32, tile_steps=6)
@@ -121,8 +114,8 @@ def test_tiled_style_transfer_leaves_no_seam(tiled_and_untiled):
 
 
 def test_a_tiled_run_resumes_where_it_stopped(random_params):
-    inputs = StyleInputs(sample("chelsea.png", 128, 96), [sample("coffee.png", 96, 96)])
-    config = StyleConfig(scales=(64, 128), steps=(3, 4), tile=64, overlap=16, tile_steps=2, **SHALLOW)
+    inputs = StyleInputs(sample_image("chelsea.png", 128, 96), [sample_image("coffee.png", 96, 96)])
+    config = StyleConfig(scales=(64, 128), steps=(3, 4), tile=64, overlap=16, tile_steps=2, **SHALLOW_LAYERS)
     whole = style_transfer(config, inputs, random_params)
     seen = []
 
@@ -142,18 +135,17 @@ def test_a_tiled_run_resumes_where_it_stopped(random_params):
 
 def test_cli_tiles_writes_the_tile_map_and_refuses_what_would_not_fit(tmp_path):
     content, style = tmp_path / "content.png", tmp_path / "style.png"
-    save_image(content, sample("chelsea.png", 96, 128))
-    save_image(style, sample("brick.png", 64, 64))
-    runner = CliRunner()
+    save_image(content, sample_image("chelsea.png", 96, 128))
+    save_image(style, sample_image("brick.png", 64, 64))
     common = ["style", str(content), str(style), "--size", "128", "--steps", "4", "--content-layers", "relu2_2",
               "--style-layers", "relu1_1,relu2_1", "--weights", "random"]
-    result = runner.invoke(app, [*common, "-o", str(tmp_path / "big.png"), "--max-memory", "0.01"])
+    result = run_cli(*common, "-o", tmp_path / "big.png", "--max-memory", "0.01")
     assert result.exit_code != 0
     assert "--tile auto" in result.output and "0.0 GiB is allowed" in result.output
     assert not (tmp_path / "big.png").exists()
     out = tmp_path / "out.png"
-    result = runner.invoke(app, [*common, "-o", str(out), "--tile", "64", "--overlap", "16", "--tile-steps", "2",
-                                 "--preview", "--metrics", str(tmp_path / "m.json")])
+    result = run_cli(*common, "-o", out, "--tile", "64", "--overlap", "16", "--tile-steps", "2",
+                     "--preview", "--metrics", tmp_path / "m.json")
     assert result.exit_code == 0, result.output
     assert "6 tiles of 64x64 px" in result.output
     picture = load_image(tmp_path / "out-tiles.png")
@@ -161,7 +153,7 @@ def test_cli_tiles_writes_the_tile_map_and_refuses_what_would_not_fit(tmp_path):
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["style"]["tiles"] == [{"scale": "128x96", "tile": 64, "count": 6}]
     assert metrics["steps"] == 4 * 6
-    result = runner.invoke(app, [*common, "-o", str(out), "--tile", "64", "--overlap", "40"])
+    result = run_cli(*common, "-o", out, "--tile", "64", "--overlap", "40")
     assert result.exit_code != 0 and "--overlap" in result.output
 
 
@@ -176,7 +168,7 @@ def test_tile_auto_tiles_only_what_does_not_fit():
 def test_tiled_texture_reaches_the_untiled_losses(random_params):
     from jaxmosaic.techniques.texture import TextureConfig, TextureInputs, synthesize_texture, texture_problem, texture_tiles
 
-    inputs = TextureInputs(sample("brick.png", 128, 128))
+    inputs = TextureInputs(sample_image("brick.png", 128, 128))
     settings = {"size": 160, "steps": 16, "spectrum_weight": 1e-4}
     untiled = synthesize_texture(TextureConfig(**settings), inputs, random_params)
     config = TextureConfig(**settings, tile=96, overlap=24, tile_steps=8)
@@ -196,10 +188,10 @@ def test_tiled_texture_reaches_the_untiled_losses(random_params):
 def test_a_tiled_batch_one_tile_per_network_call_equals_the_whole_batch(random_params, monkeypatch):
     # on a CPU large tiles go through the network one at a time (images_per_call); each style's
     # tile keeps its own Gram targets and shares the content
-    inputs = StyleInputs(sample("chelsea.png", 96, 96), [sample("coffee.png", 64, 64), sample("brick.png", 64, 64)])
-    config = StyleConfig(size=96, steps=(4,), batch=True, tile=64, overlap=16, tile_steps=2, **SHALLOW)
+    inputs = StyleInputs(sample_image("chelsea.png", 96, 96), [sample_image("coffee.png", 64, 64), sample_image("brick.png", 64, 64)])
+    config = StyleConfig(size=96, steps=(4,), batch=True, tile=64, overlap=16, tile_steps=2, **SHALLOW_LAYERS)
     whole = style_transfer(config, inputs, random_params)
-    monkeypatch.setattr("jaxmosaic.techniques.style.images_per_call", lambda height, width: 1)
+    monkeypatch.setattr("jaxmosaic.techniques.common.images_per_call", lambda height, width: 1)
     one_by_one = style_transfer(config, inputs, random_params)
     assert len(style_tiles(config, inputs)[0].grid) == 4
     np.testing.assert_allclose(one_by_one.images, whole.images, atol=1e-5)

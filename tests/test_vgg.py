@@ -10,17 +10,14 @@ import pytest
 from jaxmosaic import VGG19_LAYERS, layer_channels, layer_stride, vgg19_features
 
 
-def nhwc(tensors: dict) -> dict:
-    return {name: value.detach().permute(0, 2, 3, 1).numpy() for name, value in tensors.items()}
-
-
 @pytest.mark.parametrize("pooling", ["max", "avg"])
 def test_all_37_layers_match_pytorch(torch_model, torch_params, pooling):
     import torch
-    from torch_reference import features
+    from torch_reference import features, nhwc
 
     images = np.random.default_rng(3).random((2, 64, 80, 3)).astype(np.float32)
-    expected = nhwc(features(torch_model, images, VGG19_LAYERS, pooling=pooling, dtype=torch.float32))
+    expected = {name: nhwc(value) for name, value in
+                features(torch_model, images, VGG19_LAYERS, pooling=pooling, dtype=torch.float32).items()}
     ours = jax.jit(vgg19_features, static_argnames=("layers", "pooling"))(
         torch_params, images, layers=VGG19_LAYERS, pooling=pooling
     )
@@ -147,11 +144,11 @@ def test_conv3x3_gradients_equal_autodiff_of_lax_conv(mode):
 
 def test_circular_padding_matches_pytorch(torch_model, torch_params):
     import torch
-    from torch_reference import features
+    from torch_reference import features, nhwc
 
     images = np.random.default_rng(3).random((1, 20, 24, 3)).astype(np.float32)
     ours = vgg19_features(torch_params, images, layers=("relu2_1",), padding="circular")["relu2_1"]
-    expected = nhwc(features(torch_model, images, ("relu2_1",), padding="circular", dtype=torch.float32))["relu2_1"]
+    expected = nhwc(features(torch_model, images, ("relu2_1",), padding="circular", dtype=torch.float32)["relu2_1"])
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
     zeros = vgg19_features(torch_params, images, layers=("relu2_1",))["relu2_1"]
     assert np.abs(np.asarray(zeros) - expected).max() > 1e-2  # the padding made a difference

@@ -8,11 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import SAMPLES
 import jaxmosaic.clustering
+from helpers import sample_image
 from jaxmosaic.clustering import kmeans, kmeans_plusplus, nearest_centers
 from jaxmosaic.image import resize
-from jaxmosaic.io.images import load_image
 from jaxmosaic.techniques.vq import (
     cluster_images,
     code_histograms,
@@ -22,6 +21,7 @@ from jaxmosaic.techniques.vq import (
     vq_decode,
     vq_encode,
 )
+from references import squared_distances
 
 
 def numpy_patches(image, size, stride, normalize):
@@ -71,7 +71,7 @@ def test_lloyd_never_raises_the_inertia_and_matches_scikit_learn():
     assert float(result.inertia) <= history[-1] * (1 + 1e-6)
     labels, distances = nearest_centers(data, result.centers)
     np.testing.assert_array_equal(result.labels, labels)
-    brute = ((data[:, None, :] - np.asarray(result.centers)[None]) ** 2).sum(-1)
+    brute = squared_distances(data, np.asarray(result.centers))
     np.testing.assert_array_equal(result.labels, brute.argmin(1))
     assert float(result.inertia) == pytest.approx(brute.min(1).sum(), rel=1e-5)
     reference = KMeans(20, n_init=1, random_state=0).fit(data).inertia_
@@ -157,7 +157,7 @@ def test_clustering_recovers_two_groups_of_crops():
     from scipy.cluster.hierarchy import linkage
     from scipy.spatial.distance import squareform
 
-    brick, astronaut = load_image(SAMPLES / "brick.png"), load_image(SAMPLES / "astronaut.png")
+    brick, astronaut = sample_image("brick.png"), sample_image("astronaut.png")
     # crops large enough to hold a fair share of their image: brick walls against a portrait
     crops = [np.asarray(resize(source[y : y + 160, x : x + 160], 80, 80))
              for source in (brick, astronaut) for y, x in ((0, 0), (0, 96), (96, 0), (96, 96), (48, 48))]
@@ -175,13 +175,12 @@ def test_clustering_recovers_two_groups_of_crops():
 
 
 @pytest.mark.parametrize("direct", [True, False])
-def test_nearest_centers_equals_brute_force(monkeypatch, direct):
+def test_nearest_centers_equals_brute_force(direct):
     km = jaxmosaic.clustering
-    if not direct:  # the match_tiles path for large codebooks
-        monkeypatch.setattr(km, "_DIRECT", 16)
     rng = np.random.default_rng(7)
     data, centers = rng.normal(size=(1000, 9)).astype(np.float32), rng.normal(size=(256, 9)).astype(np.float32)
-    labels, distances = km.nearest_centers(data, centers, block=300)
-    brute = ((data[:, None, :] - centers[None]) ** 2).sum(-1)
+    # direct=16: the match_tiles path of large codebooks
+    labels, distances = km.nearest_centers(data, centers, block=300, direct=km.DIRECT_CENTERS if direct else 16)
+    brute = squared_distances(data, centers)
     np.testing.assert_array_equal(labels, brute.argmin(1))
     np.testing.assert_allclose(distances, brute.min(1), rtol=1e-5, atol=1e-5)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import os
 import pickle
 import shutil
-import threading
 import zipfile
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import FileServer
 from jaxmosaic import UnsafeCheckpointError, WeightsError, load_vgg19, random_vgg19
 from jaxmosaic._pth import read_state_dict
 from jaxmosaic.vgg import VGG19, VGG19_CONVS
@@ -139,43 +138,14 @@ def test_not_a_checkpoint_and_wrong_model(tmp_path, torch_model):
     assert not (tmp_path / "w").exists()
 
 
-class Server:
-    """A static file server on 127.0.0.1 that counts its requests."""
-
-    def __init__(self, folder: Path):
-        counts = self.counts = {}
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, directory=str(folder), **kwargs)
-
-            def do_GET(self):
-                counts[self.path] = counts.get(self.path, 0) + 1
-                super().do_GET()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def server(torch_checkpoint, tmp_path):
-    folder = tmp_path / "www"
-    folder.mkdir()
-    prefix = hashlib.sha256(torch_checkpoint.read_bytes()).hexdigest()[:8]
-    shutil.copy(torch_checkpoint, folder / f"vgg19-{prefix}.pth")
-    shutil.copy(torch_checkpoint, folder / "vgg19-00000000.pth")
-    running = Server(folder)
-    running.good = f"{running.url}/vgg19-{prefix}.pth"
-    running.bad = f"{running.url}/vgg19-00000000.pth"
+def server(torch_checkpoint):
+    """The checkpoint served under its own checksum's name (`good`) and under a wrong one (`bad`)."""
+    data = torch_checkpoint.read_bytes()
+    prefix = hashlib.sha256(data).hexdigest()[:8]
+    running = FileServer({f"vgg19-{prefix}.pth": data, "vgg19-00000000.pth": data})
+    running.good = running.url(f"vgg19-{prefix}.pth")
+    running.bad = running.url("vgg19-00000000.pth")
     yield running
     running.close()
 

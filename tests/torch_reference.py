@@ -1,8 +1,11 @@
-"""The PyTorch reference every parity test and benchmark uses: torchvision's VGG19 layout, its
-named activations, and the Gatys and texture losses written plainly in PyTorch.
+"""The PyTorch reference every parity test and benchmark uses: torchvision's VGG19 and AlexNet
+layouts, their named activations, and the Gatys, texture and hybrid-image losses written plainly
+in PyTorch.
 
 torch is a test and benchmark dependency only. Images are numpy NHWC (or HWC) float arrays in
-[0, 1]; activations come back as torch tensors NCHW (CHW for an HWC input).
+[0, 1]; activations come back as torch tensors NCHW (CHW for an HWC input). Each loss is a
+factory that computes its targets once and returns loss(pixels), so that a benchmark can time
+the step alone; `gatys` and `texture` evaluate it once in float64 with its gradient.
 """
 
 from __future__ import annotations
@@ -114,40 +117,104 @@ def style_term(f: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((gram(f) - target) ** 2).sum() / (4 * c**2 * m**2)
 
 
+def gatys_loss(model, content, style, *, alpha, beta, tv_weight, content_layers=("relu4_2",), style_weights=None,
+               pooling="max", dtype=torch.float64):
+    """The paper's loss as a function of one HWC image tensor (in `dtype`, in the graph):
+    loss(pixels) -> (total, {"content", "style", "tv"}) with total = alpha L_content + beta
+    L_style + tv_weight TV. The content features and style Gram matrices are computed once, here."""
+    style_weights = style_weights or {name: 0.2 for name in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")}
+    with torch.no_grad():
+        p = features(model, content, content_layers, pooling=pooling, dtype=dtype)
+        a = {name: gram(f) for name, f in features(model, style, tuple(style_weights), pooling=pooling, dtype=dtype).items()}
+
+    def loss(pixels):
+        f = features(model, pixels, (*content_layers, *style_weights), pooling=pooling, dtype=dtype)
+        l_content = sum(0.5 * ((f[name] - p[name]) ** 2).sum() for name in content_layers)
+        l_style = sum(w * style_term(f[name], a[name]) for name, w in style_weights.items())
+        tv = ((pixels[1:] - pixels[:-1]) ** 2).sum() + ((pixels[:, 1:] - pixels[:, :-1]) ** 2).sum()
+        return alpha * l_content + beta * l_style + tv_weight * tv, {"content": l_content, "style": l_style, "tv": tv}
+
+    return loss
+
+
 def gatys(model, x, content, style, *, alpha, beta, tv_weight, content_layers=("relu4_2",),
           style_weights=None, pooling="max") -> tuple[dict, np.ndarray]:
     """The paper's loss for one HWC image in float64: ({content, style, tv, total}, d total / d x)."""
-    style_weights = style_weights or {name: 0.2 for name in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")}
-    with torch.no_grad():
-        p = features(model, content, content_layers, pooling=pooling)
-        a = {name: gram(f) for name, f in features(model, style, tuple(style_weights), pooling=pooling).items()}
+    loss = gatys_loss(model, content, style, alpha=alpha, beta=beta, tv_weight=tv_weight, content_layers=content_layers,
+                      style_weights=style_weights, pooling=pooling)
     pixels = torch.from_numpy(np.array(x, np.float64)).requires_grad_(True)
-    f = features(model, pixels, (*content_layers, *style_weights), pooling=pooling)
-    l_content = sum(0.5 * ((f[name] - p[name]) ** 2).sum() for name in content_layers)
-    l_style = sum(w * style_term(f[name], a[name]) for name, w in style_weights.items())
-    tv = ((pixels[1:] - pixels[:-1]) ** 2).sum() + ((pixels[:, 1:] - pixels[:, :-1]) ** 2).sum()
-    total = alpha * l_content + beta * l_style + tv_weight * tv
+    total, terms = loss(pixels)
     total.backward()
-    terms = {"content": l_content.item(), "style": l_style.item(), "tv": tv.item(), "total": total.item()}
-    return terms, pixels.grad.numpy()
+    return {**{name: value.item() for name, value in terms.items()}, "total": total.item()}, pixels.grad.numpy()
+
+
+def texture_loss(model, exemplar, *, beta, weights, pooling="avg", dtype=torch.float64):
+    """Gram loss over the texture layers plus beta/2 ||x - P(x)||^2 (the shared-phase spectrum
+    projection of Liu et al., P held constant) as a function of one HWC image tensor (in `dtype`,
+    in the graph): loss(pixels) -> (gram term, total). The Gram targets and the exemplar's
+    spectrum are computed once, here."""
+    u = torch.from_numpy(np.array(exemplar)).to(dtype)
+    u_hat = torch.fft.fft2(u, dim=(0, 1))
+    with torch.no_grad():
+        targets = {name: gram(f) for name, f in features(model, u, tuple(weights), pooling=pooling, dtype=dtype).items()}
+
+    def loss(pixels):
+        f = features(model, pixels, tuple(weights), pooling=pooling, dtype=dtype)
+        gram_term = sum(w * style_term(f[name], targets[name]) for name, w in weights.items())
+        with torch.no_grad():
+            x_hat = torch.fft.fft2(pixels, dim=(0, 1))
+            phi = (x_hat * u_hat.conj()).sum(-1, keepdim=True)
+            projected = torch.fft.ifft2(phi / phi.abs().clamp_min(1e-30) * u_hat, dim=(0, 1)).real
+        return gram_term, gram_term + beta * 0.5 * ((pixels - projected) ** 2).sum()
+
+    return loss
 
 
 def texture(model, x, exemplar, *, beta, weights, pooling="avg") -> tuple[float, float, np.ndarray]:
-    """Gram loss over the texture layers plus beta/2 ||x - P(x)||^2 (the shared-phase spectrum
-    projection of Liu et al., P held constant) for one HWC image in float64: (gram, total, grad)."""
-    u = torch.from_numpy(np.array(exemplar, np.float64))
-    with torch.no_grad():
-        targets = {name: gram(f) for name, f in features(model, u, tuple(weights), pooling=pooling).items()}
+    """`texture_loss` for one HWC image in float64: (gram term, total, d total / d x)."""
+    loss = texture_loss(model, exemplar, beta=beta, weights=weights, pooling=pooling)
     pixels = torch.from_numpy(np.array(x, np.float64)).requires_grad_(True)
-    f = features(model, pixels, tuple(weights), pooling=pooling)
-    loss = sum(w * style_term(f[name], targets[name]) for name, w in weights.items())
-    gram_term = loss.item()
-    x_hat, u_hat = torch.fft.fft2(pixels, dim=(0, 1)), torch.fft.fft2(u, dim=(0, 1))
-    phi = (x_hat * u_hat.conj()).sum(-1, keepdim=True)
-    projected = torch.fft.ifft2(phi / phi.abs() * u_hat, dim=(0, 1)).real.detach()
-    loss = loss + beta * 0.5 * ((pixels - projected) ** 2).sum()
-    loss.backward()
-    return gram_term, loss.item(), pixels.grad.numpy()
+    gram_term, total = loss(pixels)
+    total.backward()
+    return gram_term.item(), total.item(), pixels.grad.numpy()
+
+
+def nhwc(tensor: torch.Tensor) -> np.ndarray:
+    """An NCHW tensor as a numpy NHWC array (a tensor of another rank as it is)."""
+    array = tensor.detach().numpy()
+    return array.transpose(0, 2, 3, 1) if array.ndim == 4 else array
+
+
+def nchw(image) -> torch.Tensor:
+    """An HWC numpy image as a 1 x C x H x W tensor of its dtype."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)[None]))
+
+
+def depthwise_blur(image: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """The separable blur of an NCHW image with the 1-D kernel `taps`: a vertical then a
+    horizontal depthwise conv2d, zero padding (the original hybrid-image article's blur)."""
+    half = (len(taps) - 1) // 2
+    channels = image.shape[1]
+    vertical = taps.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
+    horizontal = taps.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+    image = F.conv2d(image, vertical, padding=(half, 0), groups=channels)
+    return F.conv2d(image, horizontal, padding=(0, half), groups=channels)
+
+
+def hybrid_loss(near: torch.Tensor, far: torch.Tensor, kernel, *, gamma: float = 2.2):
+    """The original hybrid-image article's loss as a function of an NCHW image tensor:
+    loss(x, m_precise, m_blurred) -> (total, precise, blurred), with precise = ||x - near||^2,
+    blurred = ||blur(x^gamma)^(1/gamma) - blur(far^gamma)^(1/gamma)||^2 and total = m_precise
+    precise + m_blurred blurred. The far image's blurred view is computed once, here."""
+    taps = torch.tensor(np.array(kernel))
+    far_seen = depthwise_blur(far**gamma, taps) ** (1 / gamma)
+
+    def loss(x, m_precise, m_blurred):
+        precise = ((x - near) ** 2).sum()
+        blurred = ((depthwise_blur(x**gamma, taps) ** (1 / gamma) - far_seen) ** 2).sum()
+        return m_precise * precise + m_blurred * blurred, precise, blurred
+
+    return loss
 
 
 def torch_alexnet(*, seed: int = 0) -> torch.nn.Module:

@@ -100,6 +100,8 @@ class HybridConfig(OptimizerConfig):
 
 
 class HybridInputs(NamedTuple):
+    """The two images a hybrid is made of."""
+
     near: np.ndarray  # HWC, the image seen up close (kept sharp)
     far: np.ndarray  # HWC, the image seen from afar (matched after blurring)
     names: tuple[str, str] = ("the near image", "the far image")  # for messages (e.g. their files)

@@ -115,6 +115,8 @@ class StyleConfig(SynthesisConfig):
 
 
 class StyleInputs(NamedTuple):
+    """The images a style transfer reads."""
+
     content: np.ndarray  # HWC in [0, 1]
     styles: Sequence[np.ndarray]  # HWC images
     init: np.ndarray | None = None  # the starting image, when the config's init is a path
@@ -122,6 +124,8 @@ class StyleInputs(NamedTuple):
 
 
 class StyleTargets(NamedTuple):
+    """What a style transfer matches: the content features P^l and the style Gram matrices A^l."""
+
     content: dict  # layer -> P, the content image's (H, W, C) features (batched: (B, H, W, C))
     grams: dict  # layer -> A, the blended style Gram matrix (C, C) (batched: (B, C, C))
 

@@ -136,12 +136,16 @@ class TextureConfig(SynthesisConfig):
 
 
 class TextureInputs(NamedTuple):
+    """The images a texture synthesis reads."""
+
     exemplar: np.ndarray  # HWC, 3 channels (grey exemplars have equal channels) or 1
     start: np.ndarray | None = None  # continue from this image (an earlier result) instead of noise
     name: str = "the exemplar"  # what to call the exemplar in messages (e.g. its file)
 
 
 class TextureTargets(NamedTuple):
+    """What a texture synthesis matches: the exemplar's Gram matrices and its spectrum."""
+
     grams: dict  # layer -> the exemplar's Gram matrix A^l (C_l, C_l), scaled to the output's positions
     spectrum: jax.Array  # (H, W, C) image whose Fourier modulus is the target (`spectrum_target`)
 

@@ -1,0 +1,172 @@
+"""Helpers shared by the tests: the sample images, the command line run in this process or in a
+fresh Python, the one-line error every refusal must be, folders of tile images, and a local HTTP
+file server that honours Range requests.
+
+conftest.py imports this module, so the package is imported only inside the helpers that use it:
+a module that fails to import fails its own tests, not every test's collection.
+"""
+
+from __future__ import annotations
+
+import http.server
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples"
+
+# shallow layers keep the tests that check a style run's bookkeeping fast
+SHALLOW_LAYERS = {"content_layers": ("relu2_2",), "style_layers": ("relu1_1", "relu2_1")}
+
+
+# --- sample images -------------------------------------------------------------------------------
+
+def sample_image(name: str, height: int | None = None, width: int | None = None) -> np.ndarray:
+    """The sample `name` as float32 HWC in [0, 1], resized to height x width when they are given."""
+    from jaxmosaic.image import resize
+    from jaxmosaic.io.images import load_image
+
+    image = load_image(SAMPLES / name)
+    return image if height is None else np.asarray(resize(image, height, width))
+
+
+def sample_cells(name: str, patch: int = 16, side: int = 160) -> np.ndarray:
+    """The top-left side x side pixels of a sample cut into (side // patch)^2 cells of patch x patch, NHWC."""
+    from jaxmosaic.techniques.mosaic import split_cells
+
+    image = sample_image(name)[:side, :side]
+    return np.asarray(split_cells(image, side // patch, side // patch))
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+def run_cli(*args):
+    """`jaxmosaic ARGS...` in this process with typer's CliRunner; every argument is passed as a string."""
+    from typer.testing import CliRunner
+
+    from jaxmosaic.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def cli_command(*args, module: bool = False) -> list[str]:
+    """The argv of `jaxmosaic ARGS...` in a fresh Python: the checkout's cli.py, or `python -m
+    jaxmosaic.cli` with `module=True`."""
+    entry = ["-m", "jaxmosaic.cli"] if module else [str(ROOT / "cli.py")]
+    return [sys.executable, *entry, *(str(a) for a in args)]
+
+
+def one_line_error(result, *fragments, code=None) -> str:
+    """The run failed with exactly one line, `error: ...`, holding every fragment; no traceback.
+    `code`, when given, is the exit code it must have. Returns the line."""
+    assert result.exit_code != 0, result.output
+    if code is not None:
+        assert result.exit_code == code, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output and "unexpected" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+# --- folders of tiles ----------------------------------------------------------------------------
+
+def noise_tiles(folder: Path, count: int, shape: tuple[int, int], rng: np.random.Generator, *,
+                name: str = "{}.png") -> Path:
+    """`count` tiles of uniform 8-bit RGB noise, height x width = `shape`, drawn from `rng` and saved
+    in `folder` (created) as `name.format(i)`."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(folder / name.format(i))
+    return folder
+
+
+def sample_tiles(folder: Path, count: int, sample: str = "coffee.png") -> Path:
+    """`count` copies of a sample in `folder` (created), named 0.png, 1.png, ..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        shutil.copy(SAMPLES / sample, folder / f"{i}.png")
+    return folder
+
+
+def cut_sample_tiles(root: Path) -> Path:
+    """60 tiles of 32 px cut from three samples, 20 per sample in a subfolder of its own
+    (chelsea/00.png, ...), and two files that are not images: broken.jpg and notes.txt."""
+    from PIL import Image
+
+    for name in ("chelsea.png", "coffee.png", "rocket.jpg"):
+        sub = root / name.split(".")[0]
+        sub.mkdir(parents=True)
+        for i, cell in enumerate(sample_cells(name, 32)[:20]):
+            Image.fromarray(np.round(cell * 255).astype(np.uint8)).save(sub / f"{i:02d}.png")
+    (root / "broken.jpg").write_bytes(b"not a jpeg")
+    (root / "notes.txt").write_text("ignored: not an image suffix")
+    return root
+
+
+# --- a local download server ---------------------------------------------------------------------
+
+class FileServer:
+    """Serves files from memory over HTTP on 127.0.0.1, honouring Range requests.
+
+    `files` maps a name to its bytes; `url(name)` is where it is served, `base` the server's root.
+    A GET with `Range: bytes=START-` is answered 206 with the bytes from START, one without 200
+    with them all; an unknown name is a 404. Every GET is recorded: `counts[path]` and, in order,
+    `requests` (the Range header, None when absent). `fail_after`: the first answer is cut after
+    that many bytes and its connection shut, as a dropped download.
+    """
+
+    def __init__(self, files: dict[str, bytes], *, fail_after: int | None = None):
+        self.counts: dict[str, int] = {}
+        self.requests: list[str | None] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                asked = self.headers.get("Range")
+                server.counts[self.path] = server.counts.get(self.path, 0) + 1
+                server.requests.append(asked)
+                data = files.get(self.path.lstrip("/"))
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = int(asked.split("=")[1].split("-")[0]) if asked else 0
+                body = data[start:]
+                self.send_response(206 if asked else 200)
+                if asked:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if fail_after is not None and len(server.requests) == 1:
+                    self.wfile.write(body[:fail_after])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)
+                    return
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def url(self, name: str) -> str:
+        return f"{self.base}/{name}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> FileServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
