@@ -7,16 +7,26 @@ raw storages), in which torchvision's original VGG19 checkpoint was saved.
 The unpickler admits only the globals a state dict needs (an OrderedDict, tensor rebuild
 functions, storage types); anything else, `os.system` for instance, stops the load with
 `UnsafeCheckpointError` before it could be called.
+
+A file of a few kilobytes cannot make the reader take more memory than the tensors it returns:
+every number a record gives is bounded before it sizes anything, a view must lie inside its
+storage, storages that no returned tensor views are never inflated, and an archive member is
+read only up to the bytes those views reach. Messages quote what the file holds in a short,
+escaped excerpt.
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import math
 import os
 import pickle
 import zipfile
+import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -42,6 +52,43 @@ _STORAGE_DTYPES = {
 
 _MAX_RANK = 8
 _MAX_STORAGE_BYTES = 2**34  # 16 GiB: far beyond any VGG19 or AlexNet checkpoint
+_MAX_INDEX = 2**48  # any size, stride, offset or element count a record gives
+_MAX_KEY_CHARS = 64  # torch.save's storage keys are short decimal numbers
+_MAX_NAME_CHARS = 1024
+_MAX_PICKLE_BYTES = 2**26  # a state dict's pickle holds names and records, not values
+_MAX_BYTEORDER_BYTES = 16
+_EXCERPT_CHARS = 80
+
+
+def _excerpt(value) -> str:
+    """A short, escaped excerpt of a value taken from the file, for a message.
+
+    Strings, bytes and numbers are shown (cut short); of anything else only its type and length:
+    a pickle of a few hundred bytes can hold lists that share their items, whose repr takes
+    gigabytes.
+    """
+    if isinstance(value, (str, bytes)):
+        text = repr(value[:_EXCERPT_CHARS])
+    elif value is None or isinstance(value, (bool, float)) or (isinstance(value, int) and value.bit_length() <= 128):
+        text = repr(value)
+    elif isinstance(value, int):
+        text = f"an integer of {value.bit_length()} bits"
+    elif isinstance(value, (tuple, list, dict)):
+        text = f"a {type(value).__name__} of {len(value)} items"
+    else:
+        text = f"a {type(value).__name__.lstrip('_')}"
+    return text if len(text) <= _EXCERPT_CHARS else text[: _EXCERPT_CHARS - 3] + "..."
+
+
+class _Malformed(Exception):
+    """A tensor record that no `torch.save` writes (the message says which field)."""
+
+
+def _count(value, what: str, limit: int = _MAX_INDEX) -> int:
+    """A whole number from 0 to `limit` from a tensor record, or the record is refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        raise _Malformed(f"{what} is {_excerpt(value)}, not a whole number from 0 to {limit}")
+    return value
 
 
 class _StorageType:
@@ -50,53 +97,67 @@ class _StorageType:
         self.dtype = np.dtype(_STORAGE_DTYPES[name])
 
 
-def _count(value, what: str) -> int:
-    """A non-negative whole number from a tensor record, or the record is refused."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _Malformed(f"{what} is {value!r}")
-    return value
+class _Storage(NamedTuple):
+    """The elements [start, start + length) of the storage `key` (a legacy view's window, else all)."""
+
+    key: str
+    dtype: np.dtype
+    start: int
+    length: int
 
 
-class _Malformed(Exception):
-    """A tensor record that no `torch.save` writes (the message says which field)."""
+class _View(NamedTuple):
+    """A checked tensor: `shape` and element `strides` from element `start` of its root storage,
+    whose elements before `end` hold every element it addresses."""
 
+    storage: _Storage
+    start: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    end: int
 
-class _Storage:
-    """A storage whose bytes are read after the pickle (legacy) or from the archive (zip):
-    `numel` elements as recorded, and for a legacy view the window (offset, size) into them."""
-
-    def __init__(self, key: str, dtype: np.dtype, numel: int | None, offset: int = 0, size: int | None = None):
-        self.key, self.dtype, self.numel, self.offset, self.size = key, dtype, numel, offset, size
+    def materialise(self, data: dict[str, np.ndarray]) -> np.ndarray:
+        if not all(self.shape):
+            return np.zeros(self.shape, self.storage.dtype)
+        flat = data[self.storage.key]
+        # a size-1 axis never moves, whatever stride the record gives it
+        strides = tuple(s * flat.itemsize if n > 1 else 0 for n, s in zip(self.shape, self.strides))
+        return np.lib.stride_tricks.as_strided(flat[self.start :], shape=self.shape, strides=strides).copy()
 
 
 class _Tensor:
-    def __init__(self, storage: _Storage, offset: int, size, stride):
+    """A tensor record as the pickle gives it, checked only when it is taken from the state dict."""
+
+    def __init__(self, storage, offset, size, stride):
+        self.record = (storage, offset, size, stride)
+
+    def checked(self) -> _View:
+        """The view, once its numbers are bounded, it lies inside its storage, it has zero strides
+        on axes of size 1 only, and it holds no more elements than the storage span it covers
+        (so copying it allocates no more than that span)."""
+        storage, offset, size, stride = self.record
         if not isinstance(storage, _Storage):
             raise _Malformed("a tensor without a storage")
         if not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)) or len(size) != len(stride):
             raise _Malformed("size and stride are not sequences of one length")
         if len(size) > _MAX_RANK:
             raise _Malformed(f"a tensor of rank {len(size)}")
-        self.storage, self.offset = storage, _count(offset, "a storage offset")
-        self.size = tuple(_count(n, "a size") for n in size)
-        self.stride = tuple(_count(n, "a stride") for n in stride)
-
-    def materialise(self, data: dict[str, np.ndarray]) -> np.ndarray:
-        """The tensor's values, after checking that every element it addresses lies inside its
-        storage (offsets, sizes and strides all non-negative)."""
-        flat = data[self.storage.key]
-        start = self.storage.offset
-        end = len(flat) if self.storage.size is None else start + self.storage.size
-        if end > len(flat):
-            raise _Malformed(f"a storage view reaching element {end} of {len(flat)}")
-        flat = flat[start:end]
-        if not all(self.size):
-            return np.zeros(self.size, flat.dtype)
-        extent = self.offset + 1 + sum((n - 1) * s for n, s in zip(self.size, self.stride))
-        if extent > flat.size:
-            raise _Malformed(f"a tensor of shape {self.size} reaching element {extent} of a storage of {flat.size}")
-        strides = tuple(s * flat.itemsize for s in self.stride)
-        return np.lib.stride_tricks.as_strided(flat[self.offset :], shape=self.size, strides=strides).copy()
+        offset = _count(offset, "a storage offset")
+        shape = tuple(_count(n, "a size") for n in size)
+        strides = tuple(_count(s, "a stride") for s in stride)
+        if math.prod(max(n, 1) for n in shape) > _MAX_INDEX:
+            raise _Malformed(f"a tensor of shape {shape}, more than {_MAX_INDEX} elements")
+        for n, s in zip(shape, strides):
+            if s == 0 and n > 1:
+                raise _Malformed(f"a tensor of shape {shape} with a zero stride on an axis of size {n}")
+        elements = math.prod(shape)
+        span = 1 + sum((n - 1) * s for n, s in zip(shape, strides)) if elements else 0
+        if offset + span > storage.length:
+            raise _Malformed(f"a tensor of shape {shape} reaching element {offset + span} of a storage of {storage.length}")
+        if elements > span:
+            raise _Malformed(f"a tensor of shape {shape} overlapping itself ({elements} elements in {span} of its storage)")
+        start = storage.start + offset
+        return _View(storage, start, shape, strides, start + span)
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
@@ -115,12 +176,19 @@ _ALLOWED = {
 }
 
 
+def _storage_key(key, source: Path) -> str:
+    if not isinstance(key, str) or not 0 < len(key) <= _MAX_KEY_CHARS:
+        raise UnsafeCheckpointError(f"{source}: refusing to load: a storage key is {_excerpt(key)}, "
+                                    f"not a string of 1 to {_MAX_KEY_CHARS} characters")
+    return key
+
+
 class _SafeUnpickler(pickle.Unpickler):
     def __init__(self, file, source: Path, *, tensors: bool = True):
         super().__init__(file)
         self.source = source
         self.tensors = tensors  # headers of the legacy format admit no global at all
-        self.storages: dict[str, tuple[np.dtype, int]] = {}
+        self.storages: dict[str, tuple[np.dtype, int]] = {}  # key -> (dtype, element count)
 
     def find_class(self, module: str, name: str):
         if self.tensors and (module, name) in _ALLOWED:
@@ -128,81 +196,126 @@ class _SafeUnpickler(pickle.Unpickler):
         if self.tensors and module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
         raise UnsafeCheckpointError(
-            f"{self.source}: refusing to load: its pickle asks for {module}.{name}, which a tensor "
-            "state dict never needs (the file may be malicious or not a plain state dict)"
+            f"{self.source}: refusing to load: its pickle asks for {_excerpt(f'{module}.{name}')}, "
+            "which a tensor state dict never needs (the file may be malicious or not a plain state dict)"
         )
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
-            raise UnsafeCheckpointError(f"{self.source}: unexpected persistent id {pid!r:.80}")
-        storage_type, key = pid[1], str(pid[2])
+            raise UnsafeCheckpointError(f"{self.source}: unexpected persistent id {_excerpt(pid)}")
+        dtype, key = pid[1].dtype, _storage_key(pid[2], self.source)
+        view = pid[5] if len(pid) > 5 else None
         try:
-            numel = _count(pid[4], "a storage's element count")
+            numel = _count(pid[4], "a storage's element count", _MAX_STORAGE_BYTES // dtype.itemsize)
+            start, length = 0, numel
+            if view is not None:  # legacy views into a larger root storage: (view key, offset, size)
+                if not isinstance(view, (tuple, list)) or len(view) != 3:
+                    raise _Malformed(f"a storage view is {_excerpt(view)}")
+                start = _count(view[1], "a storage view's offset", numel)
+                length = _count(view[2], "a storage view's size", numel - start)
         except _Malformed as err:
             raise UnsafeCheckpointError(f"{self.source}: refusing to load: {err}") from None
-        known = self.storages.setdefault(key, (storage_type.dtype, numel))
-        if known != (storage_type.dtype, numel):
-            raise UnsafeCheckpointError(f"{self.source}: refusing to load: storage {key} is described twice, differently")
-        view = pid[5] if len(pid) > 5 else None
-        if view is not None:  # legacy views into a larger root storage: (view key, offset, size)
-            try:
-                _, offset, size = view
-                return _Storage(key, storage_type.dtype, numel, _count(offset, "a view offset"), _count(size, "a view size"))
-            except (_Malformed, TypeError, ValueError) as err:
-                raise UnsafeCheckpointError(f"{self.source}: refusing to load: a malformed storage view ({err})") from None
-        return _Storage(key, storage_type.dtype, numel)
+        known = self.storages.setdefault(key, (dtype, numel))
+        if known != (dtype, numel):
+            raise UnsafeCheckpointError(f"{self.source}: refusing to load: storage {key!r} is described twice, differently")
+        return _Storage(key, dtype, start, length)
+
+
+def _load(unpickler: _SafeUnpickler, source: Path):
+    try:
+        return unpickler.load()
+    except MemoryError:  # an opcode declaring a length it sizes a buffer by before reading it
+        raise UnsafeCheckpointError(f"{source}: refusing to load: its pickle declares an object larger than memory") from None
 
 
 def _plain_load(file, source: Path):
     """Unpickle a header object (ints, dicts, lists of str), admitting no global at all."""
-    return _SafeUnpickler(file, source, tensors=False).load()
+    return _load(_SafeUnpickler(file, source, tensors=False), source)
 
 
-def _resolve(obj, data: dict[str, np.ndarray], source: Path) -> dict[str, np.ndarray]:
+def _views(obj, source: Path) -> dict[str, _View]:
+    """Every tensor of the state dict, by name, each checked (no storage is read)."""
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise WeightsError(f"{source}: holds a {type(obj).__name__}, not a state dict")
-    result = {}
+    views = {}
     for name, value in obj.items():
-        if isinstance(value, _Tensor):
-            try:
-                result[str(name)] = value.materialise(data)
-            except _Malformed as err:
-                raise UnsafeCheckpointError(f"{source}: refusing to load: tensor {str(name)[:60]!r} is {err}") from None
-    return result
+        if not isinstance(value, _Tensor):
+            continue
+        if not isinstance(name, str) or len(name) > _MAX_NAME_CHARS:
+            raise UnsafeCheckpointError(f"{source}: refusing to load: a tensor named by {_excerpt(name)}, "
+                                        f"not a string of at most {_MAX_NAME_CHARS} characters")
+        try:
+            views[name] = value.checked()
+        except _Malformed as err:
+            raise UnsafeCheckpointError(f"{source}: refusing to load: tensor {_excerpt(name)}: {err}") from None
+    return views
 
 
-def _read_zip(path: Path, archive: zipfile.ZipFile) -> dict[str, np.ndarray]:
-    pickles = [name for name in archive.namelist() if name.endswith("/data.pkl") or name == "data.pkl"]
+def _selected(views: dict[str, _View], select) -> dict[str, _View]:
+    if select is None:
+        return views
+    return {name: views[name] for name in select({name: view.shape for name, view in views.items()})}
+
+
+def _needs(views: dict[str, _View]) -> dict[str, int]:
+    """For each storage the views read: how many of its elements, from its start, they reach."""
+    needs: dict[str, int] = {}
+    for view in views.values():
+        if all(view.shape):
+            needs[view.storage.key] = max(needs.get(view.storage.key, 0), view.end)
+    return needs
+
+
+def _read_member(source: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, what: str) -> bytes:
+    """The first `size` bytes of a member: the member is inflated no further than that."""
+    with archive.open(info) as member:
+        data = member.read(size)
+    if len(data) != size:
+        raise WeightsError(f"{source}: truncated ({what} is short)")
+    return data
+
+
+def _bounded_member(source: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, what: str) -> bytes:
+    """A whole member that declares at most `limit` bytes (a small deflated member can declare gigabytes)."""
+    if info.file_size > limit:
+        raise UnsafeCheckpointError(f"{source}: refusing to load: {what} declares {info.file_size} bytes, "
+                                    f"more than the {limit} it can need")
+    return _read_member(source, archive, info, info.file_size, what)
+
+
+def _read_zip(path: Path, archive: zipfile.ZipFile, select) -> dict[str, np.ndarray]:
+    members = {info.filename: info for info in archive.infolist()}
+    pickles = [name for name in members if name.endswith("/data.pkl") or name == "data.pkl"]
     if len(pickles) != 1:
         raise WeightsError(f"{path}: a zip file, but not one written by torch.save (no single data.pkl)")
     prefix = pickles[0][: -len("data.pkl")]
-    byteorder = "little"
-    if f"{prefix}byteorder" in archive.namelist():
-        byteorder = archive.read(f"{prefix}byteorder").decode().strip()
-    try:
-        unpickler = _SafeUnpickler(io.BytesIO(archive.read(pickles[0])), path)
-        obj = unpickler.load()
-    except _Malformed as err:
-        raise UnsafeCheckpointError(f"{path}: refusing to load: {err}") from None
-    data = {}
+    order = "<"
+    if f"{prefix}byteorder" in members:
+        text = _bounded_member(path, archive, members[f"{prefix}byteorder"], _MAX_BYTEORDER_BYTES, "its byteorder").strip()
+        if text not in (b"little", b"big"):
+            raise WeightsError(f"{path}: unknown byte order {_excerpt(text)}")
+        order = "<" if text == b"little" else ">"
+    unpickler = _SafeUnpickler(io.BytesIO(_bounded_member(path, archive, members[pickles[0]], _MAX_PICKLE_BYTES, "its data.pkl")), path)
+    views = _views(_load(unpickler, path), path)
     for key, (dtype, numel) in unpickler.storages.items():
-        name = f"{prefix}data/{key}"
-        try:
-            info = archive.getinfo(name)
-        except KeyError:
-            raise WeightsError(f"{path}: storage {key} is missing from the archive") from None
-        expected = numel * dtype.itemsize
-        if info.file_size != expected or expected > _MAX_STORAGE_BYTES:
-            raise UnsafeCheckpointError(f"{path}: refusing to load: storage {key} holds {info.file_size} bytes, "
-                                        f"its record says {expected}")
-        array = np.frombuffer(archive.read(name), dtype=dtype.newbyteorder("<" if byteorder == "little" else ">"))
-        data[key] = array.astype(dtype)
-    return _resolve(obj, data, path)
+        info = members.get(f"{prefix}data/{key}")
+        if info is None:
+            raise WeightsError(f"{path}: storage {key!r} is missing from the archive")
+        if info.file_size != numel * dtype.itemsize:
+            raise UnsafeCheckpointError(f"{path}: refusing to load: storage {key!r} holds {info.file_size} bytes, "
+                                        f"its record says {numel * dtype.itemsize}")
+    views = _selected(views, select)
+    data = {}
+    for key, count in _needs(views).items():
+        dtype = unpickler.storages[key][0]
+        raw = _read_member(path, archive, members[f"{prefix}data/{key}"], count * dtype.itemsize, f"storage {key!r}")
+        data[key] = np.frombuffer(raw, dtype=dtype.newbyteorder(order)).astype(dtype, copy=False)
+    return {name: view.materialise(data) for name, view in views.items()}
 
 
-def _read_legacy(path: Path, file) -> dict[str, np.ndarray]:
+def _read_legacy(path: Path, file, select) -> dict[str, np.ndarray]:
     try:
         magic = _plain_load(file, path)
     except UnsafeCheckpointError:
@@ -213,43 +326,59 @@ def _read_legacy(path: Path, file) -> dict[str, np.ndarray]:
         raise WeightsError(f"{path}: not a PyTorch checkpoint (unknown header)")
     protocol = _plain_load(file, path)
     if protocol != _LEGACY_PROTOCOL:
-        raise WeightsError(f"{path}: unsupported legacy checkpoint protocol {protocol}")
+        raise WeightsError(f"{path}: unsupported legacy checkpoint protocol {_excerpt(protocol)}")
     info = _plain_load(file, path)
-    little = info.get("little_endian", True) if isinstance(info, dict) else True
+    byteorder = "little" if not isinstance(info, dict) or info.get("little_endian", True) else "big"
     unpickler = _SafeUnpickler(file, path)
-    try:
-        obj = unpickler.load()
-    except _Malformed as err:
-        raise UnsafeCheckpointError(f"{path}: refusing to load: {err}") from None
+    views = _views(_load(unpickler, path), path)
     keys = _plain_load(file, path)
     if not isinstance(keys, list):
         raise WeightsError(f"{path}: not a PyTorch checkpoint (no list of storages)")
-    data = {}
+    keys = [_storage_key(key, path) for key in keys]
+    views = _selected(views, select)
+    needs = _needs(views)
+    end = os.fstat(file.fileno()).st_size
+    data, seen = {}, set()
     for key in keys:
         header = file.read(8)
         if len(header) != 8:
-            raise WeightsError(f"{path}: truncated (storage {key} is missing)")
-        count = int.from_bytes(header, "little" if little else "big")
-        if str(key) not in unpickler.storages:
-            raise UnsafeCheckpointError(f"{path}: refusing to load: storage {key} is not described by the pickle")
-        dtype, numel = unpickler.storages[str(key)]
-        if count != numel or count * dtype.itemsize > _MAX_STORAGE_BYTES:
-            raise UnsafeCheckpointError(f"{path}: refusing to load: storage {key} holds {count} elements, its record says {numel}")
-        raw = file.read(count * dtype.itemsize)
-        if len(raw) != count * dtype.itemsize:
-            raise WeightsError(f"{path}: truncated (storage {key} is short)")
-        data[str(key)] = np.frombuffer(raw, dtype=dtype.newbyteorder("<" if little else ">")).astype(dtype)
-    missing = set(unpickler.storages) - set(data)
+            raise WeightsError(f"{path}: truncated (storage {key!r} is missing)")
+        count = int.from_bytes(header, byteorder)
+        if key not in unpickler.storages:
+            raise UnsafeCheckpointError(f"{path}: refusing to load: storage {key!r} is not described by the pickle")
+        dtype, numel = unpickler.storages[key]
+        if count != numel:
+            raise UnsafeCheckpointError(f"{path}: refusing to load: storage {key!r} holds {count} elements, its record says {numel}")
+        size, wanted = count * dtype.itemsize, needs.get(key, 0) * dtype.itemsize
+        if file.tell() + size > end:
+            raise WeightsError(f"{path}: truncated (storage {key!r} is short)")
+        if key in needs:
+            raw = file.read(wanted)
+            data[key] = np.frombuffer(raw, dtype=dtype.newbyteorder("<" if byteorder == "little" else ">")).astype(dtype, copy=False)
+        file.seek(size - wanted if key in needs else size, os.SEEK_CUR)
+        seen.add(key)
+    missing = set(unpickler.storages) - seen
     if missing:
-        raise WeightsError(f"{path}: truncated (storage {sorted(missing)[0]} is missing)")
-    return _resolve(obj, data, path)
+        raise WeightsError(f"{path}: truncated (storage {min(missing)!r} is missing)")
+    return {name: view.materialise(data) for name, view in views.items()}
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_state_dict(path: str | os.PathLike, *,
+                    select: Callable[[dict[str, tuple[int, ...]]], Iterable[str]] | None = None) -> dict[str, np.ndarray]:
     """Read the tensors of a `torch.save`d state dict as numpy arrays, without torch.
 
+    Args:
+      path: the checkpoint, a zip archive or a legacy stream.
+      select: called with every tensor's name and shape before any storage is read; returns the
+        names, among those, of the tensors to read. Only the storages they view are inflated, and
+        of each only the elements they reach. It may raise to refuse the file. Default: every tensor.
+
+    Returns:
+      name -> array, in the tensor's shape and dtype.
+
     Raises:
-      UnsafeCheckpointError: the pickle asks for a global outside the allow-list.
+      UnsafeCheckpointError: the pickle asks for a global outside the allow-list, or a record is
+        malformed (a view outside its storage, a size no `torch.save` writes).
       WeightsError: the file is missing, truncated or not a PyTorch checkpoint.
     """
     path = Path(path)
@@ -258,10 +387,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
-                return _read_zip(path, archive)
+                return _read_zip(path, archive, select)
         with open(path, "rb") as file:
-            return _read_legacy(path, file)
+            return _read_legacy(path, file, select)
     except WeightsError:
         raise
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, KeyError) as err:
-        raise WeightsError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__}: {err})") from None
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, zlib.error, ValueError, TypeError, KeyError,
+            NotImplementedError, RuntimeError) as err:
+        raise WeightsError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__}: {_excerpt(str(err))})") from None

@@ -20,12 +20,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import json
 import os
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import jax
@@ -37,6 +36,7 @@ from jaxmosaic._pth import read_state_dict
 from jaxmosaic.errors import JaxmosaicError, WeightsError
 from jaxmosaic.io.checkpoints import load_tree, save_tree
 from jaxmosaic.io.folders import check_folder, current_version
+from jaxmosaic.io.schemas import WeightsSource, read_model
 from jaxmosaic.alexnet import ALEXNET_CONVS, ALEXNET_SHAPES, alexnet_features
 from jaxmosaic.vgg import VGG19, VGG19_CONVS, layer_channels
 
@@ -49,6 +49,7 @@ __all__ = [
     "cache_dir",
     "default_weights_dir",
     "params_from_state_dict",
+    "read_state_dict",
     "save_params",
     "load_params",
     "convert",
@@ -61,6 +62,7 @@ __all__ = [
     "random_alexnet",
     "weights_info",
     "is_weights_folder",
+    "weights_arch",
     "sha256_file",
 ]
 
@@ -143,11 +145,37 @@ def _torch_hub_checkpoints() -> Path:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's content, in hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _torchvision_names(shapes: Mapping[str, tuple[int, ...]], source: str, spec: Arch) -> list[str]:
+    """The names, as the state dict spells them, of the tensors `spec` needs, once each is found
+    with its shape and nothing else is in `features`. A `module.` prefix (DataParallel) is allowed."""
+    names = {key.removeprefix("module."): key for key in shapes}
+    needed = []
+    for name, index in zip(spec.convs, spec.indices):
+        weight_shape = spec.shapes[name]
+        for kind, shape in (("weight", weight_shape), ("bias", weight_shape[:1])):
+            key = f"features.{index}.{kind}"
+            if key not in names:
+                raise WeightsError(f"{source}: not a torchvision {spec.label} state dict (missing {key})")
+            found = tuple(shapes[names[key]])
+            if found != shape:
+                raise WeightsError(
+                    f"{source}: not a torchvision {spec.label} state dict ({key} has shape {found}, "
+                    f"{spec.label} needs {shape})"
+                )
+            needed.append(names[key])
+    indices = {str(index) for index in spec.indices}
+    extra = sorted(key for key in names if key.startswith("features.") and key.split(".")[1] not in indices)
+    if extra:
+        raise WeightsError(f"{source}: not a plain {spec.label} (unexpected {extra[0]}; batch-norm variants are not supported)")
+    return needed
 
 
 def params_from_state_dict(state_dict: dict[str, np.ndarray], *, source: str = "state dict", arch: str = "vgg19") -> dict:
@@ -157,40 +185,37 @@ def params_from_state_dict(state_dict: dict[str, np.ndarray], *, source: str = "
     A `module.` prefix (DataParallel) is stripped. Names and shapes are checked against `arch`.
     """
     spec = _arch(arch)
-    state = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    needed = _torchvision_names({key: np.shape(value) for key, value in state_dict.items()}, source, spec)
+    state = {key.removeprefix("module."): np.asarray(state_dict[key]) for key in needed}
     params = {}
     for name, index in zip(spec.convs, spec.indices):
-        weight_shape = spec.shapes[name]
-        expected = {"weight": weight_shape, "bias": weight_shape[:1]}
         found = {}
-        for kind, shape in expected.items():
+        for kind in ("weight", "bias"):
             key = f"features.{index}.{kind}"
-            if key not in state:
-                raise WeightsError(f"{source}: not a torchvision {spec.label} state dict (missing {key})")
-            value = np.asarray(state[key])
-            if value.shape != shape:
-                raise WeightsError(
-                    f"{source}: not a torchvision {spec.label} state dict ({key} has shape {value.shape}, "
-                    f"{spec.label} needs {shape})"
-                )
-            if not np.issubdtype(value.dtype, np.floating):
-                raise WeightsError(f"{source}: {key} holds {value.dtype}, expected floating point")
-            found[kind] = value.astype(np.float32)
+            if not np.issubdtype(state[key].dtype, np.floating):
+                raise WeightsError(f"{source}: {key} holds {state[key].dtype}, expected floating point")
+            found[kind] = state[key].astype(np.float32)
         params[name] = {"kernel": np.ascontiguousarray(found["weight"].transpose(2, 3, 1, 0)), "bias": found["bias"]}
-    indices = {str(index) for index in spec.indices}
-    extra = sorted(key for key in state if key.startswith("features.") and key.split(".")[1] not in indices)
-    if extra:
-        raise WeightsError(f"{source}: not a plain {spec.label} (unexpected {extra[0]}; batch-norm variants are not supported)")
     for leaf in jax.tree_util.tree_leaves(params):
         if not np.all(np.isfinite(leaf)):
             raise WeightsError(f"{source}: weights hold NaN or infinite values")
     return params
 
 
-def save_params(params: dict, directory: str | os.PathLike, source: dict) -> Path:
-    """Write params (an Orbax checkpoint) plus `source.json` as the new current version of the
-    weights folder `directory`: a folder jaxmosaic made, or a new one (see `jaxmosaic.io.folders`)."""
-    return save_tree(directory, params, kind="weights", name="params", sidecars={"source.json": source})
+def _read_checkpoint(pth: Path, spec: Arch) -> dict:
+    """`spec`'s params from a torchvision `.pth`. Names and shapes are checked before any tensor is
+    read, and only the tensors `spec` needs are: the classifier, most of the file, never is."""
+    state = read_state_dict(pth, select=lambda shapes: _torchvision_names(shapes, str(pth), spec))
+    return params_from_state_dict(state, source=str(pth), arch=spec.name)
+
+
+def save_params(params: dict, directory: str | os.PathLike, source: dict | WeightsSource) -> Path:
+    """Write params (an Orbax checkpoint) plus `source.json` (`source`, checked against its schema)
+    as the new current version of the weights folder `directory`: a folder jaxmosaic made, or a new
+    one (see `jaxmosaic.io.folders`)."""
+    source = WeightsSource.model_validate(source)
+    return save_tree(directory, params, kind="weights", name="params",
+                     sidecars={"source.json": source.model_dump(mode="json", exclude_none=True)})
 
 
 def is_weights_folder(directory: str | os.PathLike) -> bool:
@@ -211,12 +236,25 @@ def _weights_version(directory: Path, spec: Arch = ARCHS["vgg19"]) -> Path:
     return version
 
 
+def _source(version: Path) -> WeightsSource | None:
+    """A weights folder version's source.json (None: a folder written without one); one line
+    naming the file and the field when it does not fit its schema."""
+    if not (version / "source.json").exists():
+        return None
+    return read_model(WeightsSource, version / "source.json", error=WeightsError)
+
+
 def _folder_arch(version: Path) -> str:
     """The architecture a weights folder's source.json names (folders older than AlexNet support: vgg19)."""
-    try:
-        return str(json.loads((version / "source.json").read_text()).get("arch", "vgg19"))
-    except (OSError, ValueError, AttributeError):
-        return "vgg19"
+    source = _source(version)
+    return "vgg19" if source is None else source.arch
+
+
+def weights_arch(directory: str | os.PathLike) -> str | None:
+    """The architecture of the weights the folder `directory` holds; None when it holds none."""
+    if not is_weights_folder(directory):
+        return None
+    return _folder_arch(_weights_version(Path(directory).expanduser().absolute()))
 
 
 def load_params(directory: str | os.PathLike, arch: str = "vgg19") -> dict:
@@ -253,16 +291,16 @@ def convert(pth: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
     `name` is the file's name to record, when `pth` is a download under a temporary name."""
     spec = _arch(arch)
     pth = Path(pth).expanduser()
-    params = params_from_state_dict(read_state_dict(pth), source=str(pth), arch=spec.name)
-    source = {
-        "arch": spec.name,
-        "source": url or str(pth.absolute()),
-        "file": name or pth.name,
-        "sha256": sha256_file(pth),
-        "format": f"torchvision {spec.name} state dict, features only ({len(spec.convs)} convolutions)",
-        "converted": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "jaxmosaic": __version__,
-    }
+    params = _read_checkpoint(pth, spec)
+    source = WeightsSource(
+        arch=spec.name,
+        source=url or str(pth.absolute()),
+        file=name or pth.name,
+        sha256=sha256_file(pth),
+        format=f"torchvision {spec.name} state dict, features only ({len(spec.convs)} convolutions)",
+        converted=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        jaxmosaic=__version__,
+    )
     return save_params(params, out_dir or default_weights_dir(spec.name), source)
 
 
@@ -367,7 +405,7 @@ def load_weights(path: str | os.PathLike | None = None, *, arch: str = "vgg19", 
             raise WeightsError(f"no {spec.label} weights in {default_weights_dir(spec.name)}; {spec.get_weights()}")
         found = download(progress=progress, arch=spec.name)
     if found.is_file():
-        return params_from_state_dict(read_state_dict(found), source=str(found), arch=spec.name)
+        return _read_checkpoint(found, spec)
     return load_params(found, spec.name)
 
 
@@ -451,10 +489,10 @@ def weights_info(path: str | os.PathLike | None = None, arch: str = "vgg19") -> 
     if found.is_file():
         info.update(kind="torch checkpoint (converted on every load)", sha256=sha256_file(found))
         return info
-    meta = _weights_version(found, spec) / "source.json"
+    source = _source(_weights_version(found, spec))
     info["kind"] = "jaxmosaic weights folder"
-    try:
-        info.update(json.loads(meta.read_text()))
-    except (OSError, ValueError):
-        info["source"] = "unknown (source.json is missing or damaged)"
+    if source is None:
+        info["source"] = "unknown (no source.json)"
+    else:
+        info.update(source.model_dump(mode="json", exclude_none=True))
     return info

@@ -5,6 +5,7 @@ helpers they use live in helpers.py."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import jax
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import ROOT, cut_sample_tiles
+from helpers import ROOT, SAMPLES, cut_sample_tiles
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -78,7 +79,7 @@ def torch_checkpoint(torch_model, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def torch_params(torch_checkpoint):
     """The converted parameters of `torch_model`, as jaxmosaic reads them."""
-    from jaxmosaic._pth import read_state_dict
+    from jaxmosaic.weights import read_state_dict
     from jaxmosaic.weights import params_from_state_dict
 
     return params_from_state_dict(read_state_dict(torch_checkpoint))
@@ -104,3 +105,15 @@ def rng():
 
 def pytest_report_header(config):
     return f"jax {jax.__version__} on {jax.default_backend()}; cpu count {os.cpu_count()}"
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """A working folder holding copies of two samples (inputs whose bytes must never change)."""
+    folder = tmp_path / "work"
+    photos = folder / "p"
+    photos.mkdir(parents=True)
+    shutil.copy(SAMPLES / "astronaut.png", photos / "content.png")
+    shutil.copy(SAMPLES / "brick.png", photos / "style.png")
+    monkeypatch.chdir(folder)
+    return folder

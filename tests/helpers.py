@@ -8,6 +8,7 @@ a module that fails to import fails its own tests, not every test's collection.
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import shutil
 import sys
@@ -170,3 +171,20 @@ class FileServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# small settings of each command, for tests that run many of them
+STYLE = ["--weights", "random", "--size", 32, "--steps", 2, "--content-layers", "relu1_1", "--style-layers", "relu1_1"]
+TEXTURE = ["--weights", "random", "--size", 32, "--steps", 2, "--layers", "relu1_1,pool1"]
+HYBRID = ["--size", 32, "--steps", 2]
+MOSAIC = ["--cols", 6, "--patch", 8]
+VQ = ["--k", 4, "--samples", 200, "--iterations", 2, "--patch", 4]
+
+
+def hashes(*roots: Path) -> dict:
+    """SHA-256 of every file under the roots (a file root counts as itself)."""
+    found = {}
+    for root in roots:
+        for path in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
+            found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found

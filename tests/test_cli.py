@@ -137,7 +137,7 @@ def test_library_build_is_reused_until_the_folder_changes(tmp_path):
     assert "indexed 12 tiles" in result.output and "k=4" in result.output
     result = run_cli("library", "build", folder, "-o", lib, "--svd-k", 4)
     assert result.exit_code == 0 and "up to date" in result.output
-    info = json.loads(run_cli("library", "info", lib).stdout)
+    info = json.loads(run_cli("library", "info", lib, "--tiles", folder).stdout)
     assert info["tiles"] == 12 and info["svd"]["k"] == 4 and info["current"] is True
     noise_tiles(folder, 1, (20, 30), rng, name="new.png")
     result = run_cli("library", "build", folder, "-o", lib, "--svd-k", 4)

@@ -22,35 +22,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import SAMPLES, FileServer, cli_command, one_line_error, run_cli, sample_tiles
+from helpers import HYBRID, MOSAIC, SAMPLES, STYLE, TEXTURE, VQ, FileServer, cli_command, hashes, one_line_error, run_cli, sample_tiles
 from jaxmosaic.io.checkpoints import load_checkpoint, read_checkpoint_meta, save_checkpoint
 
-STYLE = ["--weights", "random", "--size", 32, "--steps", 2, "--content-layers", "relu1_1", "--style-layers", "relu1_1"]
-TEXTURE = ["--weights", "random", "--size", 32, "--steps", 2, "--layers", "relu1_1,pool1"]
-HYBRID = ["--size", 32, "--steps", 2]
-MOSAIC = ["--cols", 6, "--patch", 8]
-VQ = ["--k", 4, "--samples", 200, "--iterations", 2, "--patch", 4]
-
-
-def hashes(*roots: Path) -> dict:
-    """SHA-256 of every file under the roots (a file root counts as itself)."""
-    found = {}
-    for root in roots:
-        for path in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
-            found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
-
-
-@pytest.fixture
-def work(tmp_path, monkeypatch):
-    """A working folder holding copies of two samples (inputs whose bytes must never change)."""
-    folder = tmp_path / "work"
-    photos = folder / "p"
-    photos.mkdir(parents=True)
-    shutil.copy(SAMPLES / "astronaut.png", photos / "content.png")
-    shutil.copy(SAMPLES / "brick.png", photos / "style.png")
-    monkeypatch.chdir(folder)
-    return folder
 
 
 # --- replace only what is ours; outputs never touch inputs -----------------------------------
@@ -201,7 +175,7 @@ def crafted_pth(path: Path, *, offset=0, size=(4, 4), stride=(4, 1), numel=16, s
 ])
 def test_crafted_tensor_records_are_refused_in_one_line(work, record, fragment):
     from jaxmosaic import UnsafeCheckpointError
-    from jaxmosaic._pth import read_state_dict
+    from jaxmosaic.weights import read_state_dict
 
     path = crafted_pth(work / "crafted.pth", **record)
     with pytest.raises(UnsafeCheckpointError, match=fragment):
@@ -213,7 +187,7 @@ def test_crafted_tensor_records_are_refused_in_one_line(work, record, fragment):
 
 
 def test_an_honest_record_still_reads(work):
-    from jaxmosaic._pth import read_state_dict
+    from jaxmosaic.weights import read_state_dict
 
     state = read_state_dict(crafted_pth(work / "fine.pth", offset=2, size=(3, 2), stride=(4, 1)))
     np.testing.assert_array_equal(state["features.0.weight"], np.arange(16, dtype=np.float32)[2:].reshape(-1)[

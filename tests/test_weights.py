@@ -16,7 +16,7 @@ import pytest
 
 from helpers import FileServer
 from jaxmosaic import UnsafeCheckpointError, WeightsError, load_vgg19, random_vgg19
-from jaxmosaic._pth import read_state_dict
+from jaxmosaic.weights import read_state_dict
 from jaxmosaic.vgg import VGG19, VGG19_CONVS
 from jaxmosaic.io.folders import folder_kind
 from jaxmosaic.weights import (

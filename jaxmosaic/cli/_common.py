@@ -1,42 +1,27 @@
-"""What every command shares: one-line errors, the compilation cache, weights, output names."""
+"""What every command shares: one-line errors, the compilation cache, weights, output names, metrics."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import jax
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.progress import ProgressColumn, TimeRemainingColumn, TransferSpeedColumn
-from rich.text import Text
 
+from jaxmosaic.cli.console import download_progress, error_line
 from jaxmosaic.errors import ConfigError, JaxmosaicError
 from jaxmosaic.io.files import write_json
 from jaxmosaic.weights import cache_dir, load_weights, random_alexnet, random_vgg19
 
-err_console = Console(stderr=True)
 state = {"debug": False}
 
 WeightsOption = Annotated[
     str | None, typer.Option(help="Weights folder or .pth, or 'random' (default: $JAXMOSAIC_WEIGHTS, then the cache).")]
 MetricsOption = Annotated[Path | None, typer.Option(help="Write a JSON summary here.")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace output files that exist although jaxmosaic did not write them.")]
-
-
-def error_line(message: str) -> None:
-    err_console.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
-
-
-def echo(message: str) -> None:
-    """A line for the user on stderr, so stdout stays clean for data."""
-    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def guarded(command):
@@ -75,56 +60,6 @@ def enable_compilation_cache() -> None:
         return
     jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-
-
-@contextlib.contextmanager
-def download_progress(label: str = "VGG19") -> Iterator:
-    """A rich progress bar for a download, shown from the first byte; yields `progress(done, total)`."""
-    columns = (TextColumn(f"downloading {label}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    bar = Progress(*columns, console=err_console)
-    task = None
-
-    def update(done: int, total: int | None) -> None:
-        nonlocal task
-        if task is None:
-            bar.start()
-            task = bar.add_task("download", total=total)
-        bar.update(task, completed=done, total=total)
-
-    try:
-        yield update
-    finally:
-        bar.stop()
-
-
-@contextlib.contextmanager
-def count_progress(label: str, *, transient: bool = True) -> Iterator:
-    """A rich progress bar over a count of items; yields `update(done, total)`."""
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=transient) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
-
-
-@contextlib.contextmanager
-def rate_progress(label: str, *, unit: str = "tiles", transient: bool = True) -> Iterator:
-    """A rich progress bar over a count, with the rate and the time left; yields `update(done, total)`."""
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), RateColumn(unit), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=transient) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
-
-
-class RateColumn(ProgressColumn):
-    """Items per second of a task."""
-
-    def __init__(self, unit: str):
-        super().__init__()
-        self.unit = unit
-
-    def render(self, task):
-        speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:.1f} {self.unit}/s")
 
 
 def vgg_params(weights: str | None, seed: int = 0, arch: str = "vgg19"):

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxmosaic.cli._common import echo, rate_progress, vgg_params
+from jaxmosaic.cli._common import vgg_params
+from jaxmosaic.cli.console import echo, rate_progress
 from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.sharding import device_mesh
 from jaxmosaic.techniques.mosaic import FeatureKind, LibraryConfig, TileLibrary, color_mode, feature_config, load_library
 from jaxmosaic.techniques.mosaic import obtain_library
-from jaxmosaic.weights import cache_dir
+from jaxmosaic.weights import cache_dir, load_weights
 
 
 def network_params(kind: FeatureKind, weights: str | None, seed: int):
@@ -32,13 +33,19 @@ def source_paths(source: str | None) -> list[Path]:
 
 
 def obtain_tile_library(tiles: str, config: LibraryConfig, weights: str | None, inputs, *, cache: bool) -> tuple[TileLibrary, object]:
-    """(the library for a tile source, the network params its features need or None)."""
+    """(the library for a tile source, the network params its features need or None).
+
+    A library file's header never starts a download: when only it names a network (no --features,
+    no --weights), that network's weights must already be here."""
     loaded = load_library(tiles) if Path(tiles).is_file() else None
     mode = color_mode(config, tiles, loaded)
-    kind = config.features or (loaded.settings.kind if loaded is not None else FeatureKind.color)
-    params = network_params(FeatureKind(kind), weights, config.seed)
+    kind = FeatureKind(config.features or (loaded.settings.kind if loaded is not None else FeatureKind.color))
+    if config.features is None and weights is None and kind.network:
+        params = load_weights(None, arch=kind.network, download_missing=False)
+    else:
+        params = network_params(kind, weights, config.seed)
     settings = feature_config(config, mode, loaded, params)
     with rate_progress(f"indexing {tiles}") as progress:
         library = obtain_library(tiles, config, settings, mode, params=params, loaded=loaded, progress=progress, say=echo,
-                                 cache=cache_dir() / "libraries" if cache else None, inputs=inputs)
+                                 cache=cache_dir() / "libraries" if cache else None, inputs=inputs, weights=weights)
     return library, params

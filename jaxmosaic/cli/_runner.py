@@ -2,14 +2,17 @@
 
 A command describes its job (settings, files, how to read the inputs and build the technique's
 `Problem`) and `optimise` does the rest: checks the outputs and the memory before any work, a
-progress bar with the loss terms, frames and a GIF, checkpoints and resume, Ctrl-C (the images so
-far and a checkpoint are written), divergence (the last finite images are written, then one
-error line), the final loss report and `--metrics`.
+progress bar with the loss terms, frames and a GIF, checkpoints and resume (a checkpoint records
+the settings and the SHA-256 of every input; a resume refuses a checkpoint of another run, or
+inputs whose content changed), Ctrl-C (the images so far and a checkpoint are written),
+divergence (the last finite images are written, then one error line), the final loss report and
+`--metrics`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import signal
 import threading
 import time
@@ -22,10 +25,11 @@ import numpy as np
 import typer
 
 from jaxmosaic.config import ConfigError, setting, settings_dict, whole
-from jaxmosaic.io.checkpoints import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from jaxmosaic.io.checkpoints import checkpoint_meta_file, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from jaxmosaic.io.folders import OutputFolder
 from jaxmosaic.io.outputs import check_outputs
 from jaxmosaic.io.images import save_gif, save_image
+from jaxmosaic.io.schemas import CHECKPOINT_FORMAT, CheckpointMeta, InputFile, SchemaError
 from jaxmosaic.image import resize
 from jaxmosaic.optimize import state_like
 from jaxmosaic.refine import tiled_state
@@ -33,11 +37,11 @@ from jaxmosaic.resources import check_memory, memory_budget
 from jaxmosaic.sharding import device_mesh
 from jaxmosaic.stages import Diverged, Problem, Progress, Resume, solve
 from jaxmosaic.techniques.common import SynthesisConfig
-from jaxmosaic.cli._common import echo, err_console, error_line, output_name, write_metrics
+from jaxmosaic.weights import sha256_file
+from jaxmosaic.cli._common import output_name, write_metrics
+from jaxmosaic.cli.console import echo, err_console, error_line
 
 __all__ = ["RunConfig", "Job", "optimise"]
-
-_CHECKPOINT_FORMAT = "jaxmosaic-checkpoint/2"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +94,7 @@ class _Frames:
     def __init__(self, gif: Path | None, folder: Path | None, every: int, tags: Sequence[str], inputs, multistage: bool):
         self.gif, self.every, self.tags, self.inputs = gif, every, list(tags), list(inputs)
         self.multistage, self.frames = multistage, []
-        self.folder = OutputFolder(folder, "frames") if folder else None
+        self.folder = OutputFolder(folder, "frames", say=echo) if folder else None
 
     def record(self, progress: Progress, images: np.ndarray) -> None:
         if self.gif:
@@ -127,29 +131,56 @@ def _describe(loss: dict) -> str:
 
 
 def _record(job: Job) -> dict:
-    """The settings that define a run: the technique's, the weights and the input files."""
-    return {**settings_dict(job.config, resumable_only=True), "weights": job.weights or "lookup",
-            "inputs": [str(path) for path in job.inputs]}
+    """What defines a run, as its checkpoints record it: the technique, the settings a resumed run
+    must keep (the technique's and the weights) and the input files with the SHA-256 of their content."""
+    return {"technique": job.technique,
+            "settings": {**settings_dict(job.config, resumable_only=True), "weights": job.weights or "lookup"},
+            "inputs": [InputFile(path=str(path), sha256=sha256_file(path)) for path in job.inputs]}
 
 
-def _resume(job: Job, run: RunConfig, problem: Problem) -> Resume:
-    meta = read_checkpoint_meta(run.checkpoint)
-    if meta.get("format") != _CHECKPOINT_FORMAT or meta.get("technique") != job.technique:
-        raise ConfigError("resume", f"{run.checkpoint} is not a {job.technique} checkpoint of this version of jaxmosaic")
-    expected = _record(job)
-    changed = sorted(name for name in expected if meta["settings"].get(name) != expected[name])
+def _check_same_run(run: RunConfig, held: CheckpointMeta, record: dict) -> None:
+    """Refuse to resume a checkpoint of another technique, other settings or other inputs, or one
+    whose input files now hold other content."""
+    if held.technique != record["technique"]:
+        raise SchemaError(f"{checkpoint_meta_file(run.checkpoint)}: technique: a {held.technique} checkpoint, "
+                          f"not a {record['technique']} one")
+    settings = record["settings"]
+    changed = sorted(name for name in settings if held.settings.get(name) != settings[name])
+    if [item.path for item in held.inputs] != [item.path for item in record["inputs"]]:
+        changed.append("inputs")
     if changed:
         raise ConfigError("resume", f"the checkpoint {run.checkpoint} was made with other settings ({', '.join(changed)}); start a new one")
-    like = np.zeros(meta["shape"], np.float32)
-    state = tiled_state(like.shape[0]) if meta.get("tiled") else state_like(problem.optimizer, problem.learning_rate, like)
-    restored, meta = load_checkpoint(run.checkpoint, {"params": like, "opt_state": state})
-    echo(f"resuming from {run.checkpoint}: stage {meta['stage'] + 1} of {len(problem.stages)}, step {meta['step']}")
-    return Resume(meta["stage"], meta["step"], restored["params"], restored["opt_state"])
+    for then, now in zip(held.inputs, record["inputs"]):
+        if then.sha256 != now.sha256:
+            raise ConfigError("resume", f"{now.path} changed since the checkpoint {run.checkpoint} was made (other content "
+                                        "under the same name); start a new checkpoint")
 
 
-def _save_checkpoint(job: Job, run: RunConfig, progress: Progress) -> None:
-    meta = {"format": _CHECKPOINT_FORMAT, "technique": job.technique, "settings": _record(job), "stage": progress.stage,
-            "step": progress.step, "shape": list(np.shape(progress.params)), "tiled": progress.tile is not None}
+def _resume(job: Job, run: RunConfig, problem: Problem, held: CheckpointMeta) -> Resume:
+    """The state to continue from, once the checkpoint's stage, step and pixels fit this run."""
+    meta = checkpoint_meta_file(run.checkpoint)
+    stages = len(problem.stages)
+    if held.stage >= stages:
+        raise SchemaError(f"{meta}: stage: {held.stage}, but this run's stages are 0 to {stages - 1}")
+    steps = problem.steps[held.stage]
+    if held.step > steps:
+        raise SchemaError(f"{meta}: step: {held.step} is past the {steps} steps of stage {held.stage + 1} of this run "
+                          "(raise --steps to continue it)")
+    if held.shape[0] != problem.count:
+        raise SchemaError(f"{meta}: shape: {held.shape[0]} images, this run makes {problem.count}")
+    budget = memory_budget()
+    if budget is not None and 4 * math.prod(held.shape) > budget:
+        raise SchemaError(f"{meta}: shape: {held.shape} needs more memory than is free")
+    like = np.zeros(held.shape, np.float32)
+    state = tiled_state(like.shape[0]) if held.tiled else state_like(problem.optimizer, problem.learning_rate, like)
+    restored, _ = load_checkpoint(run.checkpoint, {"params": like, "opt_state": state})
+    echo(f"resuming from {run.checkpoint}: stage {held.stage + 1} of {stages}, step {held.step}")
+    return Resume(held.stage, held.step, restored["params"], restored["opt_state"])
+
+
+def _save_checkpoint(run: RunConfig, record: dict, progress: Progress) -> None:
+    meta = CheckpointMeta(format=CHECKPOINT_FORMAT, **record, stage=int(progress.stage), step=int(progress.step),
+                          shape=[int(n) for n in np.shape(progress.params)], tiled=progress.tile is not None)
     save_checkpoint(run.checkpoint, {"params": progress.params, "opt_state": progress.opt_state}, meta)
 
 
@@ -189,9 +220,13 @@ def optimise(job: Job, run: RunConfig) -> None:
     folder = output_name(job.out, "frames", "") if run.save_every else None
     pictures = [path for path, _ in job.pictures]
     weights = [Path(job.weights)] if job.weights not in (None, "random") else []
-    check_outputs([run.metrics], [*job.inputs, *weights], images=[*job.outputs, *pictures, gif], overwrite=run.overwrite,
-                  folders=[(folder, "frames"), (run.checkpoint, "checkpoint")])
+    check_outputs([], [*job.inputs, *weights], images=[*job.outputs, *pictures, gif], files=[(run.metrics, "metrics")],
+                  folders=[(folder, "frames"), (run.checkpoint, "checkpoint")], overwrite=run.overwrite)
+    held = read_checkpoint_meta(run.checkpoint, model=CheckpointMeta) if run.resume else None
     inputs = job.load()
+    record = _record(job) if run.checkpoint else None
+    if held is not None:
+        _check_same_run(run, held, record)
     mesh = device_mesh(run.devices)
     devices = 1 if mesh is None else mesh.size
     tiling = isinstance(job.config, SynthesisConfig)
@@ -204,14 +239,14 @@ def optimise(job: Job, run: RunConfig) -> None:
     if run.split_image and problem.count > 1:
         raise ConfigError("split_image", f"splits one image over the devices, not a batch of {problem.count}; "
                                          "the devices share a batch by themselves")
+    resume = _resume(job, run, problem, held) if held is not None else None
     for note in problem.notes:
         echo(note)
-    resume = _resume(job, run, problem) if run.resume else None
     start = time.perf_counter()
     tags = [Path(path).stem.removeprefix(job.out.stem) for path in job.outputs]
     frames = _Frames(gif, folder, run.save_every, tags, job.inputs, len(problem.stages) > 1)
     try:
-        solution = _solve(job, run, problem, resume, frames, mesh)
+        solution = _solve(job, run, problem, resume, frames, mesh, record)
     except _Interrupted as stop:
         images = np.asarray(problem.finish(problem.view(stop.progress.params)))
         written = _write_images(job, images) + frames.write()
@@ -236,7 +271,7 @@ def optimise(job: Job, run: RunConfig) -> None:
                   **_figures(job, problem, solution))
 
 
-def _solve(job: Job, run: RunConfig, problem: Problem, resume: Resume | None, frames: _Frames, mesh):
+def _solve(job: Job, run: RunConfig, problem: Problem, resume: Resume | None, frames: _Frames, mesh, record: dict | None):
     """`solve` with the progress bar, frames, checkpoints and a Ctrl-C that stops after the chunk."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
 
@@ -267,7 +302,7 @@ def _solve(job: Job, run: RunConfig, problem: Problem, resume: Resume | None, fr
                 bar.update(task, completed=progress.done, loss=where + loss)
                 frames.record(progress, images)
                 if run.checkpoint and (progress.step % run.checkpoint_every == 0 or stop["asked"]):
-                    _save_checkpoint(job, run, progress)
+                    _save_checkpoint(run, record, progress)
                 if stop["asked"]:
                     raise _Interrupted(progress)
 
@@ -276,5 +311,5 @@ def _solve(job: Job, run: RunConfig, problem: Problem, resume: Resume | None, fr
         if main:
             signal.signal(signal.SIGINT, previous)
     if run.checkpoint and "progress" in last:
-        _save_checkpoint(job, run, last["progress"])
+        _save_checkpoint(run, record, last["progress"])
     return solution

@@ -10,7 +10,8 @@ from typer.core import TyperGroup
 
 from jaxmosaic._version import __version__
 from jaxmosaic.cli import features, hybrid, library, mosaic, style, texture, vq, weights
-from jaxmosaic.cli._common import enable_compilation_cache, error_line, state
+from jaxmosaic.cli._common import enable_compilation_cache, state
+from jaxmosaic.cli.console import error_line
 
 class _OneLineErrors(TyperGroup):
     """The command group: a usage error (a missing argument, a value of the wrong type) is one

@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import typer
 
-from jaxmosaic.cli._common import MetricsOption, OverwriteOption, WeightsOption, echo, guarded, vgg_params, write_metrics
+from jaxmosaic.cli._common import MetricsOption, OverwriteOption, WeightsOption, guarded, vgg_params, write_metrics
+from jaxmosaic.cli.console import echo
 from jaxmosaic.cli._options import command
 from jaxmosaic.config import choice, names, setting, settings_dict, whole
 from jaxmosaic.image import fit_shape, resize

@@ -10,7 +10,8 @@ from typing import Annotated
 import jax
 import typer
 
-from jaxmosaic.cli._common import OverwriteOption, WeightsOption, echo, guarded, rate_progress
+from jaxmosaic.cli._common import OverwriteOption, WeightsOption, guarded
+from jaxmosaic.cli.console import echo, rate_progress
 from jaxmosaic.cli._libraries import local_mesh, network_params, obtain_tile_library, source_paths
 from jaxmosaic.cli._options import command
 from jaxmosaic.distributed import DistributedConfig, start_distributed
@@ -19,16 +20,16 @@ from jaxmosaic.io.outputs import check_outputs
 from jaxmosaic.resources import check_disk, check_memory, memory_budget
 from jaxmosaic.techniques.mosaic import (
     FeatureKind,
-    LibraryBuildConfig,
     LibraryConfig,
     TileLibrary,
+    built_from,
     color_mode,
     feature_config,
     is_current,
     load_library,
     save_library,
 )
-from jaxmosaic.techniques.mosaic.stream import stream_disk, stream_library, stream_memory, stream_svd_k, tile_source
+from jaxmosaic.techniques.mosaic.stream import LibraryBuildConfig, stream_disk, stream_library, stream_memory, stream_svd_k, tile_source
 
 library_app = typer.Typer(help="Index a folder of tiles once, for fast mosaics.", no_args_is_help=True, rich_markup_mode="rich")
 
@@ -64,7 +65,8 @@ def build(
             old = load_library(out)
             params = network_params(library.features or FeatureKind.color, weights, library.seed)
             wanted = feature_config(library, color_mode(library, tiles), None, params)
-            if is_current(old, wanted) and (library.svd_k == "auto" or (old.svd or {}).get("k", 0) == library.svd_k):
+            folder = tiles if Path(tiles).is_dir() else None
+            if is_current(old, wanted, folder=folder) and (library.svd_k == "auto" or (old.svd or {}).get("k", 0) == library.svd_k):
                 echo(f"{out} is up to date ({len(old)} tiles); nothing to do")
                 return
     made, _ = obtain_tile_library(tiles, library, weights, [], cache=False)
@@ -105,20 +107,27 @@ def _stream_build(tiles: str, out: Path, library: LibraryConfig, config: Library
 
 def _say_skipped(made: TileLibrary) -> None:
     if made.skipped:
-        echo(f"skipped {len(made.skipped)} unreadable file(s): {', '.join(made.skipped[:5])}{' ...' if len(made.skipped) > 5 else ''}")
+        echo(f"skipped {len(made.skipped)} file(s) (unreadable, or symbolic links): {', '.join(made.skipped[:5])}"
+             f"{' ...' if len(made.skipped) > 5 else ''}")
 
 
 @library_app.command()
 @guarded
-def info(library_file: Annotated[Path, typer.Argument(help="A library .npz.")]) -> None:
+def info(
+    library_file: Annotated[Path, typer.Argument(help="A library .npz.")],
+    tiles: Annotated[Path | None, typer.Option("--tiles", help="The folder a folder library was built from, to tell whether it is current (its own record of the folder is never walked).")] = None,
+) -> None:
     """Describe a tile library: source, size, features, SVD, skipped files, and whether it is current."""
     library = load_library(library_file)
+    if tiles is not None and not built_from(library, tiles):
+        raise JaxmosaicError(f"{library_file}: built from {library.source}, not from the folder {tiles}")
+    current = None if library.kind == "folder" and tiles is None else is_current(library, library.settings, folder=tiles)
     summary = {
         "kind": library.kind, "source": library.source, "tiles": len(library), "features": library.dimension,
         "settings": library.settings.as_dict(), "color": str(library.color),
         "svd": None if library.svd is None else {"k": library.svd["k"], "energy": library.svd["energy"],
                                                  "projected": library.projected},
         "bank": None if library.bank is None else ",".join(map(str, library.bank)), "build": library.build,
-        "current": is_current(library, library.settings), "skipped": library.skipped,
+        "current": current, "skipped": library.skipped,
     }
     typer.echo(json.dumps(summary, indent=2))

@@ -10,7 +10,8 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from jaxmosaic.cli._common import WeightsOption, echo, guarded, output_name
+from jaxmosaic.cli._common import WeightsOption, guarded, output_name
+from jaxmosaic.cli.console import echo
 from jaxmosaic.cli._libraries import local_mesh, obtain_tile_library, source_paths
 from jaxmosaic.cli._common import write_metrics
 from jaxmosaic.cli._options import command
@@ -66,7 +67,8 @@ def mosaic(
     start = time.perf_counter()
     preview_path = output_name(out, "preview", ".png") if run.preview else None
     inputs = [target, *source_paths(tiles)]
-    check_outputs([run.metrics], [*inputs, *source_paths(weights)], images=[out, preview_path], overwrite=run.overwrite)
+    check_outputs([], [*inputs, *source_paths(weights)], images=[out, preview_path], files=[(run.metrics, "metrics")],
+                  overwrite=run.overwrite)
     image = load_image(target)
     dimension = (library.features or FeatureKind.color).typical_dimension
     check_memory(mosaic_memory(config, image.shape, dimension), f"a mosaic of {target}")
@@ -110,7 +112,7 @@ def gabor(
     count = len(parameters) * config.colors
     check_memory(count * config.size**2 * 3 * 4 * 3, f"{count} tiles of {config.size}x{config.size}")
     images = np.asarray(gabor_tiles(parameters, config.size, gabor_colors(config.colors)))
-    folder = OutputFolder(out_dir, "tiles")
+    folder = OutputFolder(out_dir, "tiles", say=echo)
     names = [gabor_tile_name(index, parameters, config.colors) for index in range(len(images))]
     folder.expect([*names, "contact-sheet.png"] if config.sheet else names)
     for name, tile in zip(names, images):

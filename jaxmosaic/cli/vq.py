@@ -11,7 +11,8 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from jaxmosaic.cli._common import MetricsOption, OverwriteOption, echo, guarded, output_name, write_metrics
+from jaxmosaic.cli._common import MetricsOption, OverwriteOption, guarded, output_name, write_metrics
+from jaxmosaic.cli.console import echo
 from jaxmosaic.cli._options import command
 from jaxmosaic.config import MAX_INT, settings_dict
 from jaxmosaic.io.files import atomic_path
@@ -41,7 +42,7 @@ def train(
     """Learn a codebook of patch shapes from IMAGES with k-means."""
     files = image_files(images)
     grid = output_name(out, "grid", ".png")
-    check_outputs([out, metrics], [*files, *images], images=[grid], overwrite=overwrite)
+    check_outputs([], [*files, *images], images=[grid], files=[(out, "vq-codebook"), (metrics, "metrics")], overwrite=overwrite)
     pictures = [load_image(path) for path in files]
     check_memory(train_memory(config, pictures, names=[str(path) for path in files]), "k-means on these patches")
     start = time.perf_counter()
@@ -73,7 +74,7 @@ def compress(
     """Replace every patch of IMAGE by its nearest codebook entry."""
     side = output_name(out, "side")
     inputs = [image, codebook]
-    check_outputs([metrics], inputs, images=[out, side], overwrite=overwrite)
+    check_outputs([], inputs, images=[out, side], files=[(metrics, "metrics")], overwrite=overwrite)
     book = load_codebook(codebook)
     start = time.perf_counter()
     result = compress_image(book, load_image(image), stride)
@@ -103,13 +104,13 @@ def cluster(
     """Group IMAGES by their histograms of patch codes (cosine distance, average linkage)."""
     files = image_files(images)
     inputs = [*files, codebook]
-    check_outputs([metrics], [*inputs, *images], folders=[(out, "clusters")], overwrite=overwrite)
+    check_outputs([], [*inputs, *images], files=[(metrics, "metrics")], folders=[(out, "clusters")], overwrite=overwrite)
     book = load_codebook(codebook)
     pictures = [load_image(path) for path in files]
     start = time.perf_counter()
     groups, tree = group_images(book, pictures, clusters, names=[str(path) for path in files])
     seconds = time.perf_counter() - start
-    folder = OutputFolder(out, "clusters")
+    folder = OutputFolder(out, "clusters", say=echo)
     table = io.StringIO()
     csv.writer(table).writerows([("image", "cluster"), *((str(path), int(group)) for path, group in zip(files, groups))])
     with atomic_path(folder.file("clusters.csv"), inputs) as tmp:

@@ -3,7 +3,8 @@
 A checkpoint is a versioned jaxmosaic folder (`jaxmosaic.io.folders`): each save writes a new
 version, `state/` (an Orbax StandardCheckpointer tree) and `meta.json` (the step and whatever
 settings the caller wants checked on resume), and then makes it current, so a save that is
-interrupted or killed at any point leaves the previous checkpoint loadable.
+interrupted or killed at any point leaves the previous checkpoint loadable. `meta.json` is read
+back through a schema when the caller gives one (`jaxmosaic.io.schemas.CheckpointMeta` for a run).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from pydantic import BaseModel
 
 from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.io.folders import current_version, save_version
+from jaxmosaic.io.schemas import read_model
 
-__all__ = ["save_tree", "load_tree", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta"]
+__all__ = ["save_tree", "load_tree", "save_checkpoint", "load_checkpoint", "checkpoint_meta_file", "read_checkpoint_meta"]
 
 
 def save_tree(directory: str | os.PathLike, tree, *, kind: str, name: str, sidecars: dict[str, dict]) -> Path:
@@ -51,9 +54,11 @@ def load_tree(folder: Path, name: str, like=None, *, what: str):
         raise JaxmosaicError(f"{folder}: cannot restore the {what} ({type(err).__name__}: {first})") from None
 
 
-def save_checkpoint(directory: str | os.PathLike, state, meta: dict) -> Path:
-    """Write `state` (a pytree of arrays; NamedTuples allowed) and `meta` (JSON) as the new
-    current version of the checkpoint folder `directory`."""
+def save_checkpoint(directory: str | os.PathLike, state, meta: dict | BaseModel) -> Path:
+    """Write `state` (a pytree of arrays; NamedTuples allowed) and `meta` (JSON, or a schema's
+    model) as the new current version of the checkpoint folder `directory`."""
+    if isinstance(meta, BaseModel):
+        meta = meta.model_dump(mode="json")
     return save_tree(directory, state, kind="checkpoint", name="state", sidecars={"meta.json": meta})
 
 
@@ -64,20 +69,29 @@ def _version(directory: str | os.PathLike) -> Path:
     return version
 
 
-def read_checkpoint_meta(directory: str | os.PathLike) -> dict:
+def checkpoint_meta_file(directory: str | os.PathLike) -> Path:
     """The `meta.json` of a checkpoint folder's current version."""
-    version = _version(directory)
+    return _version(directory) / "meta.json"
+
+
+def read_checkpoint_meta(directory: str | os.PathLike, *, model: type[BaseModel] | None = None):
+    """The `meta.json` of a checkpoint folder's current version: validated into `model`, or any
+    JSON object without one; one line naming the file (and the field) when it does not fit."""
+    path = checkpoint_meta_file(directory)
+    if model is not None:
+        return read_model(model, path)
     try:
-        meta = json.loads((version / "meta.json").read_text())
-    except (OSError, ValueError) as err:
-        raise JaxmosaicError(f"{directory}: cannot read the checkpoint ({err})") from None
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as err:
+        raise JaxmosaicError(f"{path}: cannot read the checkpoint ({type(err).__name__})") from None
     if not isinstance(meta, dict):
-        raise JaxmosaicError(f"{directory}: damaged checkpoint (its meta.json is not an object)")
+        raise JaxmosaicError(f"{path}: damaged checkpoint (not a JSON object)")
     return meta
 
 
-def load_checkpoint(directory: str | os.PathLike, like) -> tuple:
+def load_checkpoint(directory: str | os.PathLike, like, *, model: type[BaseModel] | None = None) -> tuple:
     """(state, meta) from a checkpoint; `like` is a pytree of the same structure, shapes and dtypes
-    (e.g. freshly initialised), which the restored arrays follow."""
-    meta = read_checkpoint_meta(directory)
+    (e.g. freshly initialised), which the restored arrays follow; `meta` as `read_checkpoint_meta`
+    reads it with `model`."""
+    meta = read_checkpoint_meta(directory, model=model)
     return load_tree(_version(directory), "state", like, what="checkpoint"), meta

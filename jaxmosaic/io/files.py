@@ -17,13 +17,19 @@ from pathlib import Path
 
 from jaxmosaic.errors import JaxmosaicError
 
-__all__ = ["atomic_path", "check_not_input", "write_json", "process_alive"]
+__all__ = ["PID_MAX", "atomic_path", "check_not_input", "write_json", "process_alive"]
 
-_TEMPORARY = re.compile(r"\.(?P<name>.+)\.jaxmosaic-(?P<pid>\d+)-[0-9a-f]+\.tmp")
+PID_MAX = 2**22
+"""The largest process id there can be (Linux's highest pid_max); a larger number names no process."""
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.jaxmosaic-(?P<pid>\d{1,20})-[0-9a-f]{8}\.tmp")
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process with this id is running (on this machine)."""
+    """Whether a process with this id is running (on this machine); False for a number no process
+    can have."""
+    if not 0 < pid <= PID_MAX:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -5,6 +5,7 @@ Images are float32 arrays with values in [0, 1], channels last: HWC for one imag
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -18,7 +19,7 @@ from jaxmosaic.errors import ImageError, JaxmosaicError
 from jaxmosaic.io.files import atomic_path
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "ImageWarning", "load_image", "image_size", "save_image", "save_gif",
-           "check_image_name", "image_software", "scan_folder", "image_files"]
+           "check_image_name", "image_software", "written_by_jaxmosaic", "scan_folder", "image_files"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 """The file suffixes taken for images when a folder is scanned."""
@@ -27,6 +28,20 @@ DEFAULT_MAX_PIXELS = 90_000_000
 """Images whose header claims more pixels than this are refused before decoding."""
 
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+_PIXELS_PER_BYTE = {"raw": 8, "zip": 8 * 1032}
+"""The most pixels one byte of a file can hold, for the Pillow decoders whose data has a known
+bound, at the least one bit a pixel: "raw" stores the bits as they are, "zip" (deflate, as in PNG)
+expands one byte into at most 1032 (a 258-byte match coded in two bits). Other decoders (JPEG,
+WebP, GIF, ...) have no such bound and are not checked."""
+
+
+def _pillow_open(path: Path) -> Image.Image:
+    """Pillow's lazy open (the header only), without the warning Pillow gives under its own bomb
+    limit: jaxmosaic enforces its own."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
 
 
 class ImageWarning(UserWarning):
@@ -38,14 +53,14 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         raise ImageError(f"{path}: no such file")
     if path.is_dir():
         raise ImageError(f"{path}: is a directory, not an image")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise ImageError(f"{path}: file is empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-    except Image.DecompressionBombError:
-        raise ImageError(f"{path}: header claims more than {max_pixels} pixels; refusing to decode") from None
+        image = _pillow_open(path)
+    except Image.DecompressionBombError:  # over twice Pillow's own limit, whatever max_pixels allows
+        limit = min(max_pixels, 2 * Image.MAX_IMAGE_PIXELS)
+        raise ImageError(f"{path}: header claims more than {limit} pixels; refusing to decode") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file, or a format Pillow cannot read") from None
     except PermissionError:
@@ -60,19 +75,29 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
             f"{max_pixels}; refusing to decode"
         )
     if width == 0 or height == 0:
+        image.close()
         raise ImageError(f"{path}: image has no pixels ({width}x{height})")
+    per_byte = max((_PIXELS_PER_BYTE.get(tile[0], math.inf) for tile in image.tile), default=math.inf)
+    if width * height > size * per_byte:
+        image.close()
+        raise ImageError(f"{path}: header claims {width}x{height} pixels, more than its {size} bytes can hold; "
+                         f"refusing to decode")
     return image
 
 
-def _to_rgb_float(image: Image.Image, background: Sequence[float]) -> np.ndarray:
-    """Convert any Pillow mode to RGB float32 in [0, 1], compositing alpha over `background`."""
+def _to_rgb_float(path: Path, image: Image.Image, background: Sequence[float]) -> np.ndarray:
+    """Convert any Pillow mode to RGB float32 in [0, 1], compositing alpha over `background`; a
+    float image holding NaN or infinity is refused (clipping would hide it or pass it on)."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         gray = np.asarray(image, dtype=np.float32)
         scale = 65535.0 if image.mode.startswith("I;16") or gray.max() > 255 else 255.0
         gray = np.clip(gray / scale, 0.0, 1.0)
         return np.repeat(gray[..., None], 3, axis=-1)
     if image.mode == "F":
-        gray = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+        gray = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(gray).all():
+            raise ImageError(f"{path}: holds non-finite pixel values (NaN or infinity)")
+        gray = np.clip(gray, 0.0, 1.0)
         return np.repeat(gray[..., None], 3, axis=-1)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
@@ -105,11 +130,13 @@ def load_image(
       A numpy float32 array of shape (H, W, 3).
 
     Raises:
-      ImageError: the file is missing, empty, truncated, corrupt, not an image, or too large; the
-        message names the file and the reason.
+      ImageError: the file is missing, empty, truncated, corrupt, not an image, too large (for the
+        pixel limit, for the file's size, or for the memory there is), or holds pixel values that
+        are not numbers; the message names the file and the reason.
     """
     path = Path(path)
     image = _open(path, max_pixels)
+    width, height = image.size
     with image:
         frames = getattr(image, "n_frames", 1)
         if frames > 1:
@@ -118,11 +145,14 @@ def load_image(
             image.seek(0)
             image.load()
             image = ImageOps.exif_transpose(image)
-            array = _to_rgb_float(image, background)
+            return np.ascontiguousarray(_to_rgb_float(path, image, background), dtype=np.float32)
+        except MemoryError:
+            raise ImageError(f"{path}: out of memory decoding {width}x{height} pixels") from None
+        except ImageError:
+            raise
         except (OSError, SyntaxError, ValueError) as err:
             reason = "truncated image data" if "truncated" in str(err) else f"corrupt image data ({err})"
             raise ImageError(f"{path}: {reason}") from None
-    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def image_size(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
@@ -168,10 +198,22 @@ def _signed(fmt: str) -> dict:
 
 
 def image_software(path: str | os.PathLike) -> str:
-    """The software an image file says wrote it ("" when it does not say)."""
-    with Image.open(path) as picture:
-        software = picture.info.get("Software") or picture.info.get("comment") or picture.getexif().get(_SOFTWARE_TAG) or ""
+    """The software an image file says wrote it ("" when it does not say), from the header alone."""
+    with _pillow_open(Path(path)) as picture:
+        software = picture.info.get("Software") or picture.info.get("comment") or ""
+        # Pillow decodes a whole PNG to reach EXIF stored after its pixels; ours say it in a text chunk
+        if not software and picture.format != "PNG":
+            software = picture.getexif().get(_SOFTWARE_TAG) or ""
     return software.decode(errors="replace") if isinstance(software, bytes) else str(software)
+
+
+def written_by_jaxmosaic(path: str | os.PathLike) -> bool:
+    """Whether an image file carries the signature `save_image` and `save_gif` write; False for
+    a file that is no image Pillow reads."""
+    try:
+        return image_software(path).startswith("jaxmosaic")
+    except Exception:  # whatever Pillow raises for a file that is not an image: not one of ours
+        return False
 
 
 def check_image_name(path: str | os.PathLike) -> str:

@@ -39,7 +39,7 @@ class OptimizerConfig:
     def __post_init__(self):
         object.__setattr__(self, "optimizer", choice("optimizer", self.optimizer, Optimizer))
         if self.lr is not None:
-            object.__setattr__(self, "lr", number("lr", self.lr, above=0.0, maximum=1e6))
+            object.__setattr__(self, "lr", number("lr", self.lr, above=0.0))
 
     @property
     def learning_rate(self) -> float | None:

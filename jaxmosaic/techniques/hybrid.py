@@ -85,6 +85,7 @@ class HybridConfig(OptimizerConfig):
     def __post_init__(self):
         super().__post_init__()
         put = functools.partial(object.__setattr__, self)
+        put("lr", number("lr", self.lr, above=0.0, maximum=1e6))
         put("method", choice("method", self.method, HybridMethod))
         put("ratios", numbers("ratios", self.ratios, minimum=0.0, maximum=1e6))
         whole("steps", self.steps, minimum=1)

@@ -17,16 +17,17 @@ import dataclasses
 import enum
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from jaxmosaic.clustering import KMeansInit, KMeansResult, kmeans, nearest_centers
 from jaxmosaic.config import ConfigError, MAX_INT, choice, setting, whole
 from jaxmosaic.errors import JaxmosaicError
-from jaxmosaic.io.artifacts import load_artifact, save_artifact
+from jaxmosaic.io.artifacts import ArraySpec, load_artifact, save_artifact
 from jaxmosaic.search import match_memory_bytes
 
 __all__ = [
@@ -152,6 +153,8 @@ def _extract(images, size, stride, normalize):
 
 
 class VQCodes(NamedTuple):
+    """An image's patches as codebook entries, with what `vq_decode` needs to put them back."""
+
     codes: jax.Array  # (rows, cols) int32: each patch's codebook entry
     mean: jax.Array  # (rows, cols, 1, 1, 1) the patch means taken out by "center"/"contrast" (else 0)
     scale: jax.Array  # (rows, cols, 1, 1, 1) the patch scales divided out by "contrast" (else 1)
@@ -238,6 +241,8 @@ def sample_patches(key: jax.Array, images: Sequence[np.ndarray], size: int, stri
 
 
 class Codebook(NamedTuple):
+    """A VQ codebook: its centres and the patches they describe (size, stride, normalisation)."""
+
     centers: np.ndarray  # (k, size * size * C) float32
     size: int  # patch side
     stride: int  # the stride the patches were sampled at
@@ -248,6 +253,53 @@ class Codebook(NamedTuple):
 _KIND = "vq-codebook"
 
 
+class CodebookInfo(BaseModel):
+    """How a codebook was made (`train_codebook`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    images: Annotated[list[Annotated[str, Field(max_length=4096)]], Field(max_length=2**20)]
+    samples: int = Field(ge=1, le=2**27)
+    k: int = Field(ge=1, le=2**20)  # the centres' count
+    init: Literal[tuple(member.value for member in KMeansInit)]
+    iterations: int = Field(ge=0, le=10**6)
+    batch_size: int | None = Field(ge=1, le=2**27)
+    inertia: float = Field(ge=0.0, le=1e20, allow_inf_nan=False)  # a sum of squared distances of patches in [0, 1]
+    seed: int = Field(ge=0, le=MAX_INT)
+
+
+class CodebookHeader(BaseModel):
+    """A codebook's JSON header; validated with `context={"arrays": {name: Layout}}`, it checks the
+    centres' shape against it. The ranges of size and stride are `VQConfig`'s."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    size: int
+    stride: int
+    normalize: Literal[tuple(member.value for member in Normalization)]
+    info: CodebookInfo
+
+    @model_validator(mode="after")
+    def _matches_its_centres(self, info: ValidationInfo) -> CodebookHeader:
+        centers = (info.context or {}).get("arrays", {}).get("centers")
+        try:
+            config = VQConfig(patch=self.size, stride=self.stride, k=self.info.k, normalize=self.normalize)
+        except ConfigError as err:
+            raise ValueError(f"{'size' if err.field == 'patch' else err.field}: {err.reason}") from None
+        if centers is None:
+            return self
+        width = self.size * self.size * config.channels
+        if centers.shape[0] < 1 or centers.shape[1] != width:
+            raise ValueError(f"size: {self.size}x{self.size} {self.normalize} patches need centres of shape (k >= 1, {width}), "
+                             f"the file's are {centers.shape}")
+        if self.info.k != centers.shape[0]:
+            raise ValueError(f"info.k: {self.info.k} for {centers.shape[0]} centres")
+        return self
+
+
+_CODEBOOK_ARRAYS = {"centers": ArraySpec(kinds="f", ndim=2)}
+
+
 def save_codebook(path, codebook: Codebook, *, inputs=()) -> None:
     """A codebook as a jaxmosaic artefact (.npz: the centres and a JSON header), written atomically."""
     header = {"size": codebook.size, "stride": codebook.stride, "normalize": str(codebook.normalize), "info": codebook.info}
@@ -255,23 +307,15 @@ def save_codebook(path, codebook: Codebook, *, inputs=()) -> None:
 
 
 def load_codebook(path) -> Codebook:
-    """Read and check a codebook written by `save_codebook`; a one-line error names the file and
-    what is wrong (missing or malformed header fields, shapes, empty, NaN)."""
-    header, arrays = load_artifact(path, _KIND, arrays=("centers",))
+    """Read and check a codebook written by `save_codebook`: its header against `CodebookHeader`
+    and the centres' shape before they are read, then finite values; a one-line error names the
+    file and the field."""
+    header, arrays = load_artifact(path, _KIND, arrays=_CODEBOOK_ARRAYS, schema=CodebookHeader)
     centers = arrays["centers"]
-    try:
-        size, stride = int(header["size"]), int(header["stride"])
-        normalize = Normalization(header["normalize"])
-        if size < 1 or stride < 1:
-            raise ValueError
-    except (KeyError, ValueError, TypeError):
-        raise JaxmosaicError(f"{path}: damaged VQ codebook (its header lacks a valid size, stride or normalize)") from None
-    channels = 3 if normalize == Normalization.rgb else 1
-    if centers.ndim != 2 or centers.shape[0] < 1 or centers.shape[1] != size * size * channels:
-        raise JaxmosaicError(f"{path}: damaged VQ codebook (centres of shape {centers.shape}, expected (k >= 1, {size * size * channels}))")
-    if not np.issubdtype(centers.dtype, np.floating) or not np.all(np.isfinite(centers)):
-        raise JaxmosaicError(f"{path}: damaged VQ codebook (its centres are not all finite numbers)")
-    return Codebook(centers.astype(np.float32), size, stride, normalize, dict(header.get("info") or {}))
+    if not np.all(np.isfinite(centers)):
+        raise JaxmosaicError(f"{path}: centers: not all finite numbers; damaged VQ codebook")
+    return Codebook(centers.astype(np.float32), header.size, header.stride, Normalization(header.normalize),
+                    header.info.model_dump())
 
 
 def _patch_count(images: Sequence[np.ndarray], size: int, stride: int) -> int:
@@ -318,6 +362,8 @@ def train_codebook(config: VQConfig, images: Sequence[np.ndarray], *, names: Seq
 
 
 class Compression(NamedTuple):
+    """What `compress_image` returns."""
+
     image: np.ndarray  # the reconstruction of the covered region, HWC (one channel for grey codebooks)
     original: np.ndarray  # the covered region of the input, RGB
     mse: float  # against the original as the codebook sees it (grey for grey codebooks)

@@ -40,6 +40,7 @@ from jaxmosaic.techniques.mosaic.library import (
     attach_svd,
     auto_svd_k,
     build_library,
+    built_from,
     is_current,
     load_library,
     load_tile,
@@ -47,7 +48,6 @@ from jaxmosaic.techniques.mosaic.library import (
     spectrum_svd_k,
 )
 from jaxmosaic.techniques.mosaic.sources import LibraryConfig, color_mode, feature_config, obtain_library, with_svd
-from jaxmosaic.techniques.mosaic.stream import LibraryBuildConfig
 from jaxmosaic.techniques.mosaic.tiles import GaborGrid, GaborTilesConfig, gabor_colors, gabor_parameters, gabor_tile_name, gabor_tiles
 
 __all__ = [
@@ -78,6 +78,7 @@ __all__ = [
     "attach_svd",
     "auto_svd_k",
     "build_library",
+    "built_from",
     "is_current",
     "load_library",
     "load_tile",
@@ -88,7 +89,6 @@ __all__ = [
     "feature_config",
     "obtain_library",
     "with_svd",
-    "LibraryBuildConfig",
     "GaborGrid",
     "GaborTilesConfig",
     "gabor_colors",

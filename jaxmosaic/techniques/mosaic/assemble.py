@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxmosaic.color import luminance
 from jaxmosaic.config import ConfigError, choice, number, setting, whole
+from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.image import resize
 from jaxmosaic.search import l2_normalize, match_memory_bytes, match_sharded, match_tiles, shard_dictionary
 from jaxmosaic.techniques.mosaic.features import ColorMode, batched_features, feature_function
@@ -167,6 +168,8 @@ def colorize(tiles: jax.Array, patches: jax.Array, mode: str, alpha=0.3) -> jax.
 
 
 class Assignment(NamedTuple):
+    """The tile each cell gets under the reuse rules (`assign_tiles`)."""
+
     tiles: np.ndarray  # (cells,) int: the tile chosen for each cell, row-major
     scores: np.ndarray  # (cells,) float: its match score
     fallbacks: int  # cells for which no top-k candidate was allowed and all tiles were searched
@@ -260,6 +263,8 @@ def _fit_target(target: np.ndarray, rows: int, cols: int, patch: int, fit: str, 
 
 
 class MosaicResult(NamedTuple):
+    """A photomosaic (`make_mosaic`): the picture, each cell's tile and score, and its figures."""
+
     image: np.ndarray  # (rows * render, cols * render, 3) float32
     tiles: np.ndarray  # (rows, cols) int: the tile index of each cell
     scores: np.ndarray  # (rows, cols) float: each cell's match score
@@ -292,6 +297,9 @@ def make_mosaic(config: MosaicConfig, target: np.ndarray, library, params=None, 
     fitted = _fit_target(np.asarray(target, np.float32), rows, cols, config.patch, config.fit, config.cols)
     cells = np.asarray(split_cells(fitted, rows, cols))
     queries = batched_features(feature_function(library.settings, params), cells)
+    if queries.shape[1] != t:
+        raise JaxmosaicError(f"the library's tiles have {t} features, but its settings describe a patch by {queries.shape[1]}; "
+                             f"build the library again")
     dictionary, energy, k_kept = library.features, 1.0, 0
     if library.svd is not None:
         basis, energy, k_kept = library.svd["basis"], library.svd["energy"], library.svd["k"]

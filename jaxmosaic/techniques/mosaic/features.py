@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from collections.abc import Callable
 
 import jax
@@ -118,18 +119,11 @@ class FeatureConfig:
         return cls(FeatureKind.alexnet, view, size=size, layer=layer, pool=pool, weights=weights)
 
     @property
-    def dimension(self) -> int | None:
-        """The length of a feature row, where it is known without computing one."""
+    def dimension(self) -> int:
+        """The length t of a feature row (for a network, from the shapes of its program, without weights)."""
         if self.kind == FeatureKind.color:
             return self.grid * self.grid * 4
-        if self.kind == FeatureKind.alexnet and self.layer == "avgpool":
-            return 9216 if self.pool == PatchPool.flat else 256
-        return None
-
-    @property
-    def expected_dimension(self) -> int:
-        """`dimension` where it is known, else the kind's typical one: for memory and disk estimates."""
-        return self.dimension or self.kind.typical_dimension
+        return _network_dimension(self)
 
     def as_dict(self) -> dict:
         return {name: str(value) if isinstance(value, enum.Enum) else value for name, value in dataclasses.asdict(self).items()}
@@ -239,6 +233,18 @@ def feature_program(config: FeatureConfig) -> Callable:
     options = {"layer": config.layer, "size": config.size, "pool": config.pool}
     network = vgg_patch_features if config.kind == FeatureKind.vgg else alexnet_patch_features
     return lambda params, images: network(params, matching_view(images, config.view), **options)
+
+
+@functools.cache
+def _network_dimension(config: FeatureConfig) -> int:
+    """The width of `feature_program(config)`'s rows, traced on abstract weights of the network's shapes."""
+    from jaxmosaic.weights import ARCHS
+
+    params = {name: {"kernel": jax.ShapeDtypeStruct((height, width, inputs, outputs), jnp.float32),
+                     "bias": jax.ShapeDtypeStruct((outputs,), jnp.float32)}
+              for name, (outputs, inputs, height, width) in ARCHS[config.kind.network].shapes.items()}
+    images = jax.ShapeDtypeStruct((1, config.size, config.size, 3), jnp.float32)
+    return int(jax.eval_shape(feature_program(config), params, images).shape[-1])
 
 
 def feature_function(config: FeatureConfig, params=None) -> Callable[[jax.Array], jax.Array]:

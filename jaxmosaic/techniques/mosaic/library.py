@@ -3,9 +3,14 @@
 A library holds where its tiles come from (relative paths under a folder, or Gabor parameters),
 one L2-normalised feature row per tile, the `FeatureConfig` they were computed with, the colour
 mode it serves, a fingerprint of its source and, optionally, an SVD of its rows. It is saved as
-a jaxmosaic artefact (`jaxmosaic.io.artifacts`: .npz arrays plus a JSON header; no pickles). The
-fingerprint of a folder covers every image file's relative path, size and modification time, so
-a changed folder is re-indexed and an unchanged one is not, without reading every image again.
+a jaxmosaic artefact (`jaxmosaic.io.artifacts`: .npz arrays plus a JSON header; no pickles),
+whose header is checked by `schema.LibraryHeader` before any array is read. The fingerprint of a
+folder covers every image file's relative path, size and modification time, so a changed folder
+is re-indexed and an unchanged one is not, without reading every image again. Symbolic links in a
+folder are skipped (and listed), so what is indexed always lies inside the folder.
+
+Reading a library never starts work: its header's source is never walked; whether a folder
+library is current is asked with the folder the user names (`is_current(..., folder=...)`).
 """
 
 from __future__ import annotations
@@ -27,12 +32,15 @@ from jaxmosaic.io.images import IMAGE_SUFFIXES, load_image, scan_folder
 from jaxmosaic.search import svd_compress
 from jaxmosaic.techniques.mosaic.features import ColorMode, FeatureConfig, batched_features, feature_function
 from jaxmosaic.techniques.mosaic.bank import BankGrid, render_bank
+from jaxmosaic.techniques.mosaic.schema import LIBRARY_ARRAYS, LibraryHeader
 from jaxmosaic.techniques.mosaic.tiles import GaborGrid, gabor_parameters, gabor_tiles
 
 __all__ = [
     "TileLibrary",
+    "tile_files",
     "folder_fingerprint",
     "load_tile",
+    "gabor_library",
     "build_library",
     "save_library",
     "load_library",
@@ -42,6 +50,7 @@ __all__ = [
     "spectrum_svd_k",
     "attach_svd",
     "is_current",
+    "built_from",
 ]
 
 _KIND = "tile-library"
@@ -54,6 +63,9 @@ AUTO_SVD_ENERGY = 0.998
 
 @dataclasses.dataclass
 class TileLibrary:
+    """A tile library: where its tiles come from, one feature row per tile, how the rows were
+    computed, and optionally their SVD (see the module's docstring)."""
+
     kind: str  # "folder", "gabor" or "bank" (the original article's Gabor bank)
     source: str  # the folder (absolute), "gabor" or "gabor-bank"
     entries: list[str]  # folder: relative paths of the tiles, in feature-row order
@@ -63,7 +75,7 @@ class TileLibrary:
     settings: FeatureConfig  # how the features were computed
     color: ColorMode  # the colour mode the library serves (its features compare `view_for(color)`)
     fingerprint: str  # of the source: folder listing or Gabor parameters
-    skipped: list[str] = dataclasses.field(default_factory=list)  # folder files that could not be read
+    skipped: list[str] = dataclasses.field(default_factory=list)  # folder files left out: unreadable, or symbolic links
     svd: dict | None = None  # {"k", "basis" (t, k), "singular_values" (k,), "energy", ["projected": True]}
     bank: tuple[int, int, int, int] | None = None  # bank: its grid (see `bank.BankGrid`); tile i is bank tile i
     build: dict | None = None  # streamed: how it was built (tiles per second, seconds, processes, devices, chunk)
@@ -105,9 +117,16 @@ class TileLibrary:
         return path
 
 
-def folder_fingerprint(root: str | os.PathLike, files: Sequence[Path]) -> str:
-    """SHA-256 over each file's relative path, size and modification time (nanoseconds); a file
-    that cannot be examined counts by its path alone."""
+def tile_files(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """(the image files under `root` a library indexes, the symbolic links among the image files,
+    which it skips): a link could lead outside the folder, where a library never reads."""
+    files = scan_folder(root)
+    return [path for path in files if not path.is_symlink()], [path for path in files if path.is_symlink()]
+
+
+def folder_fingerprint(root: str | os.PathLike, files: Sequence[Path], *, links: Sequence[Path] = ()) -> str:
+    """SHA-256 over each file's relative path, size and modification time (nanoseconds), and each
+    skipped link's relative path; a file that cannot be examined counts by its path alone."""
     digest = hashlib.sha256()
     for path in files:
         try:
@@ -116,6 +135,8 @@ def folder_fingerprint(root: str | os.PathLike, files: Sequence[Path]) -> str:
         except OSError:
             facts = "unreadable"
         digest.update(f"{path.relative_to(root).as_posix()}\0{facts}\n".encode())
+    for path in links:
+        digest.update(f"{path.relative_to(root).as_posix()}\0link\n".encode())
     return digest.hexdigest()
 
 
@@ -170,31 +191,40 @@ def attach_svd(library: TileLibrary, k: int) -> None:
                    "energy": float(compressed.energy)}
 
 
+def gabor_library(parameters: np.ndarray, colors: np.ndarray | None, settings: FeatureConfig, color: ColorMode, *,
+                  params=None, progress: Callable[[int, int], None] | None = None) -> TileLibrary:
+    """The library of the Gabor tiles of `parameters` ((m, 5) rows of `gabor_parameters`), each in
+    every tint of `colors` ((c, 3), or None for grey tiles only)."""
+    fn = feature_function(settings, params)
+    tiles = np.asarray(gabor_tiles(parameters, settings.size, colors))
+    features = batched_features(fn, tiles)
+    if progress:
+        progress(len(tiles), len(tiles))
+    colors = None if colors is None else np.asarray(colors, np.float32)
+    digest = hashlib.sha256(np.asarray(parameters, np.float32).tobytes() + (b"" if colors is None else colors.tobytes()))
+    return TileLibrary("gabor", "gabor", [], np.asarray(parameters, np.float32), colors, features.astype(np.float32), settings,
+                       color, digest.hexdigest())
+
+
 def build_library(source: str, settings: FeatureConfig, color: ColorMode, *, params=None, grid: GaborGrid = GaborGrid(),
                   colors: np.ndarray | None = None, progress: Callable[[int, int], None] | None = None) -> TileLibrary:
     """Compute a library's features: `source` is a folder path or "gabor".
 
-    Unreadable files in a folder are skipped and listed in `TileLibrary.skipped`.
+    Unreadable files and symbolic links in a folder are skipped and listed in `TileLibrary.skipped`.
 
     Raises:
       JaxmosaicError: the folder holds no image files, or none that can be read.
     """
-    fn = feature_function(settings, params)
     if source == "gabor":
-        parameters = gabor_parameters(grid)
-        tiles = np.asarray(gabor_tiles(parameters, settings.size, colors))
-        features = batched_features(fn, tiles)
-        if progress:
-            progress(len(tiles), len(tiles))
-        digest = hashlib.sha256(parameters.tobytes() + (b"" if colors is None else np.asarray(colors, np.float32).tobytes()))
-        return TileLibrary("gabor", "gabor", [], parameters, None if colors is None else np.asarray(colors, np.float32),
-                           features.astype(np.float32), settings, color, digest.hexdigest())
+        return gabor_library(gabor_parameters(grid), colors, settings, color, params=params, progress=progress)
+    fn = feature_function(settings, params)
     root = Path(source).resolve()
-    files = scan_folder(root)
+    files, links = tile_files(root)
     if not files:
-        raise JaxmosaicError(f"{source}: no image files in the folder (looked for {', '.join(IMAGE_SUFFIXES)})")
-    fingerprint = folder_fingerprint(root, files)
-    entries, skipped, rows, pending = [], [], [], []
+        found = f" ({len(links)} symbolic link(s) skipped)" if links else ""
+        raise JaxmosaicError(f"{source}: no image files in the folder{found} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    fingerprint = folder_fingerprint(root, files, links=links)
+    entries, skipped, rows, pending = [], [path.relative_to(root).as_posix() for path in links], [], []
 
     def flush() -> None:
         if pending:
@@ -215,7 +245,7 @@ def build_library(source: str, settings: FeatureConfig, color: ColorMode, *, par
     if not entries:
         raise JaxmosaicError(f"{source}: none of the {len(files)} image files could be read")
     return TileLibrary("folder", str(root), entries, None, None, np.concatenate(rows).astype(np.float32), settings, color,
-                       fingerprint, skipped)
+                       fingerprint, sorted(skipped))
 
 
 def save_library(path: str | os.PathLike, library: TileLibrary, inputs: Sequence = ()) -> None:
@@ -237,62 +267,43 @@ def save_library(path: str | os.PathLike, library: TileLibrary, inputs: Sequence
 
 
 def _damaged(path, what: str) -> JaxmosaicError:
-    return JaxmosaicError(f"{path}: damaged tile library ({what}); build it again with `jaxmosaic library build`")
+    return JaxmosaicError(f"{path}: {what}; damaged tile library, build it again with `jaxmosaic library build`")
 
 
 def load_library(path: str | os.PathLike) -> TileLibrary:
-    """Read and check a library written by `save_library`: header fields, array shapes and
-    dtypes, finite non-empty features; every failure is one line naming the file."""
-    header, arrays = load_artifact(path, _KIND, arrays=("features",))
-    features = arrays["features"]
-    try:
-        settings = FeatureConfig(**header["settings"])
-        color = ColorMode(header["color"])
-        kind, source, entries = header["kind"], str(header["source"]), [str(e) for e in header["entries"]]
-        fingerprint, skipped = str(header["fingerprint"]), [str(s) for s in header.get("skipped", [])]
-    except (KeyError, TypeError, ValueError):
-        raise _damaged(path, "its header is incomplete") from None
-    if features.ndim != 2 or features.shape[0] < 1 or features.shape[1] < 1 or not np.issubdtype(features.dtype, np.floating):
-        raise _damaged(path, f"features of shape {features.shape} and type {features.dtype}")
-    if not np.all(np.isfinite(features)):
-        raise _damaged(path, "its features are not all finite")
-    if kind == "folder" and len(entries) != len(features):
-        raise _damaged(path, f"{len(entries)} entries for {len(features)} feature rows")
-    gabor, colors = arrays.get("gabor"), arrays.get("colors")
-    if kind == "gabor":
-        tints = 1 if colors is None else len(colors)
-        if gabor is None or gabor.ndim != 2 or gabor.shape[1] != 5 or len(gabor) * tints != len(features):
-            raise _damaged(path, "its Gabor parameters do not match its features")
-    elif kind == "bank":
-        bank = header.get("bank")
-        if not isinstance(bank, list) or len(bank) != 4 or int(np.prod(bank)) != len(features):
-            raise _damaged(path, "its Gabor bank grid does not match its features")
-    elif kind != "folder":
-        raise _damaged(path, f"unknown kind {kind!r}")
+    """Read and check a library written by `save_library`: the header against `LibraryHeader` and
+    the arrays' shapes (before any array is read), then finite values; every failure is one line
+    naming the file and the field. Nothing is walked, built or downloaded."""
+    header, arrays = load_artifact(path, _KIND, arrays=LIBRARY_ARRAYS, schema=LibraryHeader)
+    for name, array in arrays.items():
+        if not np.all(np.isfinite(array)):
+            raise _damaged(path, f"{name}: not all finite")
     svd = None
-    if header.get("svd") is not None:
-        basis, values = arrays.get("svd_basis"), arrays.get("svd_singular_values")
-        k = int(header["svd"]["k"])
-        projected = bool(header["svd"].get("projected", False))
-        rows = basis.shape[0] if projected and basis is not None else features.shape[1]
-        if (basis is None or values is None or basis.shape != (rows, k) or not np.all(np.isfinite(basis))
-                or (projected and features.shape[1] != k)):
-            raise _damaged(path, "its SVD does not match its features")
-        svd = {"k": k, "energy": float(header["svd"]["energy"]), "basis": basis.astype(np.float32), "singular_values": values,
-               "projected": projected}
-    if kind == "bank" and svd is None:
-        raise _damaged(path, "a bank library without its SVD")
-    bank = tuple(int(n) for n in header["bank"]) if kind == "bank" else None
-    build = header.get("build") if isinstance(header.get("build"), dict) else None
-    return TileLibrary(kind, source, entries, gabor, colors, features.astype(np.float32), settings, color, fingerprint, skipped, svd,
-                       bank, build)
+    if header.svd is not None:
+        svd = {"k": header.svd.k, "energy": header.svd.energy, "basis": arrays["svd_basis"].astype(np.float32),
+               "singular_values": arrays["svd_singular_values"].astype(np.float32), "projected": header.svd.projected}
+    gabor, colors = arrays.get("gabor"), arrays.get("colors")
+    return TileLibrary(header.kind, header.source, list(header.entries), None if gabor is None else gabor.astype(np.float32),
+                       None if colors is None else colors.astype(np.float32), arrays["features"].astype(np.float32),
+                       header.settings.config(), ColorMode(header.color), header.fingerprint, list(header.skipped), svd,
+                       None if header.bank is None else tuple(header.bank),
+                       None if header.build is None else header.build.model_dump())
 
 
-def is_current(library: TileLibrary, settings: FeatureConfig) -> bool:
-    """Whether `library` was built with `settings` from its source as it is now."""
+def built_from(library: TileLibrary, folder: str | os.PathLike) -> bool:
+    """Whether `folder` is the folder a folder library was built from."""
+    return library.kind == "folder" and Path(folder).resolve() == Path(library.source)
+
+
+def is_current(library: TileLibrary, settings: FeatureConfig, *, folder: str | os.PathLike | None = None) -> bool:
+    """Whether `library` was built with `settings` and, for a folder library, from `folder` (the
+    folder the caller was given, never the library's own record of it) as it is now. A folder
+    library is not current without a folder to compare: its source is never walked on its own say."""
     if library.settings != settings:
         return False
-    if library.kind in ("gabor", "bank"):
+    if library.kind != "folder":
         return True
-    root = Path(library.source)
-    return root.is_dir() and folder_fingerprint(root, scan_folder(root)) == library.fingerprint
+    if folder is None or not built_from(library, folder) or not Path(folder).is_dir():
+        return False
+    files, links = tile_files(Path(folder).resolve())
+    return folder_fingerprint(Path(library.source), files, links=links) == library.fingerprint

@@ -9,10 +9,12 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import jax
 import numpy as np
 
 from jaxmosaic.config import MAX_INT, ConfigError, choice, setting, whole
@@ -25,6 +27,7 @@ from jaxmosaic.techniques.mosaic.library import (
     attach_svd,
     auto_svd_k,
     build_library,
+    gabor_library,
     is_current,
     load_library,
     save_library,
@@ -32,10 +35,12 @@ from jaxmosaic.techniques.mosaic.library import (
 from jaxmosaic.techniques.mosaic.bank import BANK, BankGrid, parse_bank_grid
 from jaxmosaic.techniques.mosaic.tiles import gabor_colors
 
-__all__ = ["LibraryConfig", "parse_svd_k", "color_mode", "feature_config", "weights_fingerprint", "obtain_library", "with_svd"]
+__all__ = ["LibraryConfig", "parse_svd_k", "color_mode", "feature_config", "weights_fingerprint", "difference", "rebuild_command",
+           "obtain_library", "with_svd"]
 
 
 def parse_svd_k(text: str) -> int | str:
+    """--svd-k as the user typed it: "auto" or a whole number."""
     return "auto" if text.strip() == "auto" else int(text)
 
 
@@ -83,17 +88,28 @@ def color_mode(config: LibraryConfig, tiles: str, library: TileLibrary | None = 
 
 
 def weights_fingerprint(params) -> str:
-    """A short fingerprint of VGG19 or AlexNet weights, so features of other weights are never mixed."""
-    first = params["conv1_1"] if "conv1_1" in params else params["conv1"]
-    return hashlib.sha256(np.asarray(first["kernel"]).tobytes()).hexdigest()[:16]
+    """The identity of VGG19 or AlexNet weights: SHA-256 over every array's name, shape, dtype and
+    bytes, so features of other weights are never mixed (weights alike in one layer are still told apart)."""
+    digest = hashlib.sha256()
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype.str}:{array.shape}\n".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:32]
 
 
 def feature_config(config: LibraryConfig, mode: ColorMode, library: TileLibrary | None = None, params=None) -> FeatureConfig:
     """The features to describe tiles by: a library's own when no kind is asked for (with the
-    view of the colour mode), else those the settings name."""
+    view of the colour mode and the fingerprint of the weights `params` at hand), else those the
+    settings name."""
     view = view_for(mode)
     if config.features is None and library is not None:
-        return dataclasses.replace(library.settings, view=view)
+        if library.settings.kind == FeatureKind.color:
+            return dataclasses.replace(library.settings, view=view)
+        if params is None:
+            raise ValueError(f"{library.settings.kind} features need {library.settings.kind.network} weights")
+        return dataclasses.replace(library.settings, view=view, weights=weights_fingerprint(params))
     kind = config.features or FeatureKind.color
     if kind == FeatureKind.color:
         return FeatureConfig.color(view)
@@ -104,6 +120,34 @@ def feature_config(config: LibraryConfig, mode: ColorMode, library: TileLibrary 
                                      weights=weights_fingerprint(params))
     return FeatureConfig.vgg(view, layer=config.layer or "relu4_1", pool=config.pool or PatchPool.mean,
                              weights=weights_fingerprint(params))
+
+
+def difference(built: FeatureConfig, wanted: FeatureConfig) -> str:
+    """Why a library built with `built` features cannot serve `wanted` ones, for the user."""
+    if built.kind != wanted.kind:
+        return f"it was built with {built.kind} features, not {wanted.kind}"
+    if built.weights != wanted.weights:
+        return (f"its {built.kind} features were embedded by other {built.kind.network} weights (fingerprint "
+                f"{built.weights[:12]}, these weights' is {wanted.weights[:12]}); features of two networks never match")
+    name = next(field.name for field in dataclasses.fields(FeatureConfig) if getattr(built, field.name) != getattr(wanted, field.name))
+    return f"it was built with {built.kind} features of another {name} ({getattr(built, name)}, not {getattr(wanted, name)})"
+
+
+def rebuild_command(source: str, settings: FeatureConfig, mode: ColorMode, out, *, weights: str | None = None, seed: int = 0,
+                    grid: BankGrid | None = None) -> str:
+    """The `jaxmosaic library build` command line that makes a library of `settings` from `source`."""
+    parts = ["jaxmosaic library build", shlex.quote(source)]
+    if grid is not None:
+        parts += ["--bank-grid", str(grid)]
+    parts += ["--features", str(settings.kind)]
+    if settings.kind != FeatureKind.color:
+        parts += ["--layer", settings.layer, "--pool", str(settings.pool)]
+        if weights:
+            parts += ["--weights", shlex.quote(weights)]
+        if weights == "random" and seed:
+            parts += ["--seed", str(seed)]
+    parts += ["--color", str(mode), "-o", shlex.quote(str(out))]
+    return " ".join(parts)
 
 
 def with_svd(library: TileLibrary, svd_k: int | str) -> TileLibrary:
@@ -123,28 +167,31 @@ def with_svd(library: TileLibrary, svd_k: int | str) -> TileLibrary:
 def obtain_library(tiles: str, config: LibraryConfig, settings: FeatureConfig, mode: ColorMode, *, params=None,
                    loaded: TileLibrary | None = None, cache: Path | None = None,
                    progress: Callable[[int, int], None] | None = None, say: Callable[[str], None] = lambda line: None,
-                   inputs=()) -> TileLibrary:
+                   inputs=(), weights: str | None = None) -> TileLibrary:
     """The library for a tile source, with `settings`' features and the SVD `config.svd_k` asks for.
 
     Args:
       tiles: "gabor", "gabor-bank" (built once into `cache`), a folder (indexed once and cached
-        under `cache` until it changes) or a library file (`loaded`, if the caller has read it;
-        used as it is when current, else its source is indexed again).
+        under `cache` until it changes) or a library file (`loaded`, if the caller has read it).
+        A library file is used as it is when its features are `settings`; otherwise a Gabor or
+        bank library is embedded again from its own parameters or grid (bounded by its rows),
+        and a folder library is refused with the command that rebuilds it: the folder its header
+        names is never walked.
       say: receives a line for the user when something worth knowing happens.
+      weights: the --weights value, for the command a refusal names.
     """
     source = Path(tiles)
     if tiles == BANK:
-        library = _from_cache(_bank_recipe(config, settings, mode, params=params, progress=progress, say=say), cache,
-                              settings, mode, say)
+        library = _from_cache(_bank_recipe(config.bank_grid, config.svd_k, settings, mode, params=params, progress=progress,
+                                           say=say), cache, settings, mode, say)
     elif tiles == "gabor":
         library = build_library("gabor", settings, mode, params=params, colors=gabor_colors(config.gabor_colors),
                                 progress=progress)
     elif source.is_file() or loaded is not None:
         library = loaded or load_library(source)
-        if not is_current(library, settings):
-            why = "its folder changed" if library.settings == settings else "it was built with other feature settings"
-            say(f"{source}: {why}; indexing its tiles again (run `jaxmosaic library build` to update the file)")
-            return obtain_library(library.source, config, settings, mode, params=params, cache=cache, progress=progress, say=say)
+        if library.settings != settings:
+            library = _embedded_again(tiles, library, config, settings, mode, params=params, cache=cache, progress=progress,
+                                      say=say, weights=weights)
         library.color = mode
     elif source.is_dir():
         library = _from_cache(_folder_recipe(source, settings, mode, params=params, progress=progress, say=say, inputs=inputs),
@@ -154,6 +201,24 @@ def obtain_library(tiles: str, config: LibraryConfig, settings: FeatureConfig, m
     return with_svd(library, config.svd_k)
 
 
+def _embedded_again(tiles: str, library: TileLibrary, config: LibraryConfig, settings: FeatureConfig, mode: ColorMode, *,
+                    params, cache: Path | None, progress, say, weights: str | None) -> TileLibrary:
+    """A library file's tiles with other features: Gabor tiles from its own parameters, bank tiles
+    from its own grid (into the cache); a folder library's are refused in one line."""
+    why = difference(library.settings, settings)
+    if library.kind == "gabor":
+        say(f"{tiles}: {why}; embedding its {len(library)} Gabor tiles again")
+        return gabor_library(library.gabor, library.colors, settings, mode, params=params, progress=progress)
+    if library.kind == "bank" and cache is not None:
+        grid = BankGrid(*library.bank)
+        say(f"{tiles}: {why}; embedding its {grid.size} {BANK} tiles ({grid}) again")
+        return _from_cache(_bank_recipe(grid, config.svd_k, settings, mode, params=params, progress=progress, say=say), cache,
+                           settings, mode, say)
+    source, grid = (BANK, BankGrid(*library.bank)) if library.kind == "bank" else (library.source, None)
+    command = rebuild_command(source, settings, mode, tiles, weights=weights, seed=config.seed, grid=grid)
+    raise JaxmosaicError(f"{tiles}: {why}; rebuild it with `{command}`")
+
+
 class _Recipe(NamedTuple):
     """How a library the cache keeps is found there and made."""
 
@@ -161,6 +226,7 @@ class _Recipe(NamedTuple):
     key: list  # what the library depends on (hashed into the file's name)
     what: str  # the library, for the user
     make: Callable[[Path | None], TileLibrary]  # the file to write it to (None: no cache) -> the library
+    folder: Path | None = None  # the folder the user named, that a cached folder library must still match
 
 
 def _from_cache(recipe: _Recipe, cache: Path | None, settings: FeatureConfig, mode: ColorMode,
@@ -174,21 +240,22 @@ def _from_cache(recipe: _Recipe, cache: Path | None, settings: FeatureConfig, mo
     if cached.is_file():
         with contextlib.suppress(JaxmosaicError):
             library = load_library(cached)
-            if is_current(library, settings):
+            if is_current(library, settings, folder=recipe.folder):
                 library.color = mode
                 say(f"{recipe.what} ({len(library)} tiles) is up to date ({cached})")
                 return library
     return recipe.make(cached)
 
 
-def _bank_recipe(config: LibraryConfig, settings: FeatureConfig, mode: ColorMode, *, params, progress, say) -> _Recipe:
-    """The Gabor bank's library: built chunk by chunk into the cache once (resuming a build that
-    was stopped), then read from there."""
+def _bank_recipe(grid: BankGrid, svd_k: int | str, settings: FeatureConfig, mode: ColorMode, *, params, progress,
+                 say) -> _Recipe:
+    """The library of the Gabor bank's `grid`: built chunk by chunk into the cache once (resuming a
+    build that was stopped), then read from there."""
     from jaxmosaic.resources import check_disk, check_memory
     from jaxmosaic.techniques.mosaic.stream import DEFAULT_CHUNK, BankSource, stream_disk, stream_library, stream_memory
     from jaxmosaic.techniques.mosaic.stream import stream_svd_k
 
-    grid, k = config.bank_grid, stream_svd_k(config.svd_k)
+    k = stream_svd_k(svd_k)
 
     def make(cached: Path | None) -> TileLibrary:
         if cached is None:
@@ -210,10 +277,11 @@ def _folder_recipe(source: Path, settings: FeatureConfig, mode: ColorMode, *, pa
     def make(cached: Path | None) -> TileLibrary:
         library = build_library(str(source), settings, mode, params=params, progress=progress)
         if library.skipped:
-            say(f"skipped {len(library.skipped)} unreadable file(s), e.g. {library.skipped[0]} (see `jaxmosaic library info`)")
+            say(f"skipped {len(library.skipped)} file(s) (unreadable, or symbolic links), e.g. {library.skipped[0]} "
+                f"(see `jaxmosaic library info`)")
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             save_library(cached, library, inputs=inputs)
         return library
 
-    return _Recipe("", [str(source.resolve()), settings.as_dict()], f"tile library for {source}", make)
+    return _Recipe("", [str(source.resolve()), settings.as_dict()], f"tile library for {source}", make, source)

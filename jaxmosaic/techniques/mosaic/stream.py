@@ -10,13 +10,16 @@ leading right singular vectors V_k (randomized subspace iteration for large d, e
 pass 2 reads the kept rows back and writes D_k = D V_k. Only (chunk x d) rows, G and D_k
 (n x k) are ever held, never the n x d matrix D. Process 0 writes the library; the build folders
 are removed once it is written.
+
+What a resumed build reads back is checked before it is used: the plan (`BuildPlan`, a schema)
+must be this build's, and every finished chunk must hold (rows, d) finite features of the tiles
+of its own range; any other chunk is one line naming it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import time
 from collections.abc import Callable
@@ -28,17 +31,21 @@ import numpy as np
 import scipy.linalg
 import scipy.linalg.blas
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jaxmosaic.config import number, setting, whole
 from jaxmosaic.errors import ImageError, JaxmosaicError
 from jaxmosaic.image import resize
+from jaxmosaic.io.artifacts import ArraySpec, ArtifactError, read_arrays
 from jaxmosaic.io.files import atomic_path
 from jaxmosaic.io.folders import OutputFolder
-from jaxmosaic.io.images import IMAGE_SUFFIXES, scan_folder
+from jaxmosaic.io.images import IMAGE_SUFFIXES
+from jaxmosaic.io.schemas import schema_message
 from jaxmosaic.techniques.mosaic.bank import BANK, BANK_SIZE, BankGrid, bank_parameters, bank_tiles
 from jaxmosaic.techniques.mosaic.features import ColorMode, FeatureConfig, feature_program
 from jaxmosaic.techniques.mosaic.library import AUTO_SVD_CAP, TileLibrary, folder_fingerprint, load_tile, save_library
-from jaxmosaic.techniques.mosaic.library import spectrum_svd_k
+from jaxmosaic.techniques.mosaic.library import spectrum_svd_k, tile_files
+from jaxmosaic.techniques.mosaic.schema import MAX_TILES, FeatureSettings, Name, Token
 
 __all__ = ["DEFAULT_CHUNK", "LibraryBuildConfig", "BuildPlan", "BankSource", "FolderSource", "tile_source", "top_eigen",
            "stream_svd_k", "stream_memory", "stream_disk", "accumulate_gram", "stream_library", "build_folder"]
@@ -84,6 +91,7 @@ class BankSource:
         self.grid = grid
         self.count = grid.size
         self.fingerprint = f"gabor-bank {grid}"
+        self.excluded: list[str] = []
 
     def inputs(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(inputs for the embedding, the tile indices they are, files skipped)."""
@@ -108,19 +116,21 @@ class BankSource:
 
 
 class FolderSource:
-    """A folder of images (searched recursively, in a sorted order); unreadable files are skipped
-    and listed."""
+    """A folder of images (searched recursively, in a sorted order); unreadable files and symbolic
+    links are skipped and listed."""
 
     kind = "folder"
 
     def __init__(self, root: str | os.PathLike, size: int):
         self.root = Path(root).resolve()
-        self.files = scan_folder(self.root)
+        self.files, links = tile_files(self.root)
         if not self.files:
-            raise JaxmosaicError(f"{root}: no image files in the folder (looked for {', '.join(IMAGE_SUFFIXES)})")
+            found = f" ({len(links)} symbolic link(s) skipped)" if links else ""
+            raise JaxmosaicError(f"{root}: no image files in the folder{found} (looked for {', '.join(IMAGE_SUFFIXES)})")
         self.count = len(self.files)
         self.size = size
-        self.fingerprint = folder_fingerprint(self.root, self.files)
+        self.fingerprint = folder_fingerprint(self.root, self.files, links=links)
+        self.excluded = [path.relative_to(self.root).as_posix() for path in links]
 
     def inputs(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
         images, kept, skipped = [], [], []
@@ -153,17 +163,20 @@ def tile_source(tiles: str, settings: FeatureConfig, grid: BankGrid = BankGrid()
     raise JaxmosaicError(f"{tiles}: a streaming build takes {BANK} or a folder of images")
 
 
-@dataclasses.dataclass(frozen=True)
-class BuildPlan:
-    """What a build computes; a resumed build must have the same plan."""
+class BuildPlan(BaseModel):
+    """What a build computes, kept in its build folder as `plan.json`; a resumed build must have
+    the same plan."""
 
-    source: str  # "gabor-bank" or the folder
-    fingerprint: str  # of the source
-    settings: dict  # FeatureConfig.as_dict()
-    weights: str  # fingerprint of the network's weights ("" for colour features)
-    count: int  # tiles in the source
-    chunk: int  # tiles per chunk
-    processes: int
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    source: Name  # "gabor-bank" or the folder
+    fingerprint: Token  # of the source
+    settings: FeatureSettings  # FeatureConfig.as_dict()
+    weights: Token  # fingerprint of the network's weights ("" for colour features)
+    count: int = Field(ge=1, le=MAX_TILES)  # tiles in the source
+    dimension: int = Field(ge=1, le=2**31 - 1)  # the length of a feature row
+    chunk: int = Field(ge=1, le=65536)  # tiles per chunk
+    processes: int = Field(ge=1, le=2**16)
 
     @property
     def chunks(self) -> int:
@@ -173,8 +186,53 @@ class BuildPlan:
         """The contiguous chunks process `process` owns."""
         return range(process * self.chunks // self.processes, (process + 1) * self.chunks // self.processes)
 
+    def tiles(self, chunk: int) -> range:
+        """The tiles of chunk `chunk`."""
+        return range(chunk * self.chunk, min(self.count, (chunk + 1) * self.chunk))
+
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:20]
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:20]
+
+
+_CHUNK_ARRAYS = {"features": ArraySpec(kinds="f", ndim=2), "indices": ArraySpec(kinds="iu", ndim=1),
+                 "skipped": ArraySpec(kinds="U", ndim=1)}
+"""A chunk file: its tiles' feature rows (rows, d), their tile indices (rows,), the files skipped."""
+
+
+def _chunk_name(chunk: int) -> str:
+    return f"chunk-{chunk:06d}.npz"
+
+
+def _bad_chunk(path: Path, reason: str) -> JaxmosaicError:
+    return JaxmosaicError(f"{path}: {reason}; build without --resume to start again")
+
+
+def _chunk_arrays(path: Path, plan: BuildPlan, chunk: int, *, layouts_only: bool = False) -> dict:
+    """A finished chunk's arrays (or only their `Layout`s), of the kinds and shapes the plan says:
+    (rows, d) features, (rows,) indices and the skipped files, together the chunk's tiles."""
+    try:
+        held = read_arrays(path, _CHUNK_ARRAYS, "library build chunk", layouts_only=layouts_only)
+    except ArtifactError as err:
+        raise _bad_chunk(path, str(err).removeprefix(f"{path}: ")) from None
+    tiles, kept, lost = plan.tiles(chunk), held["indices"].shape[0], held["skipped"].shape[0]
+    if held["features"].shape != (kept, plan.dimension):
+        raise _bad_chunk(path, f"features: shape {held['features'].shape}, expected ({kept}, {plan.dimension})")
+    if kept + lost != len(tiles):
+        raise _bad_chunk(path, f"indices: {kept} tiles and {lost} skipped for the {len(tiles)} of the chunk")
+    return held
+
+
+def _read_chunk(path: Path, plan: BuildPlan, chunk: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(feature rows, tile indices, skipped files) of a finished chunk (`_chunk_arrays`), the rows
+    finite, the indices distinct tiles of the chunk's own range, in order."""
+    held = _chunk_arrays(path, plan, chunk)
+    rows, indices, skipped = held["features"], held["indices"], held["skipped"]
+    tiles = plan.tiles(chunk)
+    if len(indices) and (indices[0] < tiles.start or indices[-1] >= tiles.stop or np.any(np.diff(indices) <= 0)):
+        raise _bad_chunk(path, f"indices: not the tiles {tiles.start}..{tiles.stop - 1} of the chunk in order")
+    if not np.all(np.isfinite(rows)):
+        raise _bad_chunk(path, "features: not all finite")
+    return rows.astype(np.float32), indices.astype(np.int64), [str(name) for name in skipped]
 
 
 def top_eigen(gram: np.ndarray, k: int, *, seed: int = 0, iterations: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +273,7 @@ def stream_memory(settings: FeatureConfig, chunk: int, tiles: int, k: int | str)
     """Bytes a streaming build of `tiles` tiles keeping k dimensions ("auto": at most
     `AUTO_SVD_CAP`) holds at its peak: one chunk's images and activations, G and its eigen
     workspace, D_k."""
-    dimension = settings.expected_dimension
+    dimension = settings.dimension
     k = AUTO_SVD_CAP if k == "auto" else int(k)
     size = settings.size
     per_image = size * size * 3 * 4 * 4
@@ -227,7 +285,7 @@ def stream_memory(settings: FeatureConfig, chunk: int, tiles: int, k: int | str)
 
 def stream_disk(settings: FeatureConfig, tiles: int) -> int:
     """Bytes of the feature rows a streaming build of `tiles` tiles keeps in its build folders."""
-    return tiles * settings.expected_dimension * 4
+    return tiles * settings.dimension * 4
 
 
 def accumulate_gram(gram: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -278,25 +336,30 @@ def build_folder(out: Path, processes: int = 1, process: int = 0) -> Path:
     return out.with_name(out.name + suffix)
 
 
-def _open_work(path: Path, plan: BuildPlan, resume: bool) -> tuple[OutputFolder, set[str]]:
-    """The build folder (one jaxmosaic marked as a library build, or a new one), with its
-    finished chunk files when resuming, else emptied of the files it lists."""
+def _open_work(path: Path, plan: BuildPlan, resume: bool) -> tuple[OutputFolder, set[int]]:
+    """The build folder (one jaxmosaic marked as a library build, or a new one), with the chunks
+    it finished when resuming (each file's arrays and shapes checked before anything is written;
+    its values when it is read), else emptied of the files it lists."""
     folder = OutputFolder(path, _WORK_KIND)
     plan_file = path / "plan.json"
-    finished: set[str] = set()
+    finished: set[int] = set()
     if resume and plan_file.is_file():
         try:
-            held = json.loads(plan_file.read_text())
-        except (OSError, ValueError):
-            held = None
-        if held != dataclasses.asdict(plan):
+            held = BuildPlan.model_validate_json(plan_file.read_bytes())
+        except ValidationError as err:
+            raise JaxmosaicError(f"{schema_message(plan_file, err)}; build without --resume to start again") from None
+        except OSError as err:
+            raise JaxmosaicError(f"{plan_file}: cannot read it ({err.strerror}); build without --resume to start again") from None
+        if held != plan:
             raise JaxmosaicError(f"--resume: {path} holds a build of other settings or another source; "
                                  f"build without --resume to start again")
-        finished = {name for name in folder.previous if name.startswith("chunk-") and (path / name).is_file()}
+        finished = {chunk for chunk in range(plan.chunks) if _chunk_name(chunk) in folder.previous}
+        for chunk in sorted(finished):
+            _chunk_arrays(path / _chunk_name(chunk), plan, chunk, layouts_only=True)
     else:
         folder.clear()
     with atomic_path(folder.file("plan.json")) as tmp:
-        tmp.write_text(json.dumps(dataclasses.asdict(plan)))
+        tmp.write_text(plan.model_dump_json())
     return folder, finished
 
 
@@ -320,8 +383,10 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
     """
     out = Path(out)
     processes, process = jax.process_count(), jax.process_index()
-    plan = BuildPlan(BANK if source.kind == "bank" else str(source.root), source.fingerprint, settings.as_dict(), weights,
-                     source.count, chunk, processes)
+    dimension = settings.dimension
+    plan = BuildPlan(source=BANK if source.kind == "bank" else str(source.root), fingerprint=source.fingerprint,
+                     settings=settings.as_dict(), weights=weights, count=source.count, dimension=dimension, chunk=chunk,
+                     processes=processes)
     work, finished = _open_work(build_folder(out, processes, process), plan, resume)
     devices = 1 if mesh is None else mesh.devices.size
     padded = -(-chunk // devices) * devices
@@ -333,50 +398,40 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
         params = jax.device_put(params, replicated) if params is not None else None
         embed = jax.jit(program, in_shardings=(replicated, rows), out_shardings=rows)
     share = plan.share(process)
-    owned = sum(min(plan.count, (c + 1) * chunk) - c * chunk for c in share)
-    gram, sums, count, dimension, skipped = None, None, 0, None, []
-    done = 0
+    owned = sum(len(plan.tiles(c)) for c in share)
+    gram, sums = np.zeros((dimension, dimension), np.float64, order="F"), np.zeros(dimension, np.float64)
+    count, done = 0, 0
     started = time.perf_counter()
     for c in share:
-        name = f"chunk-{c:06d}.npz"
-        start, stop = c * chunk, min(plan.count, (c + 1) * chunk)
-        if name in finished:
-            with np.load(work.path / name) as held:
-                rows_c, kept, lost = held["features"], held["indices"], [str(s) for s in held["skipped"]]
+        tiles = plan.tiles(c)
+        if c in finished:
+            rows_c, kept, _ = _read_chunk(work.path / _chunk_name(c), plan, c)
         else:
-            inputs, kept, lost = source.inputs(start, stop)
+            inputs, kept, lost = source.inputs(tiles.start, tiles.stop)
             if len(kept):
                 batch = np.concatenate([inputs, np.repeat(source.pad_row(settings)[None], padded - len(kept), axis=0)])
                 rows_c = np.asarray(embed(params, jnp.asarray(batch)))[: len(kept)]
             else:
-                rows_c = np.zeros((0, dimension or 1), np.float32)
+                rows_c = np.zeros((0, dimension), np.float32)
+            if rows_c.shape[1] != dimension:
+                raise JaxmosaicError(f"tiles {tiles.start}..{tiles.stop - 1}: {rows_c.shape[1]} features each, expected {dimension}")
             if not np.all(np.isfinite(rows_c)):
-                raise JaxmosaicError(f"tiles {start}..{stop - 1}: their features are not finite; check the weights")
-            with atomic_path(work.file(name)) as tmp, open(tmp, "wb") as file:
+                raise JaxmosaicError(f"tiles {tiles.start}..{tiles.stop - 1}: their features are not finite; check the weights")
+            with atomic_path(work.file(_chunk_name(c))) as tmp, open(tmp, "wb") as file:
                 np.savez(file, features=rows_c.astype(np.float32), indices=kept, skipped=np.asarray(lost, dtype=str))
-        skipped += lost
         if len(kept):
-            if gram is None:
-                dimension = rows_c.shape[1]
-                gram, sums = np.zeros((dimension, dimension), np.float64, order="F"), np.zeros(dimension, np.float64)
             gram = accumulate_gram(gram, rows_c)
             sums += rows_c.sum(axis=0, dtype=np.float64)
             count += len(kept)
-        done += stop - start
+        done += len(tiles)
         if progress:
             progress(done, owned)
     seconds = time.perf_counter() - started
-    if processes > 1:  # a process whose tiles could all not be read has none of its own
-        from jax.experimental import multihost_utils
-
-        dimension = int(np.max(multihost_utils.process_allgather(np.asarray([dimension or 0], np.int32))))
-    if dimension is None or dimension == 0:
-        raise JaxmosaicError(f"{plan.source}: none of the {plan.count} tiles could be read")
-    if gram is None:
-        gram, sums = np.zeros((dimension, dimension), np.float64, order="F"), np.zeros(dimension, np.float64)
     gram = np.asfortranarray(_sum_across_processes(gram))
     sums = _sum_across_processes(sums)
     count = int(round(float(_sum_across_processes(np.asarray([count], np.float64))[0])))
+    if count == 0:
+        raise JaxmosaicError(f"{plan.source}: none of the {plan.count} tiles could be read")
     if k == "auto":
         mean = sums / count
         centred = np.asfortranarray(gram - count * np.outer(mean, mean))
@@ -392,10 +447,10 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
     energy = float(values.sum() / max(float(np.trace(gram)), 1e-30))
     projected, indices = [], []
     for c in share:
-        with np.load(work.path / f"chunk-{c:06d}.npz") as held:
-            if len(held["indices"]):
-                projected.append((held["features"].astype(np.float64) @ basis).astype(np.float32))
-                indices.append(held["indices"])
+        rows_c, kept, _ = _read_chunk(work.path / _chunk_name(c), plan, c)
+        if len(kept):
+            projected.append((rows_c.astype(np.float64) @ basis).astype(np.float32))
+            indices.append(kept)
     rows_k = np.concatenate(projected) if projected else np.zeros((0, k), np.float32)
     indices_all = np.concatenate(indices) if indices else np.zeros(0, np.int64)
     rows_k, indices_all = _gather_rows(rows_k, indices_all)
@@ -414,7 +469,7 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
         entries = [source.entry(int(i)) for i in indices_all]
         lost = sorted(set(range(source.count)) - {int(i) for i in indices_all})
         library = TileLibrary("folder", str(source.root), entries, None, None, rows_k, settings, color, source.fingerprint,
-                              [source.entry(i) for i in lost], svd)
+                              sorted([*source.excluded, *(source.entry(i) for i in lost)]), svd)
     library.build = {"tiles_per_second": owned / max(seconds, 1e-9), "seconds": seconds, "processes": processes,
                      "devices": devices, "chunk": chunk}
     save_library(out, library, inputs=[] if source.kind == "bank" else [source.root])
