@@ -172,20 +172,27 @@ class Run(NamedTuple):
 
 def run_limited(argv: list[str], folder: Path) -> Run:
     """`argv` in a fresh process whose address space is capped at LIMIT_BYTES (and CPU time at
-    CPU_SECONDS); returns its exit code, output (the first MiB of each) and peak memory."""
-    cap = ("import os, resource, sys; "
-           f"resource.setrlimit(resource.RLIMIT_AS, ({LIMIT_BYTES}, {LIMIT_BYTES})); "
-           f"resource.setrlimit(resource.RLIMIT_CPU, ({CPU_SECONDS}, {CPU_SECONDS})); "
-           "os.execv(sys.argv[1], sys.argv[1:])")
+    CPU_SECONDS); returns its exit code, output (the first MiB of each) and peak memory.
+
+    A forked child starts with its parent's resident memory as its peak, and exec keeps it, so the
+    capped process is forked from a small Python in between, which reports the peak it reaps."""
+    peak = folder / "peak"
+    between = ("import os, resource, sys\n"
+               "pid = os.fork()\n"
+               "if pid == 0:\n"
+               f"    resource.setrlimit(resource.RLIMIT_AS, ({LIMIT_BYTES}, {LIMIT_BYTES}))\n"
+               f"    resource.setrlimit(resource.RLIMIT_CPU, ({CPU_SECONDS}, {CPU_SECONDS}))\n"
+               "    os.execv(sys.argv[2], sys.argv[2:])\n"
+               "_, status, usage = os.wait4(pid, 0)\n"
+               "open(sys.argv[1], 'w').write(str(usage.ru_maxrss * 1024))\n"
+               "sys.exit(os.waitstatus_to_exitcode(status))\n")
     with open(folder / "stdout", "w+b") as out, open(folder / "stderr", "w+b") as err:
-        process = subprocess.Popen([sys.executable, "-c", cap, *argv], stdout=out, stderr=err)
-        _, status, usage = os.wait4(process.pid, 0)  # reaped here, for its own peak memory
-        process.returncode = os.waitstatus_to_exitcode(status)
+        process = subprocess.run([sys.executable, "-c", between, str(peak), *argv], stdout=out, stderr=err)
         text = []
         for stream in (out, err):
             stream.seek(0)
             text.append(stream.read(2**20).decode(errors="replace"))
-    return Run(process.returncode, *text, usage.ru_maxrss * 1024)
+    return Run(process.returncode, *text, int(peak.read_text()))
 
 
 def assert_one_short_line(run: Run, *fragments: str) -> None:
