@@ -382,6 +382,9 @@ def read_state_dict(path: str | os.PathLike, *,
       WeightsError: the file is missing, truncated or not a PyTorch checkpoint.
     """
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{path}: a folder, not a PyTorch checkpoint (.pth); a converted weights folder needs no "
+                           "converting: give it to --weights as it is")
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
     try:

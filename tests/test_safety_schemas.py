@@ -259,3 +259,28 @@ def test_fuzz_the_schemas_of_markers_checkpoints_and_weights(workdir):
     count += fuzz(source, document, accepts, ["x"] * 10, ["weights", "info", "--arch", "alexnet", "--weights", "w"], workdir)
     print(f"{count} schema cases")
     assert count > 150
+
+
+def test_a_library_or_features_file_never_silently_replaces_another_kind(work):
+    codebook = run_cli("vq", "train", "p", "-o", "book.npz", *VQ)
+    assert codebook.exit_code == 0, codebook.output
+    features = run_cli("features", "p/content.png", "-o", "feats.npz", "--weights", "random", "--layers", "relu1_1",
+                       "--size", 32)
+    assert features.exit_code == 0, features.output
+    before = hashes(work)
+    one_line_error(run_cli("library", "build", "gabor", "-o", "book.npz"), "book.npz", code=1)
+    one_line_error(run_cli("features", "p/content.png", "-o", "book.npz", "--weights", "random", "--layers", "relu1_1",
+                           "--size", 32), "book.npz", code=1)
+    one_line_error(run_cli("vq", "train", "p", "-o", "feats.npz", *VQ), "feats.npz", code=1)
+    assert hashes(work) == before
+    replaced = run_cli("library", "build", "gabor", "-o", "book.npz", "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+
+
+def test_converting_a_weights_folder_says_what_it_is(work):
+    made = run_cli("weights", "random", "-o", "w")
+    assert made.exit_code == 0, made.output
+    before = hashes(work)
+    line = one_line_error(run_cli("weights", "convert", "w", "-o", "w2"), "w", code=1)
+    assert "no such file" not in line and "folder" in line
+    assert hashes(work) == before and not (work / "w2").exists()

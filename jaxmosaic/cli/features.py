@@ -52,8 +52,8 @@ def features(
     """Extract VGG19 features of an image (the building block of style, texture and mosaic)."""
     if out.suffix != ".npz":
         raise ValueError(f"--out {out}: expected a .npz file name")
-    check_outputs([out, metrics], [image, *([Path(weights)] if weights not in (None, "random") else [])], images=[preview],
-                  overwrite=overwrite)
+    check_outputs([], [image, *([Path(weights)] if weights not in (None, "random") else [])], images=[preview],
+                  files=[(out, "features"), (metrics, "metrics")], overwrite=overwrite)
     pixels = load_image(image)
     height, width = fit_shape(*pixels.shape[:2], config.size)
     if min(height, width) < smallest_side(config.layers):

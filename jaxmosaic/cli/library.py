@@ -59,7 +59,7 @@ def build(
     if config.streams(tiles) or distributed.active:
         _stream_build(tiles, out, library, config, distributed, weights, overwrite=overwrite)
         return
-    check_outputs([out], [*source_paths(tiles), *source_paths(weights)], overwrite=overwrite)
+    check_outputs([], [*source_paths(tiles), *source_paths(weights)], files=[(out, "tile-library")], overwrite=overwrite)
     if out.is_file() and not force:
         with contextlib.suppress(JaxmosaicError):
             old = load_library(out)
@@ -81,7 +81,7 @@ def _stream_build(tiles: str, out: Path, library: LibraryConfig, config: Library
     """`build` chunk by chunk, over the local devices and the processes `distributed` names."""
     start_distributed(distributed)
     if jax.process_index() == 0:
-        check_outputs([out], [*source_paths(tiles), *source_paths(weights)], overwrite=overwrite)
+        check_outputs([], [*source_paths(tiles), *source_paths(weights)], files=[(out, "tile-library")], overwrite=overwrite)
     mode = color_mode(library, tiles)
     params = network_params(library.features or FeatureKind.color, weights, library.seed)
     settings = feature_config(library, mode, None, params)
