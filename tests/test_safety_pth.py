@@ -10,7 +10,6 @@ The files are written by hand (pickle opcodes and zip records), without torch.
 from __future__ import annotations
 
 import functools
-import os
 import pickle
 import struct
 import subprocess
