@@ -22,6 +22,7 @@ import io
 import math
 import os
 import pickle
+import pickletools
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable
@@ -58,6 +59,7 @@ _MAX_NAME_CHARS = 1024
 _MAX_PICKLE_BYTES = 2**26  # a state dict's pickle holds names and records, not values
 _MAX_BYTEORDER_BYTES = 16
 _EXCERPT_CHARS = 80
+_MAX_HASHING = 2**23  # elements a state dict's pickle may give dicts to hash, counted through shared references
 
 
 def _excerpt(value) -> str:
@@ -183,9 +185,85 @@ def _storage_key(key, source: Path) -> str:
     return key
 
 
+class _Node:
+    """What the opcode pass knows of an object on the pickle's stack: how many elements hashing
+    it (or a container of it) visits, shared references counted each time."""
+
+    __slots__ = ("cost",)
+
+    def __init__(self, cost: int):
+        self.cost = cost
+
+
+_MARK = object()
+_TUPLES = {"EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3"}
+_SETS = {"EMPTY_SET", "ADDITEMS", "FROZENSET"}
+
+
+def _check_hashing(file, source: Path) -> None:
+    """Refuse a pickle that would make the unpickler hash more than `_MAX_HASHING` elements.
+
+    Python does not cache a tuple's hash: a key made of tuples nested a few levels deep, each
+    level holding several references to the one below, costs exponentially many steps to hash
+    from a file of a few hundred bytes. The opcodes are walked without building anything; a
+    tuple's cost counts the elements its hash visits, and it is spent when the tuple is made and
+    every time a reference to it is pushed again (memo, duplicate), the only ways it can reach a
+    dict. A state dict needs no sets at all. A pickle the walk cannot follow is left to the
+    unpickler, which refuses it itself."""
+    start = file.tell()
+    try:
+        stack: list = []
+        memo: dict = {}
+        spent = 0
+        for opcode, arg, _ in pickletools.genops(file):
+            name = opcode.name
+            if name in _SETS:
+                raise UnsafeCheckpointError(f"{source}: refusing to load: its pickle builds a set, which a state dict never holds")
+            if name == "STOP":
+                break
+            if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = stack[-1]
+                continue
+            if name == "MEMOIZE":
+                memo[len(memo)] = stack[-1]
+                continue
+            if name in ("GET", "BINGET", "LONG_BINGET") or name == "DUP":
+                node = memo[arg] if name != "DUP" else stack[-1]
+                spent += node.cost
+                stack.append(node)
+            else:
+                before, after = opcode.stack_before, opcode.stack_after
+                if pickletools.markobject in before:
+                    mark = len(stack) - 1 - stack[::-1].index(_MARK)
+                    popped = stack[mark + 1:]
+                    del stack[mark:]
+                    below = before.index(pickletools.markobject)
+                else:
+                    popped, below = [], len(before)
+                held = stack[len(stack) - below:] if below else []
+                del stack[len(stack) - below:]
+                popped = held + popped
+                if name in _TUPLES:
+                    cost = 1 + sum(node.cost for node in popped)
+                    stack.append(_Node(cost))
+                    spent += cost
+                else:  # anything else hashes as one element (lists and dicts are never hashed)
+                    stack.extend(_MARK if kind is pickletools.markobject else _Node(1) for kind in after)
+            if spent > _MAX_HASHING:
+                raise UnsafeCheckpointError(f"{source}: refusing to load: its pickle would hash more than "
+                                            f"{_MAX_HASHING} elements (keys nested and shared to cost time, not memory)")
+    except UnsafeCheckpointError:
+        raise
+    except Exception:  # noqa: BLE001  the unpickler refuses what the walk cannot follow
+        pass
+    finally:
+        file.seek(start)
+
+
 class _SafeUnpickler(pickle.Unpickler):
     def __init__(self, file, source: Path, *, tensors: bool = True):
         super().__init__(file)
+        self.file = file
         self.source = source
         self.tensors = tensors  # headers of the legacy format admit no global at all
         self.storages: dict[str, tuple[np.dtype, int]] = {}  # key -> (dtype, element count)
@@ -223,6 +301,7 @@ class _SafeUnpickler(pickle.Unpickler):
 
 def _load(unpickler: _SafeUnpickler, source: Path):
     try:
+        _check_hashing(unpickler.file, source)
         return unpickler.load()
     except MemoryError:  # an opcode declaring a length it sizes a buffer by before reading it
         raise UnsafeCheckpointError(f"{source}: refusing to load: its pickle declares an object larger than memory") from None

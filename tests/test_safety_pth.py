@@ -240,6 +240,12 @@ def nested_tensor_name(path):
     return checkpoint(path, {name: tensor(storage("0", 4), (4,), (1,))}, FOUR, prelude=prelude)
 
 
+def hashing_tensor_name(path):
+    # the same tuple name nested 12 deep: hashing it visits 8**12 leaves (hours), though the file is tiny
+    prelude, name = nested(12, 8, "n", tuples=True)
+    return checkpoint(path, {name: tensor(storage("0", 4), (4,), (1,))}, FOUR, prelude=prelude)
+
+
 def unused_storage(path):
     return checkpoint(path, {"features.0.weight": tensor(storage("0", 4), (4,), (1,)), "junk": storage("1", 2**29)},
                       {**FOUR, "1": deflated_zeros(2048)})
@@ -303,6 +309,7 @@ CRAFTED = [
     (nested_element_count, "element count is a list"),
     (nested_size, "a size is a list"),
     (nested_tensor_name, "a tensor named by a tuple"),
+    (hashing_tensor_name, "would hash more than"),
     (unused_storage, "features.0.weight has shape (4,)"),
     (unneeded_tensor, "features.0.weight has shape (4,)"),
     (inflated_pickle, "data.pkl"),
