@@ -144,7 +144,7 @@ def _free_port() -> int:
 
 
 BUILD = ["library", "build", "gabor-bank", "--bank-grid", str(SMALL), "--features", "alexnet", "--weights", "random",
-         "--svd-k", "20", "--chunk", "8"]
+         "--svd-k", "20", "--chunk", "8", "--max-memory", "4"]  # the budget named: three builds run at once beside other tests
 
 
 def _env(devices: int = 1) -> dict:
