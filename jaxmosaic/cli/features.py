@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import typer
 
-from jaxmosaic.cli._common import MetricsOption, OverwriteOption, WeightsOption, guarded, vgg_params, write_metrics
+from jaxmosaic.cli._common import MetricsOption, OverwriteOption, WaitOption, WeightsOption, guarded, vgg_params, write_metrics
 from jaxmosaic.cli.console import echo
 from jaxmosaic.cli._options import command
 from jaxmosaic.config import choice, names, setting, settings_dict, whole
@@ -48,12 +48,13 @@ def features(
     preview: Annotated[Path | None, typer.Option(help="Also write a PNG showing the strongest channels of each layer.")] = None,
     metrics: MetricsOption = None,
     overwrite: OverwriteOption = False,
+    wait: WaitOption = False,
 ) -> None:
     """Extract VGG19 features of an image (the building block of style, texture and mosaic)."""
     if out.suffix != ".npz":
         raise ValueError(f"--out {out}: expected a .npz file name")
     check_outputs([], [image, *([Path(weights)] if weights not in (None, "random") else [])], images=[preview],
-                  files=[(out, "features"), (metrics, "metrics")], overwrite=overwrite)
+                  files=[(out, "features"), (metrics, "metrics")], overwrite=overwrite, wait=wait, say=echo)
     pixels = load_image(image)
     height, width = fit_shape(*pixels.shape[:2], config.size)
     if min(height, width) < smallest_side(config.layers):

@@ -10,7 +10,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from jaxmosaic.cli._common import WeightsOption, guarded, output_name
+from jaxmosaic.cli._common import WaitOption, WeightsOption, guarded, output_name
 from jaxmosaic.cli.console import echo
 from jaxmosaic.cli._libraries import local_mesh, obtain_tile_library, source_paths
 from jaxmosaic.cli._common import write_metrics
@@ -19,6 +19,7 @@ from jaxmosaic.config import setting, settings_dict, whole
 from jaxmosaic.image import resize
 from jaxmosaic.io.outputs import check_outputs
 from jaxmosaic.io.folders import OutputFolder
+from jaxmosaic.io.locks import wait_setting
 from jaxmosaic.io.images import load_image, save_image
 from jaxmosaic.pictures import contact_sheet, side_by_side
 from jaxmosaic.resources import check_memory
@@ -45,6 +46,7 @@ class MosaicRunConfig:
     preview: bool = setting(False, "Also write OUT-preview.png: target and mosaic side by side.")
     metrics: Path | None = setting(None, "Write a JSON summary here.")
     overwrite: bool = setting(False, "Replace output files that exist although jaxmosaic did not write them.")
+    wait: bool = wait_setting()
     devices: int | None = setting(None, "Local devices to share the work over (default: all).")
 
     def __post_init__(self):
@@ -68,7 +70,7 @@ def mosaic(
     preview_path = output_name(out, "preview", ".png") if run.preview else None
     inputs = [target, *source_paths(tiles)]
     check_outputs([], [*inputs, *source_paths(weights)], images=[out, preview_path], files=[(run.metrics, "metrics")],
-                  overwrite=run.overwrite)
+                  overwrite=run.overwrite, wait=run.wait, say=echo)
     image = load_image(target)
     dimension = (library.features or FeatureKind.color).typical_dimension
     check_memory(mosaic_memory(config, image.shape, dimension), f"a mosaic of {target}")
@@ -105,9 +107,10 @@ tiles_app = typer.Typer(help="Generate tile sets.", no_args_is_help=True, rich_m
 def gabor(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the tiles into (created, or one this command wrote before).")],
     config: GaborTilesConfig,
+    wait: WaitOption = False,
 ) -> None:
     """Write the built-in Gabor tiles (OpenCV's getGaborKernel over a grid) as PNG files."""
-    check_outputs([], [], folders=[(out_dir, "tiles")])
+    check_outputs([], [], folders=[(out_dir, "tiles")], wait=wait, say=echo)
     parameters = gabor_parameters()
     count = len(parameters) * config.colors
     check_memory(count * config.size**2 * 3 * 4 * 3, f"{count} tiles of {config.size}x{config.size}")

@@ -4,7 +4,9 @@
 lies inside an input folder (or holds one), has no writable folder or an image suffix Pillow
 cannot write, would replace a file that jaxmosaic did not write or a jaxmosaic file of another
 kind (unless the user says `--overwrite`), or would write into a folder that is not jaxmosaic's
-own of the same kind.
+own of the same kind. It locks every output (`jaxmosaic.io.locks`) before it looks at what the
+output holds, so the check and the writes that follow have one owner: another run on the same
+output is refused, or waited for.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from jaxmosaic.errors import JaxmosaicError
@@ -21,6 +23,7 @@ from jaxmosaic.io.files import check_not_input
 from jaxmosaic.io.folders import check_folder
 from jaxmosaic.io.images import check_image_name
 from jaxmosaic.io.images import written_by_jaxmosaic as signed_image
+from jaxmosaic.io.locks import lock_output, release_output
 
 __all__ = ["check_outputs", "jaxmosaic_kind", "written_by_jaxmosaic"]
 
@@ -63,14 +66,17 @@ def _writable(folder: Path) -> bool:
 
 def check_outputs(outputs: Iterable[str | os.PathLike | None], inputs: Iterable[str | os.PathLike], *,
                   images: Iterable[str | os.PathLike | None] = (), files: Iterable[tuple[str | os.PathLike | None, str]] = (),
-                  folders: Iterable[tuple[str | os.PathLike | None, str]] = (), overwrite: bool = False) -> None:
+                  folders: Iterable[tuple[str | os.PathLike | None, str]] = (), overwrite: bool = False,
+                  wait: bool = False, say: Callable[[str], None] | None = None) -> None:
     """Before any work starts, for every output: files of any kind, image files, `files` of a
     kind ("metrics", or an artefact's kind) and folders of a kind. No two are the same path; each
     is no input and lies in no input folder, no input lies inside it, its folder exists and is
-    writable; an image's name has a suffix Pillow can write; an existing file is replaced only
-    when jaxmosaic wrote it, as a file of the same kind when the kind is given (or with
-    `overwrite`); an existing folder only when it carries jaxmosaic's marker of the same kind
-    (never otherwise)."""
+    writable; then it is locked for this process (`lock_output`: held until the command ends;
+    another run holding it is refused with `OutputInUse`, or waited for with `wait`, `say`
+    getting one line); an image's name has a suffix Pillow can write; an existing file is
+    replaced only when jaxmosaic wrote it, as a file of the same kind when the kind is given (or
+    with `overwrite`); an existing folder only when it carries jaxmosaic's marker of the same
+    kind (never otherwise). When a check fails, the locks this call took are released."""
     inputs = [Path(item) for item in inputs if item is not None]
     # (path, kind, what it is, whether it is a folder)
     items = [(Path(output), None, "a file", False) for output in outputs if output is not None]
@@ -83,7 +89,7 @@ def check_outputs(outputs: Iterable[str | os.PathLike | None], inputs: Iterable[
             raise JaxmosaicError(f"{output}: named twice as an output of this run ({seen[_resolved(output)]} and {role}); "
                                  "give each its own name")
         seen[_resolved(output)] = role
-    for output, kind, role, folder in items:
+    for output, _, _, _ in items:
         check_not_input(output, inputs)
         target = _resolved(output)
         for item in inputs:
@@ -93,6 +99,21 @@ def check_outputs(outputs: Iterable[str | os.PathLike | None], inputs: Iterable[
             raise JaxmosaicError(f"{output}: folder {output.parent} does not exist")
         if not _writable(target.parent):
             raise JaxmosaicError(f"{output}: cannot write into the folder {output.parent} (read-only or permission denied)")
+    taken = []
+    try:
+        for output in sorted((item[0] for item in items), key=_resolved):  # one order: two waiting runs never deadlock
+            if lock_output(output, wait=wait, say=say):
+                taken.append(output)
+        _check_contents(items, overwrite)
+    except BaseException:
+        for output in taken:
+            release_output(output)
+        raise
+
+
+def _check_contents(items: list[tuple[Path, str | None, str, bool]], overwrite: bool) -> None:
+    """What each (locked) output holds may be replaced: see `check_outputs`."""
+    for output, kind, role, folder in items:
         if kind == "image":
             check_image_name(output)
         elif folder:
