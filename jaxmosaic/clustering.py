@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxmosaic.search import match_tiles
+from jaxmosaic.search import match_memory_bytes, match_tiles
 
-__all__ = ["KMeansInit", "KMeansResult", "DIRECT_CENTERS", "kmeans", "nearest_centers", "kmeans_plusplus"]
+__all__ = ["KMeansInit", "KMeansResult", "DIRECT_CENTERS", "kmeans", "nearest_centers", "kmeans_plusplus", "nearest_memory",
+           "kmeans_memory"]
 
 
 class KMeansInit(enum.StrEnum):
@@ -76,6 +77,27 @@ def nearest_centers(data: jax.Array, centers: jax.Array, *, block: int = 1024,
         labels = lax.map(nearest, padded).reshape(-1)[:n]
     distances = jnp.sum(jnp.square(data - centers[labels]), axis=1)
     return labels, distances
+
+
+def nearest_memory(n: int, d: int, k: int, *, block: int = 1024) -> int:
+    """Bytes `nearest_centers` of n points of d features among k centres holds beyond its inputs:
+    the padded points, a block's scores against every centre (or, beyond `DIRECT_CENTERS`, the
+    augmented vectors and `match_tiles`' blocks), each point's centre, label and distance."""
+    if k > DIRECT_CENTERS:
+        search = (n + k) * (d + 1) * 4 + match_memory_bytes(n, d + 1, query_block=block)
+    else:
+        search = (n + block) * d * 4 + min(block, n) * k * 4 * 2
+    return search + n * d * 4 + n * 8
+
+
+def kmeans_memory(n: int, d: int, k: int, *, init: str = "k-means++", batch_size: int | None = None,
+                  block: int = 1024) -> int:
+    """Bytes `kmeans` of n points of d features into k centres holds at its peak: the points, the
+    centres and their updates, the seeding's (trials, n) distances (k-means++), the nearest-centre
+    search over all the points (`nearest_memory`) and a mini-batch of `batch_size` points."""
+    trials = 2 + int(math.log(k)) if init == str(KMeansInit.plusplus) else 0
+    batch = 0 if batch_size is None else min(batch_size, n)
+    return n * d * 4 + k * d * 4 * 4 + (3 + 2 * trials) * n * 4 + nearest_memory(n, d, k, block=block) + batch * d * 4 * 2
 
 
 def kmeans_plusplus(key: jax.Array, data: jax.Array, k: int, *, trials: int | None = None) -> jax.Array:

@@ -10,7 +10,22 @@ from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.vgg import activation_floats, images_per_call
 
 __all__ = ["available_bytes", "memory_budget", "check_memory", "optimisation_bytes", "activation_bytes", "largest_tile",
-           "images_at_once", "held_bytes", "check_disk"]
+           "images_at_once", "held_bytes", "check_disk", "format_bytes"]
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def format_bytes(count: float) -> str:
+    """`count` bytes for people: in the largest unit of B, KiB, MiB, GiB and TiB that keeps the
+    number at least 1, to 3 significant figures ("512 B", "1.50 KiB", "79.2 GiB"), so a figure
+    never rounds to zero."""
+    value, unit = float(count), 0
+    while abs(value) >= 1024 and unit < len(_UNITS) - 1:
+        value, unit = value / 1024, unit + 1
+    if unit == 0:
+        return f"{round(value)} B"
+    decimals = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
+    return f"{value:.{decimals}f} {_UNITS[unit]}"
 
 
 def available_bytes() -> int | None:
@@ -45,7 +60,7 @@ def check_memory(needed: int, what: str, *, devices: int = 1, budget: int | None
     if free is not None and needed > free:
         limit = "is free" if budget is None else "is allowed"
         raise JaxmosaicError(
-            f"{what} needs about {needed / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB {limit}; "
+            f"{what} needs about {format_bytes(needed)} but only {format_bytes(free)} {limit}; "
             f"use a smaller size or fewer images at once{', or ' + hint if hint else ''}"
         )
 
@@ -77,16 +92,23 @@ def held_bytes(height: int, width: int, count: int, *, channels: int = 3) -> int
     return (5 * count + 2) * height * width * channels * 4
 
 
-def largest_tile(budget: int | None, layers, batch: int = 1, *, fixed: int = 0, step: int = 64, most: int = 1024) -> int:
-    """The largest square tile (a multiple of `step`, at most `most`) whose optimisation of a
-    batch of tiles (`images_at_once` of them in the network at once) fits in `budget` bytes
-    besides `fixed` bytes held anyway; `step` when none does."""
+def largest_tile(budget: int | None, layers, batch: int = 1, *, fixed: int = 0, step: int = 64, most: int = 1024,
+                 least: int = 64, halo: int = 0) -> int | None:
+    """The largest square tile (a multiple of `step` from `least` to `most`) whose optimisation of
+    a batch of tiles (`images_at_once` of them in the network at once), and the pass of the loss
+    over the tile with `halo` px of context each side for the batch and its target, fit in
+    `budget` bytes besides `fixed` bytes held anyway; None when none does."""
     if budget is None:
         return most
+
+    def tile_bytes(side: int) -> int:
+        return max(optimisation_bytes(side, side, layers, batch), activation_bytes(side + 2 * halo, side + 2 * halo, layers,
+                                                                                   batch + 1))
+
     side = most
-    while side > step and optimisation_bytes(side, side, layers, batch) + fixed > budget:
+    while side >= max(least, step) and tile_bytes(side) + fixed > budget:
         side -= step
-    return side
+    return side if side >= max(least, step) else None
 
 
 def check_disk(folder, needed: int, what: str) -> None:
@@ -99,5 +121,5 @@ def check_disk(folder, needed: int, what: str) -> None:
         folder = folder.parent
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise JaxmosaicError(f"{what} need about {needed / 2**30:.1f} GiB on disk beside the library but only "
-                             f"{free / 2**30:.1f} GiB is free in {folder}")
+        raise JaxmosaicError(f"{what} need about {format_bytes(needed)} on disk beside the library but only "
+                             f"{format_bytes(free)} is free in {folder}")

@@ -229,7 +229,7 @@ def test_style_errors_are_one_line_and_write_nothing(tmp_path, case):
         args = [SAMPLES / "astronaut.png", tmp_path / "nowhere.png"]
     result = run_cli("style", *args, "-o", tmp_path / "out.png", "--weights", "random", "--metrics", tmp_path / "m.json", *extra)
     expected = {"missing": "nowhere.png: no such file", "blend": "3 weights for 1 style", "layer": "valid names: conv1_1",
-                "memory": "GiB but only"}[case]
+                "memory": "TiB but only"}[case]
     one_line_error(result, expected)
     assert list(tmp_path.iterdir()) == []
 

@@ -196,16 +196,16 @@ def test_an_honest_record_still_reads(work):
 
 @pytest.mark.parametrize("args, fragment", [
     (["hybrid", "p/content.png", "p/style.png", "-o", "h.png", "--size", 100000], "--size"),
-    (["hybrid", "p/content.png", "p/style.png", "-o", "h.png", "--size", 60000], "GiB but only"),
+    (["hybrid", "p/content.png", "p/style.png", "-o", "h.png", "--size", 60000], "TiB but only"),
     (["tiles", "gabor", "g", "--size", 100000], "--size"),
-    (["tiles", "gabor", "g", "--size", 4096, "--colors", 64], "GiB but only"),
+    (["tiles", "gabor", "g", "--size", 4096, "--colors", 64], "TiB but only"),
     (["tiles", "gabor", "g", "--size", 8, "--colors", 100000], "--colors"),
     (["style", "p/content.png", "p/style.png", "-o", "s.png", "--style-scale", 1e6, *STYLE], "--style-scale"),
-    (["style", "p/content.png", "p/style.png", "-o", "s.png", "--size", 60000, "--weights", "random"], "GiB but only"),
+    (["style", "p/content.png", "p/style.png", "-o", "s.png", "--size", 60000, "--weights", "random"], "TiB but only"),
     (["features", "p/content.png", "-o", "f.npz", "--size", 100000, "--weights", "random"], "--size"),
-    (["features", "p/content.png", "-o", "f.npz", "--size", 60000, "--weights", "random"], "GiB but only"),
-    (["texture", "p/style.png", "-o", "t.png", "--size", 60000, "--weights", "random"], "GiB but only"),
-    (["mosaic", "p/content.png", "-o", "m.png", "--cols", 4000, "--render", 4000], "GiB but only"),
+    (["features", "p/content.png", "-o", "f.npz", "--size", 60000, "--weights", "random"], "TiB but only"),
+    (["texture", "p/style.png", "-o", "t.png", "--size", 60000, "--weights", "random"], "TiB but only"),
+    (["mosaic", "p/content.png", "-o", "m.png", "--cols", 4000, "--render", 4000], "TiB but only"),
 ])
 def test_sizes_that_would_exhaust_memory_are_refused_before_any_allocation(work, args, fragment):
     before = hashes(work)

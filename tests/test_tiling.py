@@ -141,7 +141,7 @@ def test_cli_tiles_writes_the_tile_map_and_refuses_what_would_not_fit(tmp_path):
               "--style-layers", "relu1_1,relu2_1", "--weights", "random"]
     result = run_cli(*common, "-o", tmp_path / "big.png", "--max-memory", "0.01")
     assert result.exit_code != 0
-    assert "--tile auto" in result.output and "0.0 GiB is allowed" in result.output
+    assert "--tile auto" in result.output and "10.2 MiB is allowed" in result.output
     assert not (tmp_path / "big.png").exists()
     out = tmp_path / "out.png"
     result = run_cli(*common, "-o", out, "--tile", "64", "--overlap", "16", "--tile-steps", "2",
@@ -161,7 +161,7 @@ def test_tile_auto_tiles_only_what_does_not_fit():
     inputs = StyleInputs(np.zeros((512, 512, 3), np.float32), [np.zeros((256, 256, 3), np.float32)])
     roomy = style_tiles(StyleConfig(scales=(256, 512), tile="auto", max_memory=64.0), inputs)
     assert [plan.tile for plan in roomy] == [None, None]
-    tight = style_tiles(StyleConfig(scales=(256, 512), tile="auto", max_memory=1.5), inputs)
+    tight = style_tiles(StyleConfig(scales=(256, 512), tile="auto", max_memory=2.0), inputs)
     assert tight[0].tile is None and tight[1].tile is not None and tight[1].tile < 512
 
 

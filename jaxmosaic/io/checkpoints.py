@@ -5,12 +5,18 @@ version, `state/` (an Orbax StandardCheckpointer tree) and `meta.json` (the step
 settings the caller wants checked on resume), and then makes it current, so a save that is
 interrupted or killed at any point leaves the previous checkpoint loadable. `meta.json` is read
 back through a schema when the caller gives one (`jaxmosaic.io.schemas.CheckpointMeta` for a run).
+
+Orbax reports a failure twice: as the exception the call raises, and from its own threads (records
+of the `absl` logger with their tracebacks; "Event loop is closed" errors when tensorstore answers a
+read the failure cancelled). Only the exception is kept: it becomes one line naming the folder.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 from pathlib import Path
 
 import jax
@@ -24,19 +30,55 @@ from jaxmosaic.io.schemas import read_model
 __all__ = ["save_tree", "load_tree", "save_checkpoint", "load_checkpoint", "checkpoint_meta_file", "read_checkpoint_meta"]
 
 
+class _OrbaxRecords(logging.Filter):
+    """Drops the records Orbax logs (through absl): what fails there reaches the caller as an exception."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "orbax" not in Path(record.pathname).parts
+
+
+def _closed_loop(unraisable) -> bool:
+    return (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed")
+
+
+def _quiet_orbax() -> None:
+    """Keep Orbax's thread reports off the console (see the module doc); any other unraisable
+    error still reaches the hook that was there before."""
+    absl = logging.getLogger("absl")
+    if not any(isinstance(existing, _OrbaxRecords) for existing in absl.filters):
+        absl.addFilter(_OrbaxRecords())
+    previous = sys.unraisablehook
+    if getattr(previous, "skips_closed_loops", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not _closed_loop(unraisable):
+            previous(unraisable)
+
+    hook.skips_closed_loops = True
+    sys.unraisablehook = hook
+
+
 def save_tree(directory: str | os.PathLike, tree, *, kind: str, name: str, sidecars: dict[str, dict]) -> Path:
     """Write `tree` (a pytree of arrays; NamedTuples allowed) as the Orbax folder `name` plus one
-    JSON file per `sidecars` entry, as a new version of the versioned folder `directory`."""
+    JSON file per `sidecars` entry, as a new version of the versioned folder `directory`; a full
+    disk is one `jaxmosaic.io.files.DiskFullError` naming `directory`, its current version kept."""
     import orbax.checkpoint as ocp
+
+    _quiet_orbax()
+    arrays = jax.tree_util.tree_map(np.asarray, tree)
+    texts = {filename: json.dumps(content, indent=2) + "\n" for filename, content in sidecars.items()}
+    needed = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(arrays)) + sum(len(text) for text in texts.values())
 
     def write(folder: Path) -> None:
         checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(folder / name, jax.tree_util.tree_map(np.asarray, tree))
+        checkpointer.save(folder / name, arrays)
         checkpointer.wait_until_finished()
-        for filename, content in sidecars.items():
-            (folder / filename).write_text(json.dumps(content, indent=2) + "\n")
+        for filename, text in texts.items():
+            (folder / filename).write_text(text)
 
-    save_version(directory, kind, write)
+    save_version(directory, kind, write, needed=needed)
     return Path(directory).expanduser().absolute()
 
 
@@ -44,13 +86,14 @@ def load_tree(folder: Path, name: str, like=None, *, what: str):
     """Restore the Orbax tree `folder/name` (following `like`'s structure, shapes and dtypes)."""
     import orbax.checkpoint as ocp
 
+    _quiet_orbax()
     abstract = None
     if like is not None:
         abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), like)
     try:
         return ocp.StandardCheckpointer().restore(folder / name, abstract)
     except Exception as err:  # orbax raises many types for a damaged or mismatched folder
-        first = str(err).splitlines()[0] if str(err) else ""
+        first = str(err).splitlines()[0].split(" [tensorstore_spec=")[0] if str(err) else ""
         raise JaxmosaicError(f"{folder}: cannot restore the {what} ({type(err).__name__}: {first})") from None
 
 

@@ -2,27 +2,63 @@
 
 A file jaxmosaic writes goes to a temporary name beside it (`.NAME.jaxmosaic-PID-XXXX.tmp`) and is
 renamed over NAME only when complete; the temporaries a killed run left behind are removed the
-next time the same output is written.
+next time the same output is written. A write that fills the disk removes its temporary, leaves
+NAME as it was, and raises `DiskFullError` naming NAME and the space left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from jaxmosaic.errors import JaxmosaicError
+from jaxmosaic.resources import format_bytes
 
-__all__ = ["PID_MAX", "atomic_path", "check_not_input", "write_json", "process_alive"]
+__all__ = ["PID_MAX", "DiskFullError", "atomic_path", "check_not_input", "write_json", "process_alive", "is_disk_full",
+           "disk_full"]
 
 PID_MAX = 2**22
 """The largest process id there can be (Linux's highest pid_max); a larger number names no process."""
 
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.jaxmosaic-(?P<pid>\d{1,20})-[0-9a-f]{8}\.tmp")
+# how the OS says a device is full (ENOSPC; EDQUOT: a quota), and how tensorstore (under Orbax) passes it on
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_FULL_MESSAGES = ("No space left on device", "Disk quota exceeded", "os_error_code='28'", "os_error_code='122'")
+
+
+class DiskFullError(JaxmosaicError):
+    """An output could not be written for lack of space; nothing it would have replaced was touched."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` says the device (or the user's quota) is full: an OSError with ENOSPC or
+    EDQUOT, or an error whose message carries the OS's words for it (as tensorstore's do)."""
+    if isinstance(error, OSError) and error.errno in _FULL_ERRNOS:
+        return True
+    return any(words in str(error) for words in _FULL_MESSAGES)
+
+
+def disk_full(path: str | os.PathLike, *, needed: int | None = None, what: str = "", kept: str = "") -> DiskFullError:
+    """The one-line `DiskFullError` for `path` (`what` it is, e.g. "a new checkpoint version"):
+    the bytes `needed` when known, the space free where it goes, and what was `kept`."""
+    path = Path(path)
+    folder = path.parent.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = f"{format_bytes(shutil.disk_usage(folder).free)} free in {folder}"
+    except OSError:
+        free = f"the free space in {folder} is unknown"
+    size = f"needs about {format_bytes(needed)}, " if needed is not None else ""
+    return DiskFullError(f"{path}: no space left on the device{' for ' + what if what else ''} ({size}{free})"
+                         f"{'; ' + kept if kept else ''}")
 
 
 def process_alive(pid: int) -> bool:
@@ -85,6 +121,12 @@ def atomic_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # the permissions a plain open() would give
         os.replace(tmp, path)
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        tmp.unlink(missing_ok=True)  # before the free space is measured
+        kept = "the file there is unchanged" if path.exists() else ""
+        raise disk_full(path, kept=kept) from None
     finally:
         tmp.unlink(missing_ok=True)
 

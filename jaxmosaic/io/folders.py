@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from jaxmosaic.errors import JaxmosaicError
-from jaxmosaic.io.files import atomic_path, process_alive
+from jaxmosaic.io.files import atomic_path, disk_full, is_disk_full, process_alive
 from jaxmosaic.io.images import IMAGE_SUFFIXES, written_by_jaxmosaic
 from jaxmosaic.io.schemas import MARKER, POINTER, VERSION_NAME, Marker, Pointer, plain_name, read_model
 
@@ -204,19 +204,36 @@ def _pointer(path: Path) -> str | None:
     return read_model(Pointer, path / POINTER, error=FolderError).version
 
 
-def save_version(path: str | os.PathLike, kind: str, write: Callable[[Path], None]) -> Path:
+def _disk_usage(folder: Path) -> int:
+    """Bytes the files under `folder` take on the disk (their allocated blocks)."""
+    return sum(entry.lstat().st_blocks * 512 for entry in folder.rglob("*") if entry.is_file() and not entry.is_symlink())
+
+
+def save_version(path: str | os.PathLike, kind: str, write: Callable[[Path], None], *, needed: int | None = None) -> Path:
     """Write a new version of the versioned folder `path` with `write(folder)` and make it the
-    current one (see the module doc). Returns the version's folder."""
+    current one (see the module doc). Returns the version's folder. A disk that fills on the way
+    (`write` may raise the OS's error or a library's that carries it) is one `DiskFullError`
+    naming the folder and the space it `needed` (bytes, when the caller knows), and the current
+    version stays current."""
     path = Path(path).expanduser().absolute()
     legacy = path.exists() and folder_kind(path) is None and any(path.iterdir())
     _claim(path, kind)
     _remove_debris(path)
     partial = path / f".partial-{os.getpid()}-{secrets.token_hex(4)}"
-    partial.mkdir()
     try:
+        partial.mkdir()
         write(partial)
         version = path / f"v{time.time_ns():020d}"
         os.rename(partial, version)
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        shutil.rmtree(partial, ignore_errors=True)  # before the free space is measured
+        current = current_version(path, kind)
+        if current is not None:  # what the disk holds of a version is the best guess of the next one's need
+            needed = max(needed or 0, _disk_usage(current))
+        kept = f"the current {kind} there is kept" if current is not None else ""
+        raise disk_full(path, needed=needed, what=f"a new {kind} version", kept=kept) from None
     finally:
         if partial.exists():
             shutil.rmtree(partial)

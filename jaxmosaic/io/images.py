@@ -16,7 +16,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from jaxmosaic._version import __version__
 from jaxmosaic.errors import ImageError, JaxmosaicError
-from jaxmosaic.io.files import atomic_path
+from jaxmosaic.io.files import DiskFullError, atomic_path
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "ImageWarning", "load_image", "image_size", "save_image", "save_gif",
            "check_image_name", "image_software", "written_by_jaxmosaic", "scan_folder", "image_files"]
@@ -240,7 +240,7 @@ def save_image(path: str | os.PathLike, image, *, inputs: Iterable[str | os.Path
     try:
         with atomic_path(path, inputs) as tmp:
             picture.save(tmp, format=fmt, **_signed(fmt), **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))
-    except ImageError:
+    except (ImageError, DiskFullError):
         raise
     except Exception as err:  # the message must name the output file whatever went wrong
         raise ImageError(f"{path}: cannot write the image ({err})") from None

@@ -17,9 +17,10 @@ from typing import Any
 import jax
 
 from jaxmosaic.config import choice, number, parse_tile, setting, tile_setting, whole
+from jaxmosaic.errors import ConfigError, JaxmosaicError
 from jaxmosaic.optimize import Optimizer, learning_rate
 from jaxmosaic.refine import Tiles, tiled_steps
-from jaxmosaic.resources import largest_tile, memory_budget
+from jaxmosaic.resources import format_bytes, largest_tile, memory_budget
 from jaxmosaic.stages import Stage
 from jaxmosaic.tiled_losses import HALO, statistic_tile, tile_weights, tiled_style_terms
 from jaxmosaic.tiling import TilePlan, plan_tiles
@@ -76,14 +77,30 @@ class SynthesisConfig(OptimizerConfig):
         return self.tile is not None
 
 
+_TILE_STEP = 64  # "auto" tiles are multiples of this
+
+
 def tile_plan(config: SynthesisConfig, height: int, width: int, *, untiled: int, fixed: int, layers: Sequence[str],
               count: int) -> TilePlan:
     """Whether and how an output of (height, width) is tiled (`jaxmosaic.tiling.plan_tiles`): its
-    `untiled` optimisation (bytes) against the memory budget, and for "auto" the largest tile
-    whose optimisation of `count` images through `layers` fits besides the `fixed` bytes."""
+    `untiled` optimisation (bytes) against the memory budget, and for "auto" the largest tile,
+    more than twice the overlap, whose optimisation of `count` images through `layers` and loss
+    pass with its halo fit besides the `fixed` bytes; one line naming --max-memory and
+    --overlap when none does."""
     budget = memory_budget(config.max_memory)
-    return plan_tiles(height, width, config.tile, config.overlap, fits=budget is None or untiled <= budget,
-                      largest=lambda: largest_tile(budget, layers, count, fixed=fixed))
+    least = (2 * config.overlap // _TILE_STEP + 1) * _TILE_STEP
+
+    def largest() -> int:
+        tile = largest_tile(budget, layers, count, fixed=fixed, step=_TILE_STEP, least=least, halo=HALO)
+        if tile is not None:
+            return tile
+        reason = (f"no tile of {least} px or more (more than twice --overlap {config.overlap}) fits in "
+                  f"{format_bytes(budget)}")
+        if config.max_memory is None:
+            raise JaxmosaicError(f"--tile auto: {reason}, the memory that is free; lower --overlap or free memory")
+        raise ConfigError("max_memory", f"{reason}; raise --max-memory or lower --overlap")
+
+    return plan_tiles(height, width, config.tile, config.overlap, fits=budget is None or untiled <= budget, largest=largest)
 
 
 def plan_steps(plan: TilePlan, steps: int) -> int:

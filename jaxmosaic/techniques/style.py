@@ -237,7 +237,7 @@ def style_tiles(config: StyleConfig, inputs: StyleInputs) -> list[TilePlan]:
     for size in config.sizes:
         (height, width), shapes = _style_sizes(config, inputs, size)
         untiled = optimisation_bytes(height, width, layers, count) + _style_bytes(config, shapes, None)
-        fixed = held_bytes(height, width, count) + _style_bytes(config, shapes, 512)
+        fixed = held_bytes(height, width, count) + _style_bytes(config, shapes, 512) + _RUNTIME  # as `style_memory` weighs it
         plans.append(tile_plan(config, height, width, untiled=untiled, fixed=fixed, layers=layers, count=count))
     return plans
 

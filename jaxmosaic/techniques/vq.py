@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-from jaxmosaic.clustering import KMeansInit, KMeansResult, kmeans, nearest_centers
+from jaxmosaic.clustering import KMeansInit, KMeansResult, kmeans, kmeans_memory, nearest_centers, nearest_memory
 from jaxmosaic.config import ConfigError, MAX_INT, choice, setting, whole
 from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.io.artifacts import ArraySpec, load_artifact, save_artifact
@@ -47,6 +47,7 @@ __all__ = [
     "load_codebook",
     "train_memory",
     "train_codebook",
+    "encode_memory",
     "Compression",
     "compress_image",
     "image_histograms",
@@ -334,14 +335,21 @@ def _check_fits(images: Sequence[np.ndarray], size: int, names: Sequence[str]) -
 
 
 def train_memory(config: VQConfig, images: Sequence[np.ndarray], *, names: Sequence[str] = ()) -> int:
-    """Check the images against the settings (before any work) and estimate the bytes k-means on
-    the patches drawn from them needs at its peak (a generous estimate)."""
+    """Check the images against the settings (before any work) and estimate the bytes training
+    needs at its peak (a generous estimate): every patch of the images at the stride, which the
+    samples are drawn from (`sample_patches`), or k-means on the samples (`kmeans_memory`: the
+    seeding, the nearest-centre search over every sample, a mini-batch)."""
     _check_fits(images, config.patch, names)
-    drawn = min(config.samples, _patch_count(images, config.patch, config.stride))
+    patches = _patch_count(images, config.patch, config.stride)
+    drawn = min(config.samples, patches)
     if config.k > drawn:
         raise ConfigError("k", f"{config.k} is larger than the number of patches ({drawn}); use a smaller k or more images")
     features = config.patch * config.patch * config.channels
-    return drawn * features * 4 * 4 + config.k * features * 4 * 4 + match_memory_bytes(drawn, features + 1)
+    widest = max(_patch_count([image], config.patch, config.stride) for image in images)
+    pool = patches * features * 4 * 2 + widest * config.patch * config.patch * 3 * 4 * 3  # an image's RGB patches, cut and moved
+    clustering = drawn * features * 4 * 3 + match_memory_bytes(drawn, features + 1) + kmeans_memory(
+        drawn, features, config.k, init=config.init, batch_size=config.batch_size)
+    return max(pool, clustering)
 
 
 def train_codebook(config: VQConfig, images: Sequence[np.ndarray], *, names: Sequence[str] = ()) -> tuple[Codebook, KMeansResult]:
@@ -359,6 +367,21 @@ def train_codebook(config: VQConfig, images: Sequence[np.ndarray], *, names: Seq
             "iterations": int(result.iterations), "batch_size": config.batch_size, "inertia": float(result.inertia),
             "seed": config.seed}
     return Codebook(np.asarray(result.centers), config.patch, config.stride, config.normalize, info), result
+
+
+def encode_memory(codebook: Codebook, shape: Sequence[int], *, stride: int | None = None) -> int:
+    """Bytes `vq_encode` and `vq_decode` of an image of `shape` (height, width, ...) at `stride`
+    (default: the patch size) hold at their peak: its patches (RGB, cut, moved, normalised), the
+    nearest-centre search among the codebook's centres (`nearest_memory`), the centres put back
+    and the image they rebuild. 0 for an image smaller than a patch (which they refuse)."""
+    size, step = codebook.size, stride or codebook.size
+    height, width = shape[:2]
+    if min(height, width) < size:
+        return 0
+    count = len(patch_positions(height, size, step)) * len(patch_positions(width, size, step))
+    k, features = codebook.centers.shape
+    return (count * size * size * 3 * 4 * 3 + count * features * 4 * 3 + nearest_memory(count, features, k)
+            + height * width * 3 * 4 * 3)
 
 
 class Compression(NamedTuple):

@@ -260,7 +260,7 @@ def _bank_recipe(grid: BankGrid, svd_k: int | str, settings: FeatureConfig, mode
     def make(cached: Path | None) -> TileLibrary:
         if cached is None:
             raise ValueError(f"{BANK} is built into the library cache; pass a cache folder")
-        check_memory(stream_memory(settings, DEFAULT_CHUNK, grid.size, k), f"building the {BANK} library",
+        check_memory(stream_memory(settings, DEFAULT_CHUNK, grid.size, k, render=BankSource.render), f"building the {BANK} library",
                      hint="build it with `jaxmosaic library build gabor-bank --chunk N` first")
         check_disk(cached.parent, stream_disk(settings, grid.size), f"the feature rows of {grid.size} bank tiles")
         cached.parent.mkdir(parents=True, exist_ok=True)
