@@ -42,6 +42,7 @@ BENCHMARKS = {
                         "--no-vmap"]),
     "print": ("print", ["--sizes", "256", "--tile", "192", "--steps", "1"]),
     "spectrum_share": ("spectrum-share", ["--size", "32", "--steps", "3", "--shares", "0,0.1"]),
+    "live": ("live", ["--size", "64", "--steps", "40", "--repeats", "1"]),
 }
 TAKES_NO_TORCH = ("style", "texture", "hybrid", "vgg")
 

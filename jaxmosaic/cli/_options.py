@@ -93,7 +93,8 @@ def _parameters(cls) -> tuple[list[inspect.Parameter], dict[str, Callable], dict
 
 
 def _flagged(error: ConfigError, flags: dict[str, str]) -> JaxmosaicError:
-    return JaxmosaicError(f"{flags.get(error.field, error.field)}: {error.reason}")
+    flag = flags.get(error.field) or "--" + error.field.replace("_", "-")  # a plain option's field is its flag too
+    return JaxmosaicError(f"{flag}: {error.reason}")
 
 
 def command(**configs: type) -> Callable[[Callable], Callable]:
