@@ -22,6 +22,7 @@ import datetime
 import hashlib
 import os
 import re
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -36,6 +37,7 @@ from jaxmosaic._pth import read_state_dict
 from jaxmosaic.errors import JaxmosaicError, WeightsError
 from jaxmosaic.io.checkpoints import load_tree, save_tree
 from jaxmosaic.io.folders import check_folder, current_version
+from jaxmosaic.io.locks import output_lock
 from jaxmosaic.io.schemas import WeightsSource, read_model
 from jaxmosaic.alexnet import ALEXNET_CONVS, ALEXNET_SHAPES, alexnet_features
 from jaxmosaic.vgg import VGG19, VGG19_CONVS, layer_channels
@@ -47,6 +49,7 @@ __all__ = [
     "Arch",
     "TORCHVISION_INDICES",
     "cache_dir",
+    "cache_folder",
     "default_weights_dir",
     "params_from_state_dict",
     "read_state_dict",
@@ -129,6 +132,24 @@ def cache_dir() -> Path:
         return Path(os.environ["JAXMOSAIC_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "jaxmosaic"
+
+
+def cache_folder(name: str, *, required: bool = False) -> Path | None:
+    """The cache's subfolder `name`, created if need be, once a file can be made in it. When it
+    cannot be written: None (a cache that only saves time is skipped), or, when the command
+    cannot do without it, one line naming JAXMOSAIC_CACHE_DIR and the folder."""
+    folder = cache_dir() / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        if not required:
+            return None
+        other = ", or name the weights folder (-o, --weights)" if name in ARCHS else ""
+        raise JaxmosaicError(f"JAXMOSAIC_CACHE_DIR: cannot write the cache folder {folder} ({err.strerror or err}); set "
+                             f"JAXMOSAIC_CACHE_DIR to a folder you can write{other}") from None
+    return folder
 
 
 def default_weights_dir(arch: str = "vgg19") -> Path:
@@ -301,7 +322,7 @@ def convert(pth: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
         converted=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         jaxmosaic=__version__,
     )
-    return save_params(params, out_dir or default_weights_dir(spec.name), source)
+    return save_params(params, out_dir or cache_folder(spec.name, required=True), source)
 
 
 def _expected_hash(name: str) -> str | None:
@@ -344,27 +365,43 @@ def download(
     progress: Callable[[int, int | None], None] | None = None,
     force: bool = False,
     arch: str = "vgg19",
+    wait: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> Path:
     """Fetch torchvision's checkpoint of `arch`, check its SHA-256 prefix, convert and cache it.
 
     An already converted folder is kept unless `force`; a copy in torch hub's cache is used
     instead of downloading. `progress(done_bytes, total_bytes_or_None)` is called while fetching.
-    An interrupted download continues where it stopped on the next call; the original file is
-    not kept once converted: only the converted weights are cached.
+    The folder is locked for the download and the conversion (`jaxmosaic.io.locks`): another run
+    fetching into it is refused (`OutputInUse`), or with `wait` waited for (`say` gets one line)
+    and its weights kept. The partial download is named after the folder and the file,
+    `.FOLDER.FILE.jaxmosaic-download` beside the folder, so runs into two folders never share
+    one; an interrupted download continues where it stopped on the next call into the same
+    folder. The original file is not kept once converted: only the converted weights are cached.
     """
     spec = _arch(arch)
     url = url or os.environ.get(spec.url_variable) or spec.url
     out_dir = Path(out_dir).expanduser() if out_dir else default_weights_dir(spec.name)
     if is_weights_folder(out_dir) and not force:
         return out_dir
-    check_folder(out_dir, "weights")
+    if out_dir == default_weights_dir(spec.name):
+        cache_folder(spec.name, required=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(out_dir, wait=wait, say=say):
+        if is_weights_folder(out_dir) and not force:  # fetched by the run this one waited for
+            return out_dir
+        check_folder(out_dir, "weights")
+        return _download(url, out_dir, progress, spec)
+
+
+def _download(url: str, out_dir: Path, progress: Callable[[int, int | None], None] | None, spec: Arch) -> Path:
+    """`download` into the locked folder `out_dir`: from torch hub's cache, or fetched."""
     name = url.rsplit("/", 1)[-1] or f"{spec.name}.pth"
     expected = _expected_hash(name)
     hub_copy = _torch_hub_checkpoints() / name
     if hub_copy.is_file() and (expected is None or sha256_file(hub_copy).startswith(expected)):
         return convert(hub_copy, out_dir, url=url, arch=spec.name)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    part = out_dir.parent / f".{name}.jaxmosaic-download"
+    part = out_dir.parent / f".{out_dir.name}.{name}.jaxmosaic-download"
     _fetch(url, part, progress, spec)
     actual = sha256_file(part)
     if expected and not actual.startswith(expected):
@@ -403,7 +440,7 @@ def load_weights(path: str | os.PathLike | None = None, *, arch: str = "vgg19", 
     if found is None:
         if not download_missing:
             raise WeightsError(f"no {spec.label} weights in {default_weights_dir(spec.name)}; {spec.get_weights()}")
-        found = download(progress=progress, arch=spec.name)
+        found = download(progress=progress, arch=spec.name, wait=True)  # another run fetching them: use its weights
     if found.is_file():
         return _read_checkpoint(found, spec)
     return load_params(found, spec.name)

@@ -13,8 +13,10 @@ import typer
 
 from jaxmosaic.cli.console import download_progress, error_line
 from jaxmosaic.errors import ConfigError, JaxmosaicError
-from jaxmosaic.io.files import write_json
-from jaxmosaic.weights import cache_dir, load_weights, random_alexnet, random_vgg19
+from jaxmosaic.io.files import disk_full, is_disk_full, write_json
+from jaxmosaic.io.locks import WAIT_HELP, release_all
+from jaxmosaic.live import WEB_HELP
+from jaxmosaic.weights import cache_folder, load_weights, random_alexnet, random_vgg19
 
 state = {"debug": False}
 
@@ -22,6 +24,16 @@ WeightsOption = Annotated[
     str | None, typer.Option(help="Weights folder or .pth, or 'random' (default: $JAXMOSAIC_WEIGHTS, then the cache).")]
 MetricsOption = Annotated[Path | None, typer.Option(help="Write a JSON summary here.")]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace output files that exist although jaxmosaic did not write them.")]
+WaitOption = Annotated[bool, typer.Option("--wait", help=WAIT_HELP)]
+WebOption = Annotated[str | None, typer.Option("--web", help=WEB_HELP)]  # a command without a settings class to hold web_setting()
+
+
+def _first_line(err: BaseException) -> str:
+    """An error's one line: a full disk reported by the OS for a file written outside
+    `atomic_path` names the file and the space left; anything else is its message's first line."""
+    if is_disk_full(err) and not isinstance(err, JaxmosaicError) and getattr(err, "filename", None):
+        return str(disk_full(err.filename))
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def guarded(command):
@@ -42,7 +54,7 @@ def guarded(command):
         except (JaxmosaicError, ValueError, OSError) as err:
             if state["debug"]:
                 traceback.print_exc()
-            error_line(str(err).splitlines()[0] if str(err) else type(err).__name__)
+            error_line(_first_line(err))
             raise typer.Exit(1) from None
         except Exception as err:
             if state["debug"]:
@@ -50,15 +62,21 @@ def guarded(command):
             first = str(err).splitlines()[0] if str(err) else ""
             error_line(f"unexpected {type(err).__name__}: {first} (run with --debug for the traceback)")
             raise typer.Exit(1) from None
+        finally:  # the outputs' locks last one command (a process may run several, as the tests do)
+            release_all()
 
     return wrapper
 
 
 def enable_compilation_cache() -> None:
-    """Keep XLA's compiled programs under the cache dir, so a second run does not recompile."""
+    """Keep XLA's compiled programs under the cache dir, so a second run does not recompile;
+    skipped, silently, where the cache cannot be written (it only saves time)."""
     if os.environ.get("JAXMOSAIC_NO_COMPILATION_CACHE"):
         return
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+    folder = cache_folder("xla")
+    if folder is None:
+        return
+    jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 

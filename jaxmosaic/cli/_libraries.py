@@ -8,10 +8,12 @@ from pathlib import Path
 from jaxmosaic.cli._common import vgg_params
 from jaxmosaic.cli.console import echo, rate_progress
 from jaxmosaic.errors import JaxmosaicError
+from jaxmosaic.live import LiveView
 from jaxmosaic.sharding import device_mesh
 from jaxmosaic.techniques.mosaic import FeatureKind, LibraryConfig, TileLibrary, color_mode, feature_config, load_library
 from jaxmosaic.techniques.mosaic import obtain_library
-from jaxmosaic.weights import cache_dir, load_weights
+from jaxmosaic.techniques.mosaic.bank import BANK
+from jaxmosaic.weights import cache_folder, load_weights
 
 
 def network_params(kind: FeatureKind, weights: str | None, seed: int):
@@ -32,8 +34,16 @@ def source_paths(source: str | None) -> list[Path]:
     return [Path(source)] if source not in (None, "gabor", "random") and Path(source).exists() else []
 
 
-def obtain_tile_library(tiles: str, config: LibraryConfig, weights: str | None, inputs, *, cache: bool) -> tuple[TileLibrary, object]:
-    """(the library for a tile source, the network params its features need or None).
+def _library_cache(tiles: str) -> Path | None:
+    """The cache of tile libraries: skipped where it cannot be written (it only saves time), except
+    for the Gabor bank, which is built there."""
+    return cache_folder("libraries", required=tiles == BANK)
+
+
+def obtain_tile_library(tiles: str, config: LibraryConfig, weights: str | None, inputs, *, cache: bool,
+                        live: LiveView | None = None) -> tuple[TileLibrary, object]:
+    """(the library for a tile source, the network params its features need or None); the tiles
+    indexed are counted on `live` when given.
 
     A library file's header never starts a download: when only it names a network (no --features,
     no --weights), that network's weights must already be here."""
@@ -45,7 +55,9 @@ def obtain_tile_library(tiles: str, config: LibraryConfig, weights: str | None, 
     else:
         params = network_params(kind, weights, config.seed)
     settings = feature_config(config, mode, loaded, params)
+    library_cache = _library_cache(tiles) if cache else None
     with rate_progress(f"indexing {tiles}") as progress:
+        progress = live.counter(progress, unit="tiles") if live is not None else progress
         library = obtain_library(tiles, config, settings, mode, params=params, loaded=loaded, progress=progress, say=echo,
-                                 cache=cache_dir() / "libraries" if cache else None, inputs=inputs, weights=weights)
+                                 cache=library_cache, inputs=inputs, weights=weights)
     return library, params

@@ -4,9 +4,10 @@ A command describes its job (settings, files, how to read the inputs and build t
 `Problem`) and `optimise` does the rest: checks the outputs and the memory before any work, a
 progress bar with the loss terms, frames and a GIF, checkpoints and resume (a checkpoint records
 the settings and the SHA-256 of every input; a resume refuses a checkpoint of another run, or
-inputs whose content changed), Ctrl-C (the images so far and a checkpoint are written),
-divergence (the last finite images are written, then one error line), the final loss report and
-`--metrics`.
+inputs whose content changed), Ctrl-C (the images so far and a checkpoint are written), a disk
+too full for a checkpoint (the run stops, the images so far are written where they fit, the
+previous checkpoint is kept, one error line), divergence (the last finite images are written,
+then one error line), the final loss report and `--metrics`.
 """
 
 from __future__ import annotations
@@ -25,12 +26,16 @@ import numpy as np
 import typer
 
 from jaxmosaic.config import ConfigError, setting, settings_dict, whole
+from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.io.checkpoints import checkpoint_meta_file, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from jaxmosaic.io.files import DiskFullError
 from jaxmosaic.io.folders import OutputFolder
 from jaxmosaic.io.outputs import check_outputs
+from jaxmosaic.io.locks import wait_setting
 from jaxmosaic.io.images import save_gif, save_image
 from jaxmosaic.io.schemas import CHECKPOINT_FORMAT, CheckpointMeta, InputFile, SchemaError
 from jaxmosaic.image import resize
+from jaxmosaic.live import LiveView, live_view, progress_update, web_setting
 from jaxmosaic.optimize import state_like
 from jaxmosaic.refine import tiled_state
 from jaxmosaic.resources import check_memory, memory_budget
@@ -55,8 +60,10 @@ class RunConfig:
     resume: bool = setting(False, "Continue from --checkpoint (--steps may be raised to run longer).")
     metrics: Path | None = setting(None, "Write a JSON summary here.")
     overwrite: bool = setting(False, "Replace output files that exist although jaxmosaic did not write them.")
+    wait: bool = wait_setting()
     devices: int | None = setting(None, "Devices to share the batch over (default: all); 1 for one.")
     split_image: bool = setting(False, "Split one image's height over the devices (for an output too large for one).")
+    web: str | None = web_setting()
 
     def __post_init__(self):
         whole("save_every", self.save_every, minimum=0)
@@ -83,8 +90,10 @@ class Job(NamedTuple):
 
 
 class _Interrupted(Exception):
-    def __init__(self, progress: Progress):
-        self.progress = progress
+    """The run stops at `progress`: Ctrl-C, or a checkpoint the disk had no room for (`failure`)."""
+
+    def __init__(self, progress: Progress, failure: DiskFullError | None = None):
+        self.progress, self.failure = progress, failure
 
 
 class _Frames:
@@ -181,7 +190,10 @@ def _resume(job: Job, run: RunConfig, problem: Problem, held: CheckpointMeta) ->
 def _save_checkpoint(run: RunConfig, record: dict, progress: Progress) -> None:
     meta = CheckpointMeta(format=CHECKPOINT_FORMAT, **record, stage=int(progress.stage), step=int(progress.step),
                           shape=[int(n) for n in np.shape(progress.params)], tiled=progress.tile is not None)
-    save_checkpoint(run.checkpoint, {"params": progress.params, "opt_state": progress.opt_state}, meta)
+    try:
+        save_checkpoint(run.checkpoint, {"params": progress.params, "opt_state": progress.opt_state}, meta)
+    except DiskFullError as err:
+        raise _Interrupted(progress, err) from None
 
 
 def _figures(job: Job, problem: Problem, solution) -> dict:
@@ -213,15 +225,32 @@ def _write_images(job: Job, images: np.ndarray) -> list[str]:
     return written
 
 
+def _write_what_fits(job: Job, images: np.ndarray, frames: _Frames) -> str:
+    """Write the images so far and the frames on a disk that filled; what was written, for the error line."""
+    written = []
+    try:
+        written += _write_images(job, images)
+        written += frames.write()
+    except DiskFullError:
+        return f"wrote {', '.join(written) + ' but not the rest' if written else 'nothing'}: the disk is full"
+    return f"wrote {', '.join(written) or 'nothing'}"
+
+
 def optimise(job: Job, run: RunConfig) -> None:
-    """Run a command's optimisation from its settings to its files (see the module doc)."""
+    """Run a command's optimisation from its settings to its files (see the module doc), shown
+    live with --web."""
+    with live_view(run.web, command=job.technique, say=echo) as live:
+        _optimise(job, run, live)
+
+
+def _optimise(job: Job, run: RunConfig, live: LiveView | None) -> None:
     numbered = list(job.outputs) != [job.out]
     gif = job.out.with_suffix(".gif") if run.gif else None
     folder = output_name(job.out, "frames", "") if run.save_every else None
     pictures = [path for path, _ in job.pictures]
     weights = [Path(job.weights)] if job.weights not in (None, "random") else []
     check_outputs([], [*job.inputs, *weights], images=[*job.outputs, *pictures, gif], files=[(run.metrics, "metrics")],
-                  folders=[(folder, "frames"), (run.checkpoint, "checkpoint")], overwrite=run.overwrite)
+                  folders=[(folder, "frames"), (run.checkpoint, "checkpoint")], overwrite=run.overwrite, wait=run.wait, say=echo)
     held = read_checkpoint_meta(run.checkpoint, model=CheckpointMeta) if run.resume else None
     inputs = job.load()
     record = _record(job) if run.checkpoint else None
@@ -246,12 +275,15 @@ def optimise(job: Job, run: RunConfig) -> None:
     tags = [Path(path).stem.removeprefix(job.out.stem) for path in job.outputs]
     frames = _Frames(gif, folder, run.save_every, tags, job.inputs, len(problem.stages) > 1)
     try:
-        solution = _solve(job, run, problem, resume, frames, mesh, record)
+        solution = _solve(job, run, problem, resume, frames, mesh, record, live)
     except _Interrupted as stop:
         images = np.asarray(problem.finish(problem.view(stop.progress.params)))
+        where = f" of scale {stop.progress.label}" if len(problem.stages) > 1 else ""
+        if stop.failure is not None:
+            raise JaxmosaicError(f"{stop.failure}; stopped at step {stop.progress.step}{where}; "
+                                 f"{_write_what_fits(job, images, frames)}") from None
         written = _write_images(job, images) + frames.write()
         saved = f" and checkpoint {run.checkpoint} (continue with --resume)" if run.checkpoint else ""
-        where = f" of scale {stop.progress.label}" if len(problem.stages) > 1 else ""
         error_line(f"interrupted at step {stop.progress.step}{where}; wrote {', '.join(written) or 'nothing'}{saved}")
         raise typer.Exit(130) from None
     except Diverged as err:
@@ -271,8 +303,9 @@ def optimise(job: Job, run: RunConfig) -> None:
                   **_figures(job, problem, solution))
 
 
-def _solve(job: Job, run: RunConfig, problem: Problem, resume: Resume | None, frames: _Frames, mesh, record: dict | None):
-    """`solve` with the progress bar, frames, checkpoints and a Ctrl-C that stops after the chunk."""
+def _solve(job: Job, run: RunConfig, problem: Problem, resume: Resume | None, frames: _Frames, mesh, record: dict | None,
+           live: LiveView | None):
+    """`solve` with the progress bar, the live view, frames, checkpoints and a Ctrl-C that stops after the chunk."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
 
     stop = {"asked": False}
@@ -294,12 +327,16 @@ def _solve(job: Job, run: RunConfig, problem: Problem, resume: Resume | None, fr
                 images = np.asarray(problem.view(progress.params))
                 where = f"{progress.label} " if len(problem.stages) > 1 else ""
                 if progress.tile is None:
-                    loss = _describe(problem.terms(images)[0])
+                    terms = problem.terms(images)[0]
+                    loss = _describe(terms)
                 else:  # the whole image's terms would cost a pass over every tile: the tile's loss
                     tile, tiles, pass_index = progress.tile
                     losses = np.asarray(progress.losses).reshape(len(progress.losses), -1)[:, 0]
+                    terms = {"total": losses[-1]}
                     loss = f"pass {pass_index + 1}, tile {tile + 1}/{tiles}: loss {losses[-1]:.5g}"
                 bar.update(task, completed=progress.done, loss=where + loss)
+                if live is not None:
+                    live.publish(progress_update(progress, stages=len(problem.stages), loss=terms), image=images)
                 frames.record(progress, images)
                 if run.checkpoint and (progress.step % run.checkpoint_every == 0 or stop["asked"]):
                     _save_checkpoint(run, record, progress)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,11 +12,13 @@ import jax
 import typer
 
 from jaxmosaic.cli._common import OverwriteOption, WeightsOption, guarded
-from jaxmosaic.cli.console import echo, rate_progress
+from jaxmosaic.cli.console import echo, error_line, rate_progress
 from jaxmosaic.cli._libraries import local_mesh, network_params, obtain_tile_library, source_paths
 from jaxmosaic.cli._options import command
-from jaxmosaic.distributed import DistributedConfig, start_distributed
+from jaxmosaic.config import settings_dict
+from jaxmosaic.distributed import DistributedConfig, agree, start_distributed
 from jaxmosaic.errors import JaxmosaicError
+from jaxmosaic.live import LiveView, live_view
 from jaxmosaic.io.outputs import check_outputs
 from jaxmosaic.resources import check_disk, check_memory, memory_budget
 from jaxmosaic.techniques.mosaic import (
@@ -29,7 +32,8 @@ from jaxmosaic.techniques.mosaic import (
     load_library,
     save_library,
 )
-from jaxmosaic.techniques.mosaic.stream import LibraryBuildConfig, stream_disk, stream_library, stream_memory, stream_svd_k, tile_source
+from jaxmosaic.techniques.mosaic.stream import LibraryBuildConfig, build_folder, stream_disk, stream_library, stream_memory, stream_svd_k
+from jaxmosaic.techniques.mosaic.stream import kept_chunks, tile_source
 
 library_app = typer.Typer(help="Index a folder of tiles once, for fast mosaics.", no_args_is_help=True, rich_markup_mode="rich")
 
@@ -56,10 +60,18 @@ def build(
     """
     if out.suffix != ".npz":
         raise JaxmosaicError(f"--out {out}: a tile library file must end in .npz")
-    if config.streams(tiles) or distributed.active:
-        _stream_build(tiles, out, library, config, distributed, weights, overwrite=overwrite)
-        return
-    check_outputs([], [*source_paths(tiles), *source_paths(weights)], files=[(out, "tile-library")], overwrite=overwrite)
+    with live_view(config.web, command="library build", say=echo) as live:
+        if config.streams(tiles) or distributed.active:
+            _stream_build(tiles, out, library, config, distributed, weights, live, overwrite=overwrite)
+        else:
+            _build(tiles, out, library, weights, live, force=force, overwrite=overwrite, wait=config.wait)
+
+
+def _build(tiles: str, out: Path, library: LibraryConfig, weights: str | None, live: LiveView | None, *, force: bool,
+           overwrite: bool, wait: bool) -> None:
+    """`build` in memory, unless the library is up to date."""
+    check_outputs([], [*source_paths(tiles), *source_paths(weights)], files=[(out, "tile-library")], overwrite=overwrite,
+                  wait=wait, say=echo)
     if out.is_file() and not force:
         with contextlib.suppress(JaxmosaicError):
             old = load_library(out)
@@ -69,7 +81,7 @@ def build(
             if is_current(old, wanted, folder=folder) and (library.svd_k == "auto" or (old.svd or {}).get("k", 0) == library.svd_k):
                 echo(f"{out} is up to date ({len(old)} tiles); nothing to do")
                 return
-    made, _ = obtain_tile_library(tiles, library, weights, [], cache=False)
+    made, _ = obtain_tile_library(tiles, library, weights, [], cache=False, live=live)
     save_library(out, made, inputs=source_paths(tiles))
     _say_skipped(made)
     energy = f", k={made.svd['k']} keeps {made.svd['energy']:.1%} of the energy" if made.svd else ""
@@ -77,24 +89,36 @@ def build(
 
 
 def _stream_build(tiles: str, out: Path, library: LibraryConfig, config: LibraryBuildConfig, distributed: DistributedConfig,
-                  weights: str | None, *, overwrite: bool) -> None:
+                  weights: str | None, live: LiveView | None, *, overwrite: bool) -> None:
     """`build` chunk by chunk, over the local devices and the processes `distributed` names."""
-    start_distributed(distributed)
-    if jax.process_index() == 0:
-        check_outputs([], [*source_paths(tiles), *source_paths(weights)], files=[(out, "tile-library")], overwrite=overwrite)
-    mode = color_mode(library, tiles)
-    params = network_params(library.features or FeatureKind.color, weights, library.seed)
-    settings = feature_config(library, mode, None, params)
-    source = tile_source(tiles, settings, library.bank_grid)
-    k = stream_svd_k(library.svd_k)
-    check_memory(stream_memory(settings, config.chunk, source.count, k), f"a streaming build in chunks of {config.chunk}",
-                 budget=memory_budget(config.max_memory), hint="a smaller --chunk")
-    check_disk(out.parent, stream_disk(settings, source.count) // max(1, jax.process_count()),
-               f"the feature rows of {source.count} tiles")
-    mesh = local_mesh(config.devices)
-    with rate_progress(f"embedding {tiles}", unit="tiles") as progress:
-        made = stream_library(source, settings, mode, out, params=params, weights=settings.weights, k=k, chunk=config.chunk,
-                              resume=config.resume, mesh=mesh, progress=progress, keep_work=config.keep_features, say=echo)
+    start_distributed(distributed, say=echo)
+    processes, process = jax.process_count(), jax.process_index()
+    with agree(on_failure="no process started") as shared:  # each process checks its own outputs, then all go on or none
+        check_outputs([], [*source_paths(tiles), *source_paths(weights)], files=[(out, "tile-library")] if process == 0 else [],
+                      folders=[(build_folder(out, processes, process), "library-build")], overwrite=overwrite,
+                      wait=config.wait, say=echo)
+        mode = color_mode(library, tiles)
+        params = network_params(library.features or FeatureKind.color, weights, library.seed)
+        settings = feature_config(library, mode, None, params)
+        source = tile_source(tiles, settings, library.bank_grid)
+        k = stream_svd_k(library.svd_k)
+        check_memory(stream_memory(settings, config.chunk, source.count, k, render=source.render),
+                     f"a streaming build in chunks of {config.chunk} (--chunk)", budget=memory_budget(config.max_memory),
+                     hint="a smaller --chunk")
+        check_disk(out.parent, stream_disk(settings, source.count) // max(1, processes),
+                   f"the feature rows of {source.count} tiles")
+        mesh = local_mesh(config.devices)
+        shared.update({f"--{name.replace('_', '-')}": value for name, value in settings_dict(library).items()})
+        shared.update({"--weights": settings.weights, "TILES": source.fingerprint, "--out": os.path.abspath(out),
+                       "--chunk": config.chunk, "--num-processes": processes})
+    try:
+        with rate_progress(f"embedding {tiles}", unit="tiles") as progress:
+            progress = live.counter(progress, unit="tiles") if live is not None else progress
+            made = stream_library(source, settings, mode, out, params=params, weights=settings.weights, k=k, chunk=config.chunk,
+                                  resume=config.resume, mesh=mesh, progress=progress, keep_work=config.keep_features, say=echo)
+    except KeyboardInterrupt:
+        error_line(_interrupted(out, processes, process))
+        raise typer.Exit(130) from None
     if made is None:
         echo(f"process {jax.process_index()}: done; process 0 writes {out}")
         return
@@ -103,6 +127,16 @@ def _stream_build(tiles: str, out: Path, library: LibraryConfig, config: Library
     echo(f"indexed {len(made)} tiles ({made.dimension} {made.settings.kind} features -> k={made.svd['k']} keeps "
          f"{made.svd['energy']:.1%} of the energy; {rate:.1f} tiles/s on process 0 over {made.build['devices']} device(s), "
          f"{made.build['processes']} process(es)) -> {out}")
+
+
+def _interrupted(out: Path, processes: int, process: int) -> str:
+    """The line a streaming build stopped by Ctrl-C ends with: what its build folder keeps, and how to go on."""
+    kept = kept_chunks(out, processes=processes, process=process)
+    if kept is None:
+        return "interrupted; no build folder was kept to resume from"
+    done, total = kept
+    return (f"interrupted after {done} of {total} chunks; kept in {build_folder(out, processes, process)}; "
+            "rerun with --resume to continue")
 
 
 def _say_skipped(made: TileLibrary) -> None:

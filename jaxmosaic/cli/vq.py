@@ -11,7 +11,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from jaxmosaic.cli._common import MetricsOption, OverwriteOption, guarded, output_name, write_metrics
+from jaxmosaic.cli._common import MetricsOption, OverwriteOption, WaitOption, WebOption, guarded, output_name, write_metrics
 from jaxmosaic.cli.console import echo
 from jaxmosaic.cli._options import command
 from jaxmosaic.config import MAX_INT, settings_dict
@@ -19,10 +19,11 @@ from jaxmosaic.io.files import atomic_path
 from jaxmosaic.io.folders import OutputFolder
 from jaxmosaic.io.outputs import check_outputs
 from jaxmosaic.io.images import image_files, load_image, save_image
+from jaxmosaic.live import live_view
 from jaxmosaic.pictures import codebook_grid, dendrogram_image, montage, side_by_side
 from jaxmosaic.resources import check_memory
 from jaxmosaic.techniques.vq import VQConfig, compress_image, group_images, load_codebook, save_codebook, train_codebook
-from jaxmosaic.techniques.vq import train_memory
+from jaxmosaic.techniques.vq import encode_memory, train_memory
 
 app = typer.Typer(help="Patch vector quantisation: a k-means shape inventory, VQ compression, image clustering.",
                   no_args_is_help=True, rich_markup_mode="rich")
@@ -38,26 +39,41 @@ def train(
     config: VQConfig,
     metrics: MetricsOption = None,
     overwrite: OverwriteOption = False,
+    wait: WaitOption = False,
+    web: WebOption = None,
 ) -> None:
     """Learn a codebook of patch shapes from IMAGES with k-means."""
-    files = image_files(images)
-    grid = output_name(out, "grid", ".png")
-    check_outputs([], [*files, *images], images=[grid], files=[(out, "vq-codebook"), (metrics, "metrics")], overwrite=overwrite)
-    pictures = [load_image(path) for path in files]
-    check_memory(train_memory(config, pictures, names=[str(path) for path in files]), "k-means on these patches")
-    start = time.perf_counter()
-    codebook, result = train_codebook(config, pictures, names=[str(path) for path in files])
-    seconds = time.perf_counter() - start
-    save_codebook(out, codebook, inputs=files)
-    save_image(grid, codebook_grid(codebook.centers, config.patch), inputs=files)
-    used = int(len(np.unique(np.asarray(result.labels))))
-    samples = codebook.info["samples"]
-    echo(f"k-means: {samples} patches of {config.patch}x{config.patch}x{config.channels}, k = {config.k}")
-    echo(f"wrote {out} and {grid}: inertia {codebook.info['inertia']:.6g} after {codebook.info['iterations']} iterations, "
-         f"{used} of {config.k} codes in use, {seconds:.1f} s")
-    write_metrics(metrics, "vq-train", settings_dict(config), files, [out, grid], steps=codebook.info["iterations"],
-                  seconds=seconds, loss={"total": codebook.info["inertia"], "per_patch": codebook.info["inertia"] / samples},
-                  codebook={**codebook.info, "codes_used": used})
+    with live_view(web, command="vq train", say=echo) as live:
+        files = image_files(images)
+        grid = output_name(out, "grid", ".png")
+        check_outputs([], [*files, *images], images=[grid], files=[(out, "vq-codebook"), (metrics, "metrics")], overwrite=overwrite,
+                      wait=wait, say=echo)
+        pictures = [load_image(path) for path in files]
+        check_memory(train_memory(config, pictures, names=[str(path) for path in files]), "k-means on these patches",
+                     hint="fewer --samples, a larger --stride or a smaller --k")
+        if live is not None:  # k-means runs as one compiled program: its start and its end
+            live.publish({"message": f"k-means: up to {config.samples} patches into {config.k} codes", "step": 0,
+                          "steps": config.iterations, "unit": "iterations"})
+        start = time.perf_counter()
+        codebook, result = train_codebook(config, pictures, names=[str(path) for path in files])
+        seconds = time.perf_counter() - start
+        save_codebook(out, codebook, inputs=files)
+        picture = codebook_grid(codebook.centers, config.patch)
+        save_image(grid, picture, inputs=files)
+        used = int(len(np.unique(np.asarray(result.labels))))
+        samples = codebook.info["samples"]
+        if live is not None:
+            iterations = codebook.info["iterations"]
+            live.publish({"message": f"k-means: {samples} patches, {used} of {config.k} codes in use", "step": iterations,
+                          "steps": config.iterations, "done": iterations, "total": iterations, "unit": "iterations",
+                          "loss": {"inertia": codebook.info["inertia"], "per_patch": codebook.info["inertia"] / samples}},
+                         image=picture)
+        echo(f"k-means: {samples} patches of {config.patch}x{config.patch}x{config.channels}, k = {config.k}")
+        echo(f"wrote {out} and {grid}: inertia {codebook.info['inertia']:.6g} after {codebook.info['iterations']} iterations, "
+             f"{used} of {config.k} codes in use, {seconds:.1f} s")
+        write_metrics(metrics, "vq-train", settings_dict(config), files, [out, grid], steps=codebook.info["iterations"],
+                      seconds=seconds, loss={"total": codebook.info["inertia"], "per_patch": codebook.info["inertia"] / samples},
+                      codebook={**codebook.info, "codes_used": used})
 
 
 @app.command("compress")
@@ -70,14 +86,17 @@ def compress(
                                                min=1, max=4096)] = None,
     metrics: Annotated[Path | None, typer.Option(help="Write a JSON summary here (PSNR, bits per pixel, codes used).")] = None,
     overwrite: OverwriteOption = False,
+    wait: WaitOption = False,
 ) -> None:
     """Replace every patch of IMAGE by its nearest codebook entry."""
     side = output_name(out, "side")
     inputs = [image, codebook]
-    check_outputs([], inputs, images=[out, side], files=[(metrics, "metrics")], overwrite=overwrite)
+    check_outputs([], inputs, images=[out, side], files=[(metrics, "metrics")], overwrite=overwrite, wait=wait, say=echo)
     book = load_codebook(codebook)
     start = time.perf_counter()
-    result = compress_image(book, load_image(image), stride)
+    picture = load_image(image)
+    check_memory(encode_memory(book, picture.shape, stride=stride), f"the patches of {image}", hint="a larger --stride")
+    result = compress_image(book, picture, stride)
     seconds = time.perf_counter() - start
     save_image(out, result.image, inputs=inputs)
     save_image(side, side_by_side([result.original, result.image]), inputs=inputs)
@@ -100,13 +119,16 @@ def cluster(
     clusters: Annotated[int, typer.Option(help="Number of groups (at most).", min=1, max=MAX_INT)] = 6,
     metrics: MetricsOption = None,
     overwrite: OverwriteOption = False,
+    wait: WaitOption = False,
 ) -> None:
     """Group IMAGES by their histograms of patch codes (cosine distance, average linkage)."""
     files = image_files(images)
     inputs = [*files, codebook]
-    check_outputs([], [*inputs, *images], files=[(metrics, "metrics")], folders=[(out, "clusters")], overwrite=overwrite)
+    check_outputs([], [*inputs, *images], files=[(metrics, "metrics")], folders=[(out, "clusters")], overwrite=overwrite,
+                  wait=wait, say=echo)
     book = load_codebook(codebook)
     pictures = [load_image(path) for path in files]
+    check_memory(max(encode_memory(book, picture.shape) for picture in pictures), "the patches of the largest image")
     start = time.perf_counter()
     groups, tree = group_images(book, pictures, clusters, names=[str(path) for path in files])
     seconds = time.perf_counter() - start

@@ -9,14 +9,14 @@ from typing import Annotated
 import jax
 import typer
 
-from jaxmosaic.cli._common import guarded
+from jaxmosaic.cli._common import WaitOption, guarded
 from jaxmosaic.cli.console import download_progress, echo
 from jaxmosaic.weights import Arch, convert as convert_weights
 from jaxmosaic.config import MAX_INT
 from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.io.outputs import check_outputs
 from jaxmosaic.io.schemas import WeightsSource
-from jaxmosaic.weights import ARCHS, default_weights_dir, random_alexnet, random_vgg19, save_params
+from jaxmosaic.weights import ARCHS, cache_folder, default_weights_dir, random_alexnet, random_vgg19, save_params
 from jaxmosaic.weights import weights_arch, weights_info
 from jaxmosaic.weights import download as download_weights
 
@@ -32,10 +32,10 @@ def _spec(arch: str):
     return ARCHS[arch]
 
 
-def _check_out(out: Path, spec: Arch, inputs=(), *, overwrite: bool) -> None:
-    """`check_outputs` for a weights folder; and weights of another network there are replaced
-    only with --overwrite."""
-    check_outputs([], inputs, folders=[(out, "weights")])
+def _check_out(out: Path, spec: Arch, inputs=(), *, overwrite: bool, wait: bool) -> None:
+    """`check_outputs` for a weights folder (locked from here on); and weights of another network
+    there are replaced only with --overwrite."""
+    check_outputs([], inputs, folders=[(out, "weights")], wait=wait, say=echo)
     held = weights_arch(out)
     if held not in (None, spec.name) and not overwrite:
         raise JaxmosaicError(f"{out}: holds {ARCHS[held].label} weights; refusing to replace them with {spec.label} "
@@ -54,10 +54,11 @@ def convert(
     out: OutDir = None,
     arch: ArchOption = "vgg19",
     overwrite: OverwriteOption = False,
+    wait: WaitOption = False,
 ) -> None:
     """Convert a torchvision VGG19 or AlexNet checkpoint (read safely, without torch) to a jaxmosaic weights folder."""
     spec = _spec(arch)
-    _check_out(out or default_weights_dir(spec.name), spec, [pth], overwrite=overwrite)
+    _check_out(out or cache_folder(spec.name, required=True), spec, [pth], overwrite=overwrite, wait=wait)
     folder = convert_weights(pth, out, arch=spec.name)
     echo(f"converted {pth} -> {folder}")
 
@@ -70,15 +71,19 @@ def download(
     force: Annotated[bool, typer.Option("--force", help="Download again even if weights are cached.")] = False,
     arch: ArchOption = "vgg19",
     overwrite: OverwriteOption = False,
+    wait: WaitOption = False,
 ) -> None:
     """Download torchvision's VGG19 (or AlexNet) checkpoint, check its SHA-256, convert and cache it."""
     spec = _spec(arch)
     target = out or default_weights_dir(spec.name)
-    if weights_arch(target) == spec.name and not force:
+    if weights_arch(target) != spec.name or force:
+        if out is None:
+            cache_folder(spec.name, required=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _check_out(target, spec, overwrite=overwrite, wait=wait)
+    if weights_arch(target) == spec.name and not force:  # also when a run this one waited for fetched them
         echo(f"weights already in {target} (use --force to fetch again)")
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _check_out(target, spec, overwrite=overwrite)
     replace = force or weights_arch(target) is not None  # weights of another network, replaced with --overwrite
     with download_progress(spec.label) as progress:
         folder = download_weights(url, out, progress=progress, force=replace, arch=spec.name)
@@ -92,13 +97,14 @@ def random(
     seed: Annotated[int, typer.Option(help="Random seed.", min=0, max=MAX_INT)] = 0,
     arch: ArchOption = "vgg19",
     overwrite: OverwriteOption = False,
+    wait: WaitOption = False,
 ) -> None:
     """Write seeded random VGG19 (or AlexNet) weights (He-normal, each layer rescaled to mean activation 1).
 
     Random filters give plausible textures and styles but not the semantics of trained weights.
     """
     spec = _spec(arch)
-    _check_out(out, spec, overwrite=overwrite)
+    _check_out(out, spec, overwrite=overwrite, wait=wait)
     params = (random_vgg19 if spec.name == "vgg19" else random_alexnet)(jax.random.PRNGKey(seed))
     source = WeightsSource(arch=spec.name, source="random", seed=seed, format="He-normal, per-layer mean activation 1")
     echo(f"random weights (seed {seed}) -> {save_params(params, out, source)}")

@@ -5,7 +5,9 @@ Pass 1 renders or reads each chunk of tiles, embeds it (sharded over the local d
 its rows' statistics to G = D^T D and the column sums; each chunk's feature rows are kept in
 the build folder, so a killed build resumes from its last finished chunk. With several processes
 (`jax.distributed`) each owns a contiguous share of the chunks, and G, the sums and the row
-counts are summed across processes by a collective. The leading k eigenvectors of G are D's
+counts are summed across processes by a collective; a failure in one process's share stops every
+process before the collectives (`jaxmosaic.distributed.agree`), each removing its build folder
+unless the build was resumed. The leading k eigenvectors of G are D's
 leading right singular vectors V_k (randomized subspace iteration for large d, exact otherwise);
 pass 2 reads the kept rows back and writes D_k = D V_k. Only (chunk x d) rows, G and D_k
 (n x k) are ever held, never the n x d matrix D. Process 0 writes the library; the build folders
@@ -19,6 +21,7 @@ of its own range; any other chunk is one line naming it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import time
@@ -34,13 +37,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jaxmosaic.config import number, setting, whole
+from jaxmosaic.distributed import agree
 from jaxmosaic.errors import ImageError, JaxmosaicError
 from jaxmosaic.image import resize
 from jaxmosaic.io.artifacts import ArraySpec, ArtifactError, read_arrays
 from jaxmosaic.io.files import atomic_path
-from jaxmosaic.io.folders import OutputFolder
+from jaxmosaic.io.folders import OutputFolder, folder_kind
 from jaxmosaic.io.images import IMAGE_SUFFIXES
+from jaxmosaic.io.locks import wait_setting
 from jaxmosaic.io.schemas import schema_message
+from jaxmosaic.live import web_setting
 from jaxmosaic.techniques.mosaic.bank import BANK, BANK_SIZE, BankGrid, bank_parameters, bank_tiles
 from jaxmosaic.techniques.mosaic.features import ColorMode, FeatureConfig, feature_program
 from jaxmosaic.techniques.mosaic.library import AUTO_SVD_CAP, TileLibrary, folder_fingerprint, load_tile, save_library
@@ -48,7 +54,7 @@ from jaxmosaic.techniques.mosaic.library import spectrum_svd_k, tile_files
 from jaxmosaic.techniques.mosaic.schema import MAX_TILES, FeatureSettings, Name, Token
 
 __all__ = ["DEFAULT_CHUNK", "LibraryBuildConfig", "BuildPlan", "BankSource", "FolderSource", "tile_source", "top_eigen",
-           "stream_svd_k", "stream_memory", "stream_disk", "accumulate_gram", "stream_library", "build_folder"]
+           "stream_svd_k", "stream_memory", "stream_disk", "accumulate_gram", "stream_library", "build_folder", "kept_chunks"]
 
 DEFAULT_CHUNK = 256
 """Tiles a streaming build embeds together unless told otherwise."""
@@ -67,6 +73,8 @@ class LibraryBuildConfig:
     keep_features: bool = setting(False, "Streaming: keep the build folder with every tile's full feature row.")
     devices: int | None = setting(None, "Local devices to share the work over (default: all).")
     max_memory: float | None = setting(None, "Streaming: GiB the build may use (default: what is free).")
+    wait: bool = wait_setting()
+    web: str | None = web_setting()
 
     def __post_init__(self):
         whole("chunk", self.chunk, minimum=1, maximum=65536)
@@ -86,6 +94,7 @@ class BankSource:
     inside the compiled embedding."""
 
     kind = "bank"
+    render = BANK_SIZE  # the side of the tiles the embedding renders from a chunk's parameters
 
     def __init__(self, grid: BankGrid):
         self.grid = grid
@@ -120,6 +129,7 @@ class FolderSource:
     links are skipped and listed."""
 
     kind = "folder"
+    render = 0  # a chunk's inputs are the tiles themselves
 
     def __init__(self, root: str | os.PathLike, size: int):
         self.root = Path(root).resolve()
@@ -269,14 +279,20 @@ def stream_svd_k(svd_k: int | str) -> int | str:
     return AUTO_SVD_CAP if svd_k == 0 else svd_k
 
 
-def stream_memory(settings: FeatureConfig, chunk: int, tiles: int, k: int | str) -> int:
+_RENDER_COPIES = 6
+"""float32 copies of a rendered tile a chunk holds at once: the Gabor kernel's terms, the grey tile
+and its three channels (XLA asks for 6 x 224^2 x 4 bytes a tile for a chunk of 65536 bank tiles)."""
+
+
+def stream_memory(settings: FeatureConfig, chunk: int, tiles: int, k: int | str, *, render: int = 0) -> int:
     """Bytes a streaming build of `tiles` tiles keeping k dimensions ("auto": at most
-    `AUTO_SVD_CAP`) holds at its peak: one chunk's images and activations, G and its eigen
-    workspace, D_k."""
+    `AUTO_SVD_CAP`) holds at its peak: one chunk's inputs (`render`: the side of the tiles the
+    embedding renders itself, the bank's 224 px; 0 when it is given the tiles), its images at
+    the features' size and the network's activations, G and its eigen workspace, D_k."""
     dimension = settings.dimension
     k = AUTO_SVD_CAP if k == "auto" else int(k)
     size = settings.size
-    per_image = size * size * 3 * 4 * 4
+    per_image = size * size * 3 * 4 * 4 + render * render * 4 * _RENDER_COPIES
     if settings.kind != "color":
         per_image += size * size * 4 * (64 * 6 if settings.kind == "vgg" else 5)  # the widest activations, a few copies
     width = min(dimension, 2 * k + 20)
@@ -331,15 +347,50 @@ def _gather_rows(rows: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def build_folder(out: Path, processes: int = 1, process: int = 0) -> Path:
-    """The build folder beside the library `out` (one per process when there are several)."""
+    """The build folder beside the library `out` (one per process when there are several).
+
+    It is named after `out` so that --resume finds it, and has no lock of its own: the lock on
+    `out` that the run takes before it starts (`check_outputs`) is held for the whole build, so
+    two builds into one `out` never share it."""
     suffix = ".build" if processes == 1 else f".build-{process}-of-{processes}"
     return out.with_name(out.name + suffix)
 
 
-def _open_work(path: Path, plan: BuildPlan, resume: bool) -> tuple[OutputFolder, set[int]]:
+def _held_plan(path: Path) -> BuildPlan | None:
+    """The plan a build folder holds; None when it holds no readable one."""
+    try:
+        return BuildPlan.model_validate_json((path / "plan.json").read_bytes())
+    except (OSError, ValidationError):
+        return None
+
+
+def kept_chunks(out: Path, *, processes: int = 1, process: int = 0) -> tuple[int, int] | None:
+    """(finished chunks, chunks in all) of process `process`'s share that its build folder beside
+    the library `out` keeps for --resume; None when there is no such folder with a readable plan."""
+    path = build_folder(out, processes, process)
+    plan = _held_plan(path)
+    if plan is None:
+        return None
+    share = plan.share(process) if process < plan.processes else range(0)
+    return sum((path / _chunk_name(c)).is_file() for c in share), len(share)
+
+
+def _say_discarded(folder: OutputFolder, plan: BuildPlan, say: Callable[[str], None]) -> None:
+    """Tell how many finished chunks of an earlier build starting over discards, and whether
+    --resume would have continued from them."""
+    chunks = [name for name in folder.previous if name.startswith("chunk-") and folder.ours(name)]
+    if chunks:
+        why = ("--resume would continue from them" if _held_plan(folder.path) == plan else
+               "they are of a build with other settings or another source")
+        say(f"starting over: discarding the {len(chunks)} finished chunk(s) kept in {folder.path} ({why})")
+
+
+def _open_work(path: Path, plan: BuildPlan, resume: bool, *, say: Callable[[str], None] = lambda line: None,
+               ) -> tuple[OutputFolder, set[int]]:
     """The build folder (one jaxmosaic marked as a library build, or a new one), with the chunks
     it finished when resuming (each file's arrays and shapes checked before anything is written;
-    its values when it is read), else emptied of the files it lists."""
+    its values when it is read), else emptied of the files it lists, after `say` tells how many
+    finished chunks that discards."""
     folder = OutputFolder(path, _WORK_KIND)
     plan_file = path / "plan.json"
     finished: set[int] = set()
@@ -357,10 +408,17 @@ def _open_work(path: Path, plan: BuildPlan, resume: bool) -> tuple[OutputFolder,
         for chunk in sorted(finished):
             _chunk_arrays(path / _chunk_name(chunk), plan, chunk, layouts_only=True)
     else:
+        _say_discarded(folder, plan, say)
         folder.clear()
     with atomic_path(folder.file("plan.json")) as tmp:
         tmp.write_text(plan.model_dump_json())
     return folder, finished
+
+
+def _remove_work(path: Path) -> None:
+    """Remove the build folder `path` if it is one (the files it lists, then the folder if empty)."""
+    if folder_kind(path) == _WORK_KIND:
+        OutputFolder(path, _WORK_KIND).remove()
 
 
 def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str | os.PathLike, *, params=None,
@@ -387,7 +445,8 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
     plan = BuildPlan(source=BANK if source.kind == "bank" else str(source.root), fingerprint=source.fingerprint,
                      settings=settings.as_dict(), weights=weights, count=source.count, dimension=dimension, chunk=chunk,
                      processes=processes)
-    work, finished = _open_work(build_folder(out, processes, process), plan, resume)
+    path = build_folder(out, processes, process)
+    cleanup = None if resume else functools.partial(_remove_work, path)  # a resumed build's chunks stay for --resume
     devices = 1 if mesh is None else mesh.devices.size
     padded = -(-chunk // devices) * devices
     program = source.program(settings)
@@ -401,31 +460,33 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
     owned = sum(len(plan.tiles(c)) for c in share)
     gram, sums = np.zeros((dimension, dimension), np.float64, order="F"), np.zeros(dimension, np.float64)
     count, done = 0, 0
-    started = time.perf_counter()
-    for c in share:
-        tiles = plan.tiles(c)
-        if c in finished:
-            rows_c, kept, _ = _read_chunk(work.path / _chunk_name(c), plan, c)
-        else:
-            inputs, kept, lost = source.inputs(tiles.start, tiles.stop)
-            if len(kept):
-                batch = np.concatenate([inputs, np.repeat(source.pad_row(settings)[None], padded - len(kept), axis=0)])
-                rows_c = np.asarray(embed(params, jnp.asarray(batch)))[: len(kept)]
+    with agree(cleanup=cleanup):  # one process's failure stops them all before the collectives below
+        work, finished = _open_work(path, plan, resume, say=say)
+        started = time.perf_counter()
+        for c in share:
+            tiles = plan.tiles(c)
+            if c in finished:
+                rows_c, kept, _ = _read_chunk(work.path / _chunk_name(c), plan, c)
             else:
-                rows_c = np.zeros((0, dimension), np.float32)
-            if rows_c.shape[1] != dimension:
-                raise JaxmosaicError(f"tiles {tiles.start}..{tiles.stop - 1}: {rows_c.shape[1]} features each, expected {dimension}")
-            if not np.all(np.isfinite(rows_c)):
-                raise JaxmosaicError(f"tiles {tiles.start}..{tiles.stop - 1}: their features are not finite; check the weights")
-            with atomic_path(work.file(_chunk_name(c))) as tmp, open(tmp, "wb") as file:
-                np.savez(file, features=rows_c.astype(np.float32), indices=kept, skipped=np.asarray(lost, dtype=str))
-        if len(kept):
-            gram = accumulate_gram(gram, rows_c)
-            sums += rows_c.sum(axis=0, dtype=np.float64)
-            count += len(kept)
-        done += len(tiles)
-        if progress:
-            progress(done, owned)
+                inputs, kept, lost = source.inputs(tiles.start, tiles.stop)
+                if len(kept):
+                    batch = np.concatenate([inputs, np.repeat(source.pad_row(settings)[None], padded - len(kept), axis=0)])
+                    rows_c = np.asarray(embed(params, jnp.asarray(batch)))[: len(kept)]
+                else:
+                    rows_c = np.zeros((0, dimension), np.float32)
+                if rows_c.shape[1] != dimension:
+                    raise JaxmosaicError(f"tiles {tiles.start}..{tiles.stop - 1}: {rows_c.shape[1]} features each, expected {dimension}")
+                if not np.all(np.isfinite(rows_c)):
+                    raise JaxmosaicError(f"tiles {tiles.start}..{tiles.stop - 1}: their features are not finite; check the weights")
+                with atomic_path(work.file(_chunk_name(c))) as tmp, open(tmp, "wb") as file:
+                    np.savez(file, features=rows_c.astype(np.float32), indices=kept, skipped=np.asarray(lost, dtype=str))
+            if len(kept):
+                gram = accumulate_gram(gram, rows_c)
+                sums += rows_c.sum(axis=0, dtype=np.float64)
+                count += len(kept)
+            done += len(tiles)
+            if progress:
+                progress(done, owned)
     seconds = time.perf_counter() - started
     gram = np.asfortranarray(_sum_across_processes(gram))
     sums = _sum_across_processes(sums)
@@ -446,11 +507,12 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
     values, basis = top_eigen(gram, k)
     energy = float(values.sum() / max(float(np.trace(gram)), 1e-30))
     projected, indices = [], []
-    for c in share:
-        rows_c, kept, _ = _read_chunk(work.path / _chunk_name(c), plan, c)
-        if len(kept):
-            projected.append((rows_c.astype(np.float64) @ basis).astype(np.float32))
-            indices.append(kept)
+    with agree(cleanup=cleanup):
+        for c in share:
+            rows_c, kept, _ = _read_chunk(work.path / _chunk_name(c), plan, c)
+            if len(kept):
+                projected.append((rows_c.astype(np.float64) @ basis).astype(np.float32))
+                indices.append(kept)
     rows_k = np.concatenate(projected) if projected else np.zeros((0, k), np.float32)
     indices_all = np.concatenate(indices) if indices else np.zeros(0, np.int64)
     rows_k, indices_all = _gather_rows(rows_k, indices_all)
