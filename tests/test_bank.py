@@ -26,7 +26,7 @@ from jaxmosaic.techniques.mosaic.stream import BankSource, build_folder, stream_
 from jaxmosaic.weights import random_alexnet
 from references import opencv_gabor
 
-SUBSET = BankGrid(8, 5, 10, 5)  # 2,000 tiles
+SUBSET = BankGrid(4, 5, 5, 5)  # 500 tiles
 SMALL = BankGrid(2, 3, 4, 2)  # 48 tiles
 
 
@@ -64,11 +64,11 @@ def alexnet64():
 
 @pytest.fixture(scope="session")
 def streamed(alexnet64, tmp_path_factory):
-    """The 2,000-tile subset built in chunks of 256, and its features computed in memory."""
+    """The 500-tile subset built in chunks of 64, and its features computed in memory."""
     params, settings = alexnet64
     out = tmp_path_factory.mktemp("stream") / "bank.npz"
     library = stream_library(BankSource(SUBSET), settings, ColorMode.multiply, out, params=params, weights=settings.weights,
-                             k=100, chunk=256)
+                             k=100, chunk=64)
     features = batched_features(feature_function(settings, params), render_bank(SUBSET, np.arange(SUBSET.size), 64), 250)
     return out, library, features
 
@@ -81,7 +81,7 @@ def _same_library(a_basis, a_rows, b_basis, b_rows, tolerance=1e-4):
 
 def test_streaming_build_equals_an_in_memory_build(streamed):
     out, library, features = streamed
-    assert library.features.shape == (2000, 100) and library.projected and library.svd["basis"].shape == (9216, 100)
+    assert library.features.shape == (500, 100) and library.projected and library.svd["basis"].shape == (9216, 100)
     assert not build_folder(out).exists(), "the build folder is removed once the library is written"
     compressed = svd_compress(jnp.asarray(features), 100, renormalize=False)
     angle, rows = _same_library(compressed.basis, np.asarray(compressed.dictionary), library.svd["basis"], library.features)
@@ -90,8 +90,8 @@ def test_streaming_build_equals_an_in_memory_build(streamed):
     assert abs(library.svd["energy"] - float(compressed.energy)) < 1e-5
     loaded = load_library(out)
     np.testing.assert_array_equal(loaded.features, library.features)
-    assert loaded.bank == tuple(SUBSET) and loaded.projected and len(loaded) == 2000
-    np.testing.assert_allclose(loaded.render([0, 1999], 32), render_bank(SUBSET, [0, 1999], 32))
+    assert loaded.bank == tuple(SUBSET) and loaded.projected and len(loaded) == 500
+    np.testing.assert_allclose(loaded.render([0, 499], 32), render_bank(SUBSET, [0, 499], 32))
 
 
 def test_top_eigen_randomized_equals_exact():
@@ -116,7 +116,7 @@ def test_killed_build_resumes_from_its_last_chunk(alexnet64, streamed, tmp_path)
 
     with pytest.raises(KeyboardInterrupt):
         stream_library(BankSource(SUBSET), settings, ColorMode.multiply, out, params=params, weights=settings.weights, k=100,
-                       chunk=256, progress=stop_after_three)
+                       chunk=64, progress=stop_after_three)
     work = build_folder(out)
     assert sorted(p.name for p in work.glob("chunk-*.npz")) == [f"chunk-00000{i}.npz" for i in range(3)] and not out.exists()
     seen = []
@@ -129,10 +129,10 @@ def test_killed_build_resumes_from_its_last_chunk(alexnet64, streamed, tmp_path)
     BankSource.inputs = counted
     try:
         library = stream_library(BankSource(SUBSET), settings, ColorMode.multiply, out, params=params, weights=settings.weights,
-                                 k=100, chunk=256, resume=True)
+                                 k=100, chunk=64, resume=True)
     finally:
         BankSource.inputs = original
-    assert seen == [768, 1024, 1280, 1536, 1792], "only the chunks not finished are embedded again"
+    assert seen == [192, 256, 320, 384, 448], "only the chunks not finished are embedded again"
     np.testing.assert_array_equal(library.features, streamed[1].features)
     np.testing.assert_array_equal(library.svd["basis"], streamed[1].svd["basis"])
 
