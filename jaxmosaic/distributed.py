@@ -217,7 +217,8 @@ def agree(*, on_failure: str = "every process stopped", cleanup: Callable[[], No
 
     Args:
       on_failure: what a failure means for the others, ending their line ("no process started").
-      cleanup: run on every process when any failed, before raising (e.g. removing its own work).
+      cleanup: run on every process when any failed, before raising (e.g. removing its own work);
+        not when a process was interrupted (Ctrl-C), whose work is kept to be resumed.
 
     Raises:
       On the process whose block raised, its own exception. On the others, `DistributedError`
@@ -231,14 +232,17 @@ def agree(*, on_failure: str = "every process stopped", cleanup: Callable[[], No
     try:
         yield settings
     except BaseException as err:
+        interrupted = isinstance(err, KeyboardInterrupt)
         with contextlib.suppress(DistributedError):  # this process's own failure is the line it prints
-            _exchange({"failure": _first_line(err)})
-        _clean(cleanup)
+            _exchange({"failure": _first_line(err), "interrupted": interrupted})
+        if not interrupted:
+            _clean(cleanup)
         raise
     records = _exchange({"failure": None, "settings": _digests(settings)})
     failed = [(process, record["failure"]) for process, record in enumerate(records) if record["failure"] is not None]
     if failed:
-        _clean(cleanup)
+        if not any(record.get("interrupted") for record in records):  # an interrupted run's work stays, to be resumed
+            _clean(cleanup)
         process, line = failed[0]
         others = f" (and {len(failed) - 1} other process(es))" if len(failed) > 1 else ""
         raise DistributedError(f"process {process}{others}: {line}; {on_failure}")

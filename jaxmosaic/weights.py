@@ -374,10 +374,10 @@ def download(
     instead of downloading. `progress(done_bytes, total_bytes_or_None)` is called while fetching.
     The folder is locked for the download and the conversion (`jaxmosaic.io.locks`): another run
     fetching into it is refused (`OutputInUse`), or with `wait` waited for (`say` gets one line)
-    and its weights kept. The partial download is named after the folder and the file,
-    `.FOLDER.FILE.jaxmosaic-download` beside the folder, so runs into two folders never share
-    one; an interrupted download continues where it stopped on the next call into the same
-    folder. The original file is not kept once converted: only the converted weights are cached.
+    and its weights kept. The partial download is named after the folder, the file and the URL,
+    `.FOLDER.FILE.URLHASH.jaxmosaic-download` beside the folder, so runs into two folders never
+    share one; an interrupted download continues where it stopped on the next call into the same
+    folder from the same URL. The original file is not kept once converted: only the converted weights are cached.
     """
     spec = _arch(arch)
     url = url or os.environ.get(spec.url_variable) or spec.url
@@ -401,7 +401,8 @@ def _download(url: str, out_dir: Path, progress: Callable[[int, int | None], Non
     hub_copy = _torch_hub_checkpoints() / name
     if hub_copy.is_file() and (expected is None or sha256_file(hub_copy).startswith(expected)):
         return convert(hub_copy, out_dir, url=url, arch=spec.name)
-    part = out_dir.parent / f".{out_dir.name}.{name}.jaxmosaic-download"
+    source = hashlib.sha256(url.encode()).hexdigest()[:8]  # a partial file from another URL is never continued
+    part = out_dir.parent / f".{out_dir.name}.{name}.{source}.jaxmosaic-download"
     _fetch(url, part, progress, spec)
     actual = sha256_file(part)
     if expected and not actual.startswith(expected):
@@ -432,15 +433,16 @@ def find_weights(path: str | os.PathLike | None = None, arch: str = "vgg19") -> 
 
 
 def load_weights(path: str | os.PathLike | None = None, *, arch: str = "vgg19", download_missing: bool = True,
-                 progress=None) -> dict:
+                 progress=None, say: Callable[[str], None] | None = None) -> dict:
     """Parameters of `arch` from `path` (a weights folder or a torchvision `.pth`), else by lookup
-    (`find_weights`), else downloaded unless `download_missing` is False."""
+    (`find_weights`), else downloaded unless `download_missing` is False (waiting for another run
+    downloading them into the cache: `say` gets one line when it waits)."""
     spec = _arch(arch)
     found = find_weights(path, spec.name)
     if found is None:
         if not download_missing:
             raise WeightsError(f"no {spec.label} weights in {default_weights_dir(spec.name)}; {spec.get_weights()}")
-        found = download(progress=progress, arch=spec.name, wait=True)  # another run fetching them: use its weights
+        found = download(progress=progress, arch=spec.name, wait=True, say=say)  # another run fetching them: use its weights
     if found.is_file():
         return _read_checkpoint(found, spec)
     return load_params(found, spec.name)

@@ -281,3 +281,33 @@ def test_two_tile_sets_written_into_one_folder_at_once_are_never_mixed(tmp_path)
     clean = tmp_path / "clean"
     assert run_cli("tiles", "gabor", clean, "--size", 32, "--colors", colors).exit_code == 0
     assert {Path(k).name: v for k, v in hashes(tiles).items()} == {Path(k).name: v for k, v in hashes(clean).items()}
+
+
+
+def test_a_library_the_cache_keeps_is_made_by_one_run_while_another_waits_for_it(tile_folder, tmp_path):
+    """Two mosaics needing one cached library (a folder's, or the bank's): the second waits for the
+    lock on the cached file, then makes or reads it, instead of building it beside the first."""
+    from jaxmosaic.techniques.mosaic import ColorMode, FeatureConfig, LibraryConfig, obtain_library
+
+    cache, said = tmp_path / "cache", []
+    cache.mkdir()
+
+    def obtain():
+        return obtain_library(str(tile_folder), LibraryConfig(svd_k=0), FeatureConfig.color("none"), ColorMode.none,
+                              cache=cache, say=said.append)
+
+    assert len(obtain()) == 60
+    [cached] = cache.glob("*.npz")
+    cached.unlink()  # as if the first run had not made it yet
+    result = []
+    with holder(cached) as other:
+        worker = threading.Thread(target=lambda: result.append(obtain()))
+        worker.start()
+        worker.join(2.0)
+        assert worker.is_alive() and not cached.exists(), "nothing is made while another run holds the cached file"
+        assert said[-1].startswith(f"waiting for {cached}: in use by another jaxmosaic run (pid {other.pid}"), said
+        other.stdin.write(f"{cached}\n")
+        other.stdin.flush()
+        worker.join(120)
+    assert len(result) == 1 and len(result[0]) == 60 and cached.is_file()
+    assert not lock_file(cached).exists(), "the lock is released once the library is there"

@@ -11,7 +11,7 @@ from typing import Annotated
 import jax
 import typer
 
-from jaxmosaic.cli.console import download_progress, error_line
+from jaxmosaic.cli.console import download_progress, echo, error_line
 from jaxmosaic.errors import ConfigError, JaxmosaicError
 from jaxmosaic.io.files import disk_full, is_disk_full, write_json
 from jaxmosaic.io.locks import WAIT_HELP, release_all
@@ -85,7 +85,7 @@ def vgg_params(weights: str | None, seed: int = 0, arch: str = "vgg19"):
     if weights == "random":
         return (random_vgg19 if arch == "vgg19" else random_alexnet)(jax.random.PRNGKey(seed))
     with download_progress("VGG19" if arch == "vgg19" else "AlexNet") as progress:
-        return load_weights(weights, arch=arch, progress=progress)
+        return load_weights(weights, arch=arch, progress=progress, say=echo)
 
 
 def output_name(out, tag: str, suffix: str | None = None) -> Path:

@@ -102,7 +102,7 @@ def _stream_build(tiles: str, out: Path, library: LibraryConfig, config: Library
         settings = feature_config(library, mode, None, params)
         source = tile_source(tiles, settings, library.bank_grid)
         k = stream_svd_k(library.svd_k)
-        check_memory(stream_memory(settings, config.chunk, source.count, k, render=source.render),
+        check_memory(stream_memory(settings, min(config.chunk, source.count), source.count, k, render=source.render),
                      f"a streaming build in chunks of {config.chunk} (--chunk)", budget=memory_budget(config.max_memory),
                      hint="a smaller --chunk")
         check_disk(out.parent, stream_disk(settings, source.count) // max(1, processes),

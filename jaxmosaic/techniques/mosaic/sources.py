@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxmosaic.config import MAX_INT, ConfigError, choice, setting, whole
 from jaxmosaic.errors import JaxmosaicError
+from jaxmosaic.io.locks import output_lock
 from jaxmosaic.techniques.mosaic.features import ColorMode, FeatureConfig, FeatureKind, PatchPool, view_for
 from jaxmosaic.techniques.mosaic.library import (
     AUTO_SVD_CAP,
@@ -237,14 +238,15 @@ def _from_cache(recipe: _Recipe, cache: Path | None, settings: FeatureConfig, mo
         return recipe.make(None)
     key = hashlib.sha256(json.dumps(recipe.key, sort_keys=True).encode()).hexdigest()[:20]
     cached = cache / f"{recipe.prefix}{key}.npz"
-    if cached.is_file():
-        with contextlib.suppress(JaxmosaicError):
-            library = load_library(cached)
-            if is_current(library, settings, folder=recipe.folder):
-                library.color = mode
-                say(f"{recipe.what} ({len(library)} tiles) is up to date ({cached})")
-                return library
-    return recipe.make(cached)
+    with output_lock(cached, wait=True, say=say):  # two runs needing one library: one makes it, the other then reads it
+        if cached.is_file():
+            with contextlib.suppress(JaxmosaicError):
+                library = load_library(cached)
+                if is_current(library, settings, folder=recipe.folder):
+                    library.color = mode
+                    say(f"{recipe.what} ({len(library)} tiles) is up to date ({cached})")
+                    return library
+        return recipe.make(cached)
 
 
 def _bank_recipe(grid: BankGrid, svd_k: int | str, settings: FeatureConfig, mode: ColorMode, *, params, progress,

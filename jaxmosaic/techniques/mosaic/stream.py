@@ -442,6 +442,7 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
     out = Path(out)
     processes, process = jax.process_count(), jax.process_index()
     dimension = settings.dimension
+    chunk = max(1, min(chunk, source.count))  # a chunk is padded to its size: no larger than the tiles there are
     plan = BuildPlan(source=BANK if source.kind == "bank" else str(source.root), fingerprint=source.fingerprint,
                      settings=settings.as_dict(), weights=weights, count=source.count, dimension=dimension, chunk=chunk,
                      processes=processes)
