@@ -15,7 +15,8 @@ exchange whether each succeeded and a digest of the settings each was given, so 
 failure stops all of them with one line naming it, and processes given different settings are
 refused before any work, instead of waiting on a collective that the failed process never joins.
 A process killed outright cannot take part: the exchange then fails (at once once the processes
-have exchanged before, else after JAX's 30 s), and the others leave as after a failed join.
+have exchanged before, else after JAX's 30 s), and the others leave as after a failed join;
+unless JAX's heartbeat timeout (100 s) ends them first, from inside its client, with its own message.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -37,6 +39,7 @@ import numpy as np
 
 from jaxmosaic.config import ConfigError, setting, whole
 from jaxmosaic.errors import JaxmosaicError
+from jaxmosaic.io.files import disk_full, is_disk_full
 
 __all__ = ["DistributedConfig", "DistributedError", "agree", "start_distributed"]
 
@@ -155,11 +158,15 @@ def _join(config: DistributedConfig, where: dict) -> None:
         raise DistributedError(_join_failure(config, failures[0]))
 
 
-def _leave_now() -> None:
-    """End the process at once: JAX's teardown would wait for, or abort in, the join still running."""
+def _leave_now(code: int = 1) -> None:
+    """End the process at once with status `code`: JAX's teardown would wait for, or abort in, the
+    join or collective still running."""
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(1)
+    os._exit(code)
 
 
 def _unanswered(coordinator: str, *, within: float) -> str | None:
@@ -199,6 +206,8 @@ def _join_failure(config: DistributedConfig, error: Exception) -> str:
 def _first_line(error: BaseException) -> str:
     if isinstance(error, KeyboardInterrupt):
         return "interrupted"
+    if isinstance(error, OSError) and not isinstance(error, JaxmosaicError) and is_disk_full(error) and error.filename:
+        error = disk_full(error.filename)  # named as the command line names it
     lines = str(error).strip().splitlines()
     line = lines[0] if lines else type(error).__name__
     if not isinstance(error, (JaxmosaicError, OSError, ValueError)):
@@ -207,7 +216,8 @@ def _first_line(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def agree(*, on_failure: str = "every process stopped", cleanup: Callable[[], None] | None = None) -> Iterator[dict]:
+def agree(*, on_failure: str = "every process stopped", cleanup: Callable[[], None] | None = None,
+          say: Callable[[str], None] = lambda line: None) -> Iterator[dict]:
     """Run a block on every process, then go on only if every process succeeded and all were
     given the same settings. One process: the block runs as it is.
 
@@ -219,6 +229,7 @@ def agree(*, on_failure: str = "every process stopped", cleanup: Callable[[], No
       on_failure: what a failure means for the others, ending their line ("no process started").
       cleanup: run on every process when any failed, before raising (e.g. removing its own work);
         not when a process was interrupted (Ctrl-C), whose work is kept to be resumed.
+      say: gets one line when an interrupted process waits for the others to reach the exchange.
 
     Raises:
       On the process whose block raised, its own exception. On the others, `DistributedError`
@@ -233,8 +244,11 @@ def agree(*, on_failure: str = "every process stopped", cleanup: Callable[[], No
         yield settings
     except BaseException as err:
         interrupted = isinstance(err, KeyboardInterrupt)
+        if interrupted:
+            say(f"process {jax.process_index()}: interrupted; telling the other processes, once each reaches the end of "
+                "this part of its work")
         with contextlib.suppress(DistributedError):  # this process's own failure is the line it prints
-            _exchange({"failure": _first_line(err), "interrupted": interrupted})
+            _exchange({"failure": _first_line(err), "interrupted": interrupted}, lost_code=130 if interrupted else 1)
         if not interrupted:
             _clean(cleanup)
         raise
@@ -268,8 +282,9 @@ def _digests(settings: dict) -> dict[str, str]:
             for name, value in settings.items()}
 
 
-def _exchange(record: dict) -> list[dict]:
-    """Every process's `record` (JSON), in process order."""
+def _exchange(record: dict, *, lost_code: int = 1) -> list[dict]:
+    """Every process's `record` (JSON), in process order; when a peer has gone, this process will
+    leave at exit with `lost_code`."""
     from jax.experimental import multihost_utils
 
     payload = json.dumps(record, ensure_ascii=False).encode()
@@ -280,7 +295,7 @@ def _exchange(record: dict) -> list[dict]:
     try:
         gathered = np.asarray(multihost_utils.process_allgather(block))
     except (RuntimeError, ValueError) as err:  # how JAX reports a collective whose peer has gone
-        atexit.register(_leave_now)  # JAX's teardown would wait for the peer's heartbeat to time out
+        atexit.register(_leave_now, lost_code)  # JAX's teardown would wait for the peer's heartbeat to time out
         raise DistributedError(f"the processes could not tell each other how they fared ({_first_line(err)}); "
                                "a process may have stopped") from None
     return [json.loads(row.tobytes().rstrip(b"\0")) for row in gathered]

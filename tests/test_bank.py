@@ -168,7 +168,7 @@ def test_devices_and_processes_give_the_library_of_one_process(tmp_path):
     outputs = [worker.communicate(timeout=600) for worker in workers]
     assert all(worker.returncode == 0 for worker in workers), [err[-2000:] for _, err in outputs]
     assert "over 4 device(s)" in outputs[0][1]
-    assert "2 process(es)" in outputs[1][1] and "process 0 writes" in outputs[2][1]
+    assert "2 process(es)" in outputs[1][1] and "process 0 wrote" in outputs[2][1]
     reference = load_library(one)
     for path in (four, two):
         other = load_library(path)

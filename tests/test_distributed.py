@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -141,3 +142,40 @@ def test_a_failure_in_one_process_s_share_stops_every_process_and_leaves_no_buil
     _failed(one, reason, joining="process 1 of 2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npz.build-1-of-2"]
     assert [p.name for p in ones.iterdir()] == ["chunk-000003.npz"], "only what jaxmosaic did not write is left"
+
+
+FAILING_SAVE = """
+import runpy, sys
+import jaxmosaic.techniques.mosaic.stream as stream
+
+def full_disk(out, *args, **kwargs):
+    raise OSError(28, "No space left on device", str(out))
+
+stream.save_library = full_disk  # process 0's write of the library fails, as on a full disk
+sys.argv = ["jaxmosaic", *sys.argv[1:]]
+runpy.run_module("jaxmosaic.cli", run_name="__main__")
+"""
+
+
+def test_a_failed_write_of_the_library_fails_every_process_and_keeps_their_chunks(tmp_path, start):
+    """Process 0 cannot write the library: the other processes wait for it, end with status 1
+    naming it (never 0 with no library), and every build folder keeps its chunks for --resume."""
+    out, port = tmp_path / "out.npz", _free_port()
+    env = {name: value for name, value in os.environ.items() if not name.startswith(CLUSTER)}
+    env.update(JAXMOSAIC_NO_COMPILATION_CACHE="1", PYTHONPATH=str(ROOT))
+    distributed = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", 2, "--timeout", 30]
+    argv = [str(a) for a in [*BUILD, "-o", out, *distributed]]
+    with subprocess.Popen([sys.executable, "-c", FAILING_SAVE, *argv, "--process-id", "0"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as zero:
+        one = start(*argv, "--process-id", 1)
+        _, err = zero.communicate(timeout=WAIT)
+        assert zero.returncode == 1 and f"{out}: no space left" in err.splitlines()[-1], err
+    _, err = one.communicate(timeout=WAIT)
+    last = err.strip().splitlines()[-1]
+    assert one.returncode == 1 and [line for line in err.splitlines() if line.startswith("error: ")] == [last], err
+    assert last.startswith(f"error: process 0: {out}: no space left on the device"), last
+    assert last.endswith("the library was not written; every process keeps its chunks: rerun with --resume"), last
+    assert not out.exists()
+    for process in (0, 1):
+        kept = sorted(p.name for p in (tmp_path / f"out.npz.build-{process}-of-2").glob("chunk-*.npz"))
+        assert kept == [f"chunk-00000{2 * process + i}.npz" for i in range(2)], (process, kept)

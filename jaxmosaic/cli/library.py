@@ -60,7 +60,11 @@ def build(
     """
     if out.suffix != ".npz":
         raise JaxmosaicError(f"--out {out}: a tile library file must end in .npz")
-    with live_view(config.web, command="library build", say=echo) as live:
+    web = config.web
+    if web is not None and distributed.process_id:  # the processes of one machine would all bind the same port
+        echo(f"--web: process 0 serves the live view; process {distributed.process_id} does not")
+        web = None
+    with live_view(web, command="library build", say=echo) as live:
         if config.streams(tiles) or distributed.active:
             _stream_build(tiles, out, library, config, distributed, weights, live, overwrite=overwrite)
         else:
@@ -113,14 +117,14 @@ def _stream_build(tiles: str, out: Path, library: LibraryConfig, config: Library
                        "--chunk": config.chunk, "--num-processes": processes})
     try:
         with rate_progress(f"embedding {tiles}", unit="tiles") as progress:
-            progress = live.counter(progress, unit="tiles") if live is not None else progress
+            progress = live.counter(update=progress, unit="tiles") if live is not None else progress
             made = stream_library(source, settings, mode, out, params=params, weights=settings.weights, k=k, chunk=config.chunk,
                                   resume=config.resume, mesh=mesh, progress=progress, keep_work=config.keep_features, say=echo)
     except KeyboardInterrupt:
         error_line(_interrupted(out, processes, process))
         raise typer.Exit(130) from None
     if made is None:
-        echo(f"process {jax.process_index()}: done; process 0 writes {out}")
+        echo(f"process {jax.process_index()}: done; process 0 wrote {out}")
         return
     _say_skipped(made)
     rate = made.build["tiles_per_second"]

@@ -128,7 +128,9 @@ def cluster(
                   wait=wait, say=echo)
     book = load_codebook(codebook)
     pictures = [load_image(path) for path in files]
-    check_memory(max(encode_memory(book, picture.shape) for picture in pictures), "the patches of the largest image")
+    largest = max(range(len(pictures)), key=lambda i: encode_memory(book, pictures[i].shape))
+    check_memory(encode_memory(book, pictures[largest].shape), f"the patches of {files[largest]} (the largest image)",
+                 hint="smaller images, or fewer at once")
     start = time.perf_counter()
     groups, tree = group_images(book, pictures, clusters, names=[str(path) for path in files])
     seconds = time.perf_counter() - start

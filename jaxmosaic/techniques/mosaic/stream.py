@@ -21,7 +21,6 @@ of its own range; any other chunk is one line naming it.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import os
 import time
@@ -349,9 +348,9 @@ def _gather_rows(rows: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.
 def build_folder(out: Path, processes: int = 1, process: int = 0) -> Path:
     """The build folder beside the library `out` (one per process when there are several).
 
-    It is named after `out` so that --resume finds it, and has no lock of its own: the lock on
-    `out` that the run takes before it starts (`check_outputs`) is held for the whole build, so
-    two builds into one `out` never share it."""
+    It is named after `out` so that --resume finds it. The command line locks it with `out`
+    (`check_outputs`, before the build starts, for the whole build; each process its own), so two
+    builds into one `out` never share it."""
     suffix = ".build" if processes == 1 else f".build-{process}-of-{processes}"
     return out.with_name(out.name + suffix)
 
@@ -447,7 +446,14 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
                      settings=settings.as_dict(), weights=weights, count=source.count, dimension=dimension, chunk=chunk,
                      processes=processes)
     path = build_folder(out, processes, process)
-    cleanup = None if resume else functools.partial(_remove_work, path)  # a resumed build's chunks stay for --resume
+    opened = False
+
+    def cleanup() -> None:
+        """After a failure of any process: this run's chunks go, unless resumed (they stay for --resume) or the
+        folder was never opened (its chunks are an earlier run's)."""
+        if opened and not resume:
+            _remove_work(path)
+
     devices = 1 if mesh is None else mesh.devices.size
     padded = -(-chunk // devices) * devices
     program = source.program(settings)
@@ -461,8 +467,9 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
     owned = sum(len(plan.tiles(c)) for c in share)
     gram, sums = np.zeros((dimension, dimension), np.float64, order="F"), np.zeros(dimension, np.float64)
     count, done = 0, 0
-    with agree(cleanup=cleanup):  # one process's failure stops them all before the collectives below
+    with agree(cleanup=cleanup, say=say):  # one process's failure stops them all before the collectives below
         work, finished = _open_work(path, plan, resume, say=say)
+        opened = True
         started = time.perf_counter()
         for c in share:
             tiles = plan.tiles(c)
@@ -508,7 +515,7 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
     values, basis = top_eigen(gram, k)
     energy = float(values.sum() / max(float(np.trace(gram)), 1e-30))
     projected, indices = [], []
-    with agree(cleanup=cleanup):
+    with agree(cleanup=cleanup, say=say):
         for c in share:
             rows_c, kept, _ = _read_chunk(work.path / _chunk_name(c), plan, c)
             if len(kept):
@@ -519,10 +526,21 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
     rows_k, indices_all = _gather_rows(rows_k, indices_all)
     if processes > 1:
         say(f"process {process}: embedded {owned} tiles in {seconds:.1f} s")
-    if process != 0:
-        if not keep_work:
-            work.remove()
-        return None
+    library = None
+    # every process waits for process 0's write: a failure there leaves every process's chunks, and no exit 0
+    with agree(on_failure="the library was not written; every process keeps its chunks: rerun with --resume", say=say):
+        if process == 0:
+            library = _write_library(out, source, settings, color, rows_k, indices_all, k, basis, values, energy,
+                                     {"tiles_per_second": owned / max(seconds, 1e-9), "seconds": seconds,
+                                      "processes": processes, "devices": devices, "chunk": chunk})
+    if not keep_work:
+        work.remove()
+    return library
+
+
+def _write_library(out: Path, source, settings: FeatureConfig, color: ColorMode, rows_k: np.ndarray, indices_all: np.ndarray,
+                   k: int, basis: np.ndarray, values: np.ndarray, energy: float, build: dict) -> TileLibrary:
+    """Process 0's part of `stream_library`: the library of the projected rows, written to `out`."""
     svd = {"k": k, "basis": basis.astype(np.float32), "singular_values": np.sqrt(values).astype(np.float32), "energy": energy,
            "projected": True}
     if source.kind == "bank":
@@ -533,9 +551,6 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
         lost = sorted(set(range(source.count)) - {int(i) for i in indices_all})
         library = TileLibrary("folder", str(source.root), entries, None, None, rows_k, settings, color, source.fingerprint,
                               sorted([*source.excluded, *(source.entry(i) for i in lost)]), svd)
-    library.build = {"tiles_per_second": owned / max(seconds, 1e-9), "seconds": seconds, "processes": processes,
-                     "devices": devices, "chunk": chunk}
+    library.build = build
     save_library(out, library, inputs=[] if source.kind == "bank" else [source.root])
-    if not keep_work:
-        work.remove()
     return library
