@@ -184,7 +184,9 @@ class LiveView:
     """A live page of a run, served from a daemon thread until `close` (see the module doc).
 
     Args:
-      address: "[HOST:]PORT"; the host defaults to 127.0.0.1 and port 0 picks a free port.
+      address: "[HOST:]PORT"; the host defaults to 127.0.0.1 and port 0 picks a free port. On a
+        loopback address, the page answers requests addressed to this host, to "localhost" or to
+        a loopback address, and refuses others (403).
       command: what is running, shown on the page.
       say: prints the address (and, for a host other than loopback, that anyone who can reach it
         sees the images).
@@ -194,7 +196,7 @@ class LiveView:
         cannot be listened on.
     """
 
-    def __init__(self, address: str = "127.0.0.1:0", *, command: str = "", say: Callable[[str], None] = print):
+    def __init__(self, *, address: str = "127.0.0.1:0", command: str = "", say: Callable[[str], None] = print):
         host, port = _parse_address(address)
         try:
             family, _, _, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -202,7 +204,8 @@ class LiveView:
             raise ConfigError("web", f"{host!r}: cannot resolve this host ({getattr(error, 'strerror', None) or error})") from None
         self.loopback = _is_loopback(where[0])
         self._page = _page()
-        server_class = type("Server", (http.server.ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True})
+        server_class = type("Server", (http.server.ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True,
+                                                                           "handle_error": _quiet})
         try:
             self._server = server_class(where[:2], _handler(self))
         except OSError as error:
@@ -251,7 +254,7 @@ class LiveView:
             self._remember(message)
             self._replace(message)
 
-    def counter(self, update: Callable[[int, int], None] | None = None, *, unit: str = "steps") -> Callable[[int, int], None]:
+    def counter(self, *, update: Callable[[int, int], None] | None = None, unit: str = "steps") -> Callable[[int, int], None]:
         """A `progress(done, total)` callback for work counted in units (a library build's tiles)
         that publishes the count, after calling `update` (a progress bar's) when given."""
 
@@ -355,7 +358,8 @@ class LiveView:
         """The page with the latest message and the history in it, so that it shows them at once."""
         with self._condition:
             initial = json.dumps({"state": self._message, "history": self._history})
-        initial = initial.replace("</", "<\\/").encode()  # no "</script>" can end the block early
+        # no "</script>" can end the block early, nor "<!--<script" make the parser swallow the page
+        initial = initial.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
         return self._page.replace(_INITIAL, initial)
 
     def _history_body(self) -> bytes:
@@ -389,12 +393,13 @@ class LiveView:
                 self._condition.notify_all()
 
     def _allowed(self, host_header: str | None) -> bool:
-        """On loopback, only requests addressed to a loopback name: another site's page cannot
-        read the images by pointing its own name at 127.0.0.1."""
+        """On loopback, only requests addressed to a loopback name or to the host the view was
+        given (one that resolves to 127.0.1.1, say): another site's page cannot read the images
+        by pointing its own name at 127.0.0.1."""
         if not self.loopback:
             return True
         name = urllib.parse.urlsplit(f"//{host_header or ''}").hostname or ""
-        if name == "localhost" or name.endswith(".localhost"):
+        if name == "localhost" or name.endswith(".localhost") or name == self.host.lower():
             return True
         try:
             return _is_loopback(name)
@@ -413,6 +418,11 @@ def _failure(error: BaseException) -> str:
     return f"exit status {code}" if code is not None else type(error).__name__
 
 
+def _quiet(self, request, client_address) -> None:
+    """The server's `handle_error`: silent, where the default prints a traceback in the middle of
+    the run's progress bar (a client that resets the connection before its request is read)."""
+
+
 def _handler(view: LiveView) -> type:
     """The request handler class of `view`'s server."""
 
@@ -421,7 +431,8 @@ def _handler(view: LiveView) -> type:
 
         def do_GET(self):
             if not view._allowed(self.headers.get("Host")):
-                self._reply(403, "text/plain; charset=utf-8", b"forbidden: this view answers on a loopback name only\n")
+                self._reply(403, "text/plain; charset=utf-8",
+                            b"forbidden: this view answers on its own host name or a loopback name only\n")
                 return
             route = urllib.parse.urlsplit(self.path).path
             try:
@@ -432,7 +443,11 @@ def _handler(view: LiveView) -> type:
                 elif route == "/history.json":
                     self._reply(200, "application/json", view._history_body())
                 elif route == "/image":
-                    png = view._image_png()
+                    try:
+                        png = view._image_png()
+                    except Exception as error:  # noqa: BLE001 - an image PIL cannot encode: the page shows no image
+                        self._reply(500, "text/plain; charset=utf-8", f"cannot encode the image: {_failure(error)}\n".encode())
+                        return
                     if png is None:
                         self._reply(204, "image/png", b"")
                     else:
@@ -445,7 +460,7 @@ def _handler(view: LiveView) -> type:
                     view._stream(self._send)
                 else:
                     self._reply(404, "text/plain; charset=utf-8", b"not found\n")
-            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            except OSError:  # the client went away (a closed tab, a reset, a timeout)
                 self.close_connection = True
 
         def _send(self, data: bytes) -> None:
@@ -474,7 +489,7 @@ def live_view(address: str | None, *, command: str, say: Callable[[str], None] =
     if address is None:
         yield None
         return
-    with LiveView(address, command=command, say=say) as view:
+    with LiveView(address=address, command=command, say=say) as view:
         yield view
 
 

@@ -9,6 +9,9 @@ Every request goes to 127.0.0.1, with a timeout, a bounded number of times.
 
 from __future__ import annotations
 
+import http.client
+import importlib
+import inspect
 import io
 import json
 import os
@@ -16,6 +19,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -204,9 +208,8 @@ def test_events_arrive_in_order_and_the_last_says_done(tmp_path):
     finally:
         run.close()
     check_messages(run.events)
-    last = run.events[-1]
-    assert last["status"] == "done" and last["step"] == 400 and last["seconds_left"] == 0
-    assert [event["step"] for event in run.events[:-1]][-1] == 400
+    last = run.events[-1]  # a reader that falls behind skips to the newest message: only the last is certain
+    assert last["status"] == "done" and last["step"] == last["done"] == last["total"] == 400 and last["seconds_left"] == 0
     with pytest.raises(urllib.error.URLError):
         state(run.url)
 
@@ -243,13 +246,13 @@ def test_another_host_is_announced():
 
     said = []
     try:
-        view = LiveView("0.0.0.0:0", command="style", say=said.append)
+        view = LiveView(address="0.0.0.0:0", command="style", say=said.append)
     except Exception as error:  # noqa: BLE001 - a sandbox that forbids listening beyond loopback
         pytest.skip(f"cannot listen on 0.0.0.0 here: {error}")
     view.close()
     assert said == [f"live view: http://0.0.0.0:{view.port}/",
                     "live view: listening on 0.0.0.0, not on loopback: anyone who can reach this address sees the images"]
-    with LiveView("localhost:0", say=said.append) as loopback:
+    with LiveView(address="localhost:0", say=said.append) as loopback:
         assert loopback.loopback and said[-1] == f"live view: http://localhost:{loopback.port}/"
 
 
@@ -282,14 +285,83 @@ def test_a_reader_that_never_reads_costs_the_run_nothing():
     assert seconds < 5, f"5000 updates took {seconds:.2f} s"
 
 
-def test_the_page_keeps_a_message_inside_its_script():
-    """A message that holds "</script>" (a file name, an error) cannot end the page's state block."""
+@pytest.mark.parametrize("note", ["</script><script>alert(1)</script>", "<!--<script", "a & b -> c"])
+def test_the_page_keeps_a_message_inside_its_script(note):
+    """A message that holds "</script>" (a file name, an error) cannot end the page's state block,
+    nor "<!--<script" put the HTML parser in a state that swallows the rest of the page."""
     from jaxmosaic.live import LiveView
 
     with LiveView(say=lambda line: None) as view:
-        view.publish({"message": "</script><script>alert(1)</script>"})
+        view.publish({"message": note})
         page = get(view.url)[1].decode()
-    assert page.count("</script>") == 2  # the state block's and the page script's own
+    assert page.count("</script>") == 2 and "<!--" not in page  # the state block's and the page script's own
+    block = re.search(r'<script id="initial" type="application/json">(.*?)</script>', page, re.DOTALL).group(1)
+    assert not set(block) & set("<>&") and json.loads(block)["state"]["message"] == note
+
+
+def status(port: int, host: str) -> int:
+    """The status of GET /state.json from 127.0.0.1:`port` with `Host: host`."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/state.json", headers={"Host": host})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_on_loopback_only_requests_to_the_view_are_answered(monkeypatch):
+    """Another site's name pointed at 127.0.0.1 is refused; localhost, a loopback address and the
+    host the view was given (Debian resolves the machine's name to 127.0.1.1) are answered."""
+    from jaxmosaic.live import LiveView
+
+    with LiveView(say=lambda line: None) as view:
+        port = view.port
+        answers = {host: status(port, host) for host in ("evil.example", f"evil.example:{port}", "localhost.evil.example",
+                                                         "myhost", f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}")}
+    assert answers == {"evil.example": 403, f"evil.example:{port}": 403, "localhost.evil.example": 403, "myhost": 403,
+                       f"localhost:{port}": 200, f"127.0.0.1:{port}": 200, f"[::1]:{port}": 200}
+    resolve = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo",
+                        lambda host, *args, **kwargs: resolve("127.0.0.1" if host == "myhost" else host, *args, **kwargs))
+    said = []
+    with LiveView(address="myhost:0", say=said.append) as view:
+        port = view.port
+        answers = [status(port, f"myhost:{port}"), status(port, f"MyHost:{port}"), status(port, "evil.example")]
+    assert view.loopback and said == [f"live view: http://myhost:{port}/"] and answers == [200, 200, 403]
+
+
+def test_a_failing_request_prints_nothing(capfd):
+    """An image PIL cannot encode answers 500 with one line, and a client that resets the
+    connection before its request is read costs nothing: no traceback in the progress bar."""
+    from jaxmosaic.live import LiveView
+
+    with LiveView(say=lambda line: None) as view:
+        view.publish({"step": 1}, image=np.zeros((4, 4, 5), np.float32))  # five channels: no PNG mode
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            get(view.url + "image")
+        assert refused.value.code == 500
+        body = refused.value.read().decode()
+        assert body.startswith("cannot encode the image: ") and body.count("\n") == 1, body
+        before = set(threading.enumerate())
+        with socket.create_connection(("127.0.0.1", view.port), timeout=5) as reset:
+            reset.sendall(b"GET / HTTP/1.1\r\n")
+            time.sleep(0.1)
+            reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+        assert state(view.url)["step"] == 1  # accepted after the reset one: its handler has started
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and [thread for thread in threading.enumerate()
+                                               if thread not in before and "process_request" in thread.name]:
+            time.sleep(0.01)
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+def test_options_are_keyword_only():
+    from jaxmosaic.live import LiveView
+
+    for function in (LiveView.__init__, LiveView.counter):
+        options = [p for p in inspect.signature(function).parameters.values() if p.default is not inspect.Parameter.empty]
+        assert options and all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in options), function
 
 
 def published(monkeypatch) -> list[dict]:
@@ -316,6 +388,7 @@ def test_library_build_and_vq_train_publish_their_progress(tmp_path, monkeypatch
     assert re.search(r"^live view: http://127\.0\.0\.1:\d+/$", result.output, re.MULTILINE)
     counts = [(m["done"], m["total"]) for m in messages if m["status"] == "running"]
     assert counts == [(8, 24), (16, 24), (24, 24)] and messages[-1]["status"] == "done"
+    assert messages[-1]["step"] == messages[-1]["done"] == 24  # the final message carries the last count
     assert {m["unit"] for m in messages} == {"tiles"} and messages[-1]["command"] == "library build"
 
     messages.clear()
@@ -325,6 +398,25 @@ def test_library_build_and_vq_train_publish_their_progress(tmp_path, monkeypatch
     assert start["step"] == 0 and start["unit"] == "iterations" and start["image"] is None
     assert end["loss"]["inertia"] > 0 and end["image"] == end["seq"] and final["status"] == "done"
     assert not [thread for thread in threading.enumerate() if thread.name == "jaxmosaic-live"]
+
+
+@pytest.mark.parametrize("process", [0, 1])
+def test_only_process_0_of_a_distributed_build_serves_the_page(tmp_path, monkeypatch, process):
+    """The processes of one machine would all bind the same port: the others say so and go on."""
+    from jaxmosaic.errors import JaxmosaicError
+
+    def stopped(config, *, say):
+        raise JaxmosaicError("stopped before joining")
+
+    monkeypatch.setattr(importlib.import_module("jaxmosaic.cli.library"), "start_distributed", stopped)
+    result = run_cli("library", "build", "gabor", "-o", tmp_path / "lib.npz", "--coordinator", "127.0.0.1:1",
+                     "--num-processes", 2, "--process-id", process, "--web", "127.0.0.1:0")
+    lines = result.output.splitlines()
+    assert result.exit_code == 1 and lines[-1] == "error: stopped before joining", result.output
+    if process == 0:
+        assert len(lines) == 2 and re.match(r"^live view: http://127\.0\.0\.1:\d+/$", lines[0]), result.output
+    else:
+        assert lines == ["--web: process 0 serves the live view; process 1 does not", lines[-1]]
 
 
 def test_a_failed_run_says_so(tmp_path, monkeypatch):

@@ -57,7 +57,7 @@ def obtain_tile_library(tiles: str, config: LibraryConfig, weights: str | None, 
     settings = feature_config(config, mode, loaded, params)
     library_cache = _library_cache(tiles) if cache else None
     with rate_progress(f"indexing {tiles}") as progress:
-        progress = live.counter(progress, unit="tiles") if live is not None else progress
+        progress = live.counter(update=progress, unit="tiles") if live is not None else progress
         library = obtain_library(tiles, config, settings, mode, params=params, loaded=loaded, progress=progress, say=echo,
                                  cache=library_cache, inputs=inputs, weights=weights)
     return library, params
