@@ -7,11 +7,14 @@ mixed results. Every other run here is a real process: a holder that locks outpu
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import http.server
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +27,7 @@ import pytest
 from helpers import ROOT, SAMPLES, STYLE, cli_command, hashes, one_line_error, run_cli
 from test_safety_pth import alexnet_checkpoint, stored
 
+from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.io.locks import (
     OutputInUse,
     lock_file,
@@ -74,6 +78,23 @@ def lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip()]
 
 
+def not_a_lock(path: Path) -> str:
+    """The refusal of `path` whose lock file's name holds something else."""
+    return f"{path}: {lock_file(path)} is not a jaxmosaic lock file; remove it or choose another output"
+
+
+def holding(process: subprocess.Popen, output: Path, timeout: float = 300) -> None:
+    """Wait until `process` holds the lock of `output` and its lock file names it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):  # not there yet, or its record not written yet
+            if json.loads(lock_file(output).read_text())["pid"] == process.pid:
+                return
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        time.sleep(0.05)
+    raise AssertionError(f"{output} was not locked within {timeout} s")
+
+
 def test_a_held_output_is_refused_waited_for_and_taken_over_from_a_killed_holder(tmp_path):
     mine, theirs, dead = tmp_path / "mine.png", tmp_path / "theirs.png", tmp_path / "dead"
     (tmp_path / "link").symlink_to(tmp_path)
@@ -103,6 +124,101 @@ def test_a_held_output_is_refused_waited_for_and_taken_over_from_a_killed_holder
         assert lock_output(dead) and json.loads(lock_file(dead).read_text())["pid"] == os.getpid()
     release_all()
     assert not lock_file(theirs).exists() and not lock_file(dead).exists()
+
+
+def test_a_link_or_a_foreign_file_at_a_lock_file_name_is_refused_and_left_as_it_is(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    linked, foreign, folder, fifo = (tmp_path / f"{name}.png" for name in ("linked", "foreign", "folder", "fifo"))
+    lock_file(linked).symlink_to(victim)
+    lock_file(foreign).write_text("someone else's notes")
+    lock_file(folder).mkdir()
+    os.mkfifo(lock_file(fifo))
+    for output in (linked, foreign, folder, fifo):
+        for wait in (False, True):
+            with pytest.raises(JaxmosaicError) as refused:
+                lock_output(output, wait=wait)
+            assert str(refused.value) == not_a_lock(output)
+    release_all()
+    assert victim.read_text() == "keep me" and lock_file(linked).readlink() == victim
+    assert lock_file(foreign).read_text() == "someone else's notes"
+    assert lock_file(folder).is_dir() and lock_file(fifo).is_fifo()
+
+
+def test_an_empty_lock_file_or_one_this_run_cannot_write_is_taken(tmp_path, monkeypatch):
+    """An empty lock file is taken and rewritten; one left by another user, which this run may
+    only read, is locked read-only (flock needs no write access)."""
+    empty, theirs = tmp_path / "empty.png", tmp_path / "theirs.png"
+    lock_file(empty).touch()
+    assert lock_output(empty) and json.loads(lock_file(empty).read_text())["pid"] == os.getpid()
+    lock_file(theirs).write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": 0.0}))
+    lock_file(theirs).chmod(0o444)
+    real_open = os.open
+
+    def as_another_user(file, flags, *args, **kwargs):  # root may write any file: refuse as its mode says
+        if file == lock_file(theirs) and os.path.exists(file) and flags & (os.O_WRONLY | os.O_RDWR) and not flags & os.O_EXCL:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", as_another_user)
+    assert lock_output(theirs)
+    probe = real_open(lock_file(theirs), os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(probe)
+    release_all()
+    assert not lock_file(empty).exists() and not lock_file(theirs).exists()
+
+
+def test_a_file_system_without_flock_leaves_the_output_unlocked_and_no_new_lock_file(tmp_path, monkeypatch):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    new, old = tmp_path / "new.png", tmp_path / "old.png"
+    lock_file(old).touch()  # left by an earlier run: not this call's to remove
+    assert not lock_output(new) and not lock_output(old)
+    assert [p.name for p in tmp_path.iterdir()] == [lock_file(old).name]
+
+
+def test_a_lock_that_fails_names_the_output_and_its_lock_file(tmp_path, monkeypatch):
+    def broken(fd, operation):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(fcntl, "flock", broken)
+    out = tmp_path / "out.png"
+    with pytest.raises(JaxmosaicError) as failed:
+        lock_output(out)
+    assert str(failed.value) == f"{out}: cannot lock its lock file {lock_file(out)} ({os.strerror(errno.EIO)})"
+
+
+def test_two_threads_locking_one_output_at_once_take_one_lock(tmp_path, monkeypatch):
+    out, real_flock = tmp_path / "shared.png", fcntl.flock
+
+    def slow_flock(fd, operation):
+        time.sleep(0.2)  # both threads would be past the check of what this process holds
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", slow_flock)
+    start, taken, failed = threading.Barrier(2), [], []
+
+    def take():
+        start.wait(60)
+        try:
+            taken.append(lock_output(out))
+        except JaxmosaicError as err:
+            failed.append(str(err))
+
+    threads = [threading.Thread(target=take) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    release_all()
+    assert not failed and sorted(taken) == [False, True], (failed, taken)
+    assert not lock_file(out).exists()
 
 
 def test_every_command_refuses_an_output_another_run_holds_in_one_line(tmp_path, monkeypatch):
@@ -149,33 +265,34 @@ def test_wait_waits_for_the_run_that_holds_the_output(tmp_path):
     assert len(list(tiles.glob("gabor-*.png"))) == 384 and not lock_file(tiles).exists()
 
 
-def _first_to_finish(processes: list[subprocess.Popen], timeout: float = 300) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for index, process in enumerate(processes):
-            if process.poll() is not None:
-                return index
-        time.sleep(0.1)
-    raise AssertionError("neither run finished")
-
-
 def test_two_streaming_builds_into_one_library_never_share_its_build_folder(tmp_path):
-    """Seeds 0 and 1 started at once into one OUT: one builds, the other refuses; the library is a
-    clean build of the winner's seed, and no build folder is left."""
+    """Seed 1 started into OUT while seed 0's build holds it (stopped there, so the two overlap
+    however loaded the machine is) refuses; the library is a clean build of seed 0, and no build
+    folder is left."""
     from jaxmosaic.techniques.mosaic import load_library
 
     out, clean = tmp_path / "lib.npz", tmp_path / "clean.npz"
-    runs = [subprocess.Popen(cli_command(*BUILD, "-o", out, "--seed", seed, module=True), env=_env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for seed in (0, 1)]
-    loser = _first_to_finish(runs)
-    winner = 1 - loser
-    result = run_cli(*BUILD, "-o", clean, "--seed", winner)  # the clean build, while the winner runs
-    assert result.exit_code == 0, result.output
-    outputs = [run.communicate(timeout=600) for run in runs]
-    assert [run.returncode for run in runs] == [1 if i == loser else 0 for i in range(2)], [err[-2000:] for _, err in outputs]
-    refusal = lines(outputs[loser][1])
-    assert len(refusal) == 1, refusal
-    assert re.fullmatch("error: " + in_use(out, runs[winner].pid) + "; wait for it, or pass --wait", refusal[0]), refusal
+    first = subprocess.Popen(cli_command(*BUILD, "-o", out, "--seed", 0, module=True), env=_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        holding(first, out)
+        os.kill(first.pid, signal.SIGSTOP)  # a stopped process keeps its locks
+        try:
+            second = subprocess.run(cli_command(*BUILD, "-o", out, "--seed", 1, module=True), env=_env(), capture_output=True,
+                                    text=True, timeout=600, check=False)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        refusal = lines(second.stderr)
+        assert second.returncode == 1 and len(refusal) == 1, second.stderr[-2000:]
+        assert re.fullmatch("error: " + in_use(out, first.pid) + "; wait for it, or pass --wait", refusal[0]), refusal
+        result = run_cli(*BUILD, "-o", clean, "--seed", 0)  # the clean build, while the first run goes on
+        assert result.exit_code == 0, result.output
+        _, err = first.communicate(timeout=600)
+        assert first.returncode == 0, err[-2000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
     built, reference = load_library(out), load_library(clean)
     assert built.settings == reference.settings, "the header names the winner's weights"
     signs = np.sign(np.sum(built.features * reference.features, axis=0))  # each direction is found up to its sign
@@ -209,7 +326,7 @@ class GatedServer:
                 self.wfile.write(body[:pause])
                 self.wfile.flush()
                 if pause:
-                    server.gate.wait(300)
+                    server.gate.wait(600)
                 self.wfile.write(body[pause:])
 
             def log_message(self, *args):
@@ -223,6 +340,15 @@ class GatedServer:
         self.gate.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _partial(folder: Path, size: int) -> bool:
+    """Whether a partial download of at least `size` bytes lies in `folder`."""
+    for path in folder.iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a file the run made and removed meanwhile
+            if "jaxmosaic-download" in path.name and path.stat().st_size >= size:
+                return True
+    return False
 
 
 def test_downloads_into_two_folders_never_share_a_partial_file(tmp_path):
@@ -246,15 +372,15 @@ def test_downloads_into_two_folders_never_share_a_partial_file(tmp_path):
     try:
         first = download("srcA", "wA")
         deadline = time.monotonic() + 300
-        while first.poll() is None and time.monotonic() < deadline and not any(
-                "jaxmosaic-download" in p.name and p.stat().st_size >= cut for p in folder.iterdir()):
+        while not _partial(folder, cut):
+            assert first.poll() is None, first.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the first download never reached its pause"
             time.sleep(0.05)
-        assert first.poll() is None, first.communicate()[1][-2000:]
         second = download("srcB", "wB")
-        _, err = second.communicate(timeout=300)
+        _, err = second.communicate(timeout=600)
         assert second.returncode == 0, err[-2000:]
         server.gate.set()
-        _, err = first.communicate(timeout=300)
+        _, err = first.communicate(timeout=600)
         assert first.returncode == 0, err[-2000:]
     finally:
         server.close()
@@ -271,7 +397,7 @@ def test_two_tile_sets_written_into_one_folder_at_once_are_never_mixed(tmp_path)
     settings = [["--colors", 1], ["--colors", 2]]
     runs = [subprocess.Popen(cli_command("tiles", "gabor", tiles, "--size", 32, *colors, module=True), env=_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for colors in settings]
-    outputs = [run.communicate(timeout=300) for run in runs]
+    outputs = [run.communicate(timeout=600) for run in runs]
     for run, (_, err) in zip(runs, outputs):
         assert run.returncode == 0 or (run.returncode == 1 and len(lines(err)) == 1 and " in use by another jaxmosaic run " in err), err
     assert 0 in [run.returncode for run in runs]
@@ -287,7 +413,12 @@ def test_two_tile_sets_written_into_one_folder_at_once_are_never_mixed(tmp_path)
 def test_a_library_the_cache_keeps_is_made_by_one_run_while_another_waits_for_it(tile_folder, tmp_path):
     """Two mosaics needing one cached library (a folder's, or the bank's): the second waits for the
     lock on the cached file, then makes or reads it, instead of building it beside the first."""
-    from jaxmosaic.techniques.mosaic import ColorMode, FeatureConfig, LibraryConfig, obtain_library
+    from jaxmosaic.techniques.mosaic import (
+        ColorMode,
+        FeatureConfig,
+        LibraryConfig,
+        obtain_library,
+    )
 
     cache, said = tmp_path / "cache", []
     cache.mkdir()
@@ -303,9 +434,11 @@ def test_a_library_the_cache_keeps_is_made_by_one_run_while_another_waits_for_it
     with holder(cached) as other:
         worker = threading.Thread(target=lambda: result.append(obtain()))
         worker.start()
-        worker.join(2.0)
+        deadline = time.monotonic() + 60
+        while not any(line.startswith(f"waiting for {cached}") for line in list(said)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert said and said[-1].startswith(f"waiting for {cached}: in use by another jaxmosaic run (pid {other.pid}"), said
         assert worker.is_alive() and not cached.exists(), "nothing is made while another run holds the cached file"
-        assert said[-1].startswith(f"waiting for {cached}: in use by another jaxmosaic run (pid {other.pid}"), said
         other.stdin.write(f"{cached}\n")
         other.stdin.flush()
         worker.join(120)
