@@ -134,14 +134,19 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "jaxmosaic"
 
 
-def cache_folder(name: str, *, required: bool = False) -> Path | None:
-    """The cache's subfolder `name`, created if need be, once a file can be made in it. When it
-    cannot be written: None (a cache that only saves time is skipped), or, when the command
-    cannot do without it, one line naming JAXMOSAIC_CACHE_DIR and the folder."""
+def cache_folder(name: str, *, required: bool = False, create: bool = True) -> Path | None:
+    """The cache's subfolder `name` once a file can be made in it: created if need be, or with
+    `create=False` left to whoever writes there first (then the nearest folder that exists is
+    tried). When it cannot be written: None (a cache that only saves time is skipped), or, when
+    the command cannot do without it, one line naming JAXMOSAIC_CACHE_DIR and the folder."""
     folder = cache_dir() / name
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
         if not required:

@@ -37,7 +37,7 @@ def source_paths(source: str | None) -> list[Path]:
 def _library_cache(tiles: str) -> Path | None:
     """The cache of tile libraries: skipped where it cannot be written (it only saves time), except
     for the Gabor bank, which is built there."""
-    return cache_folder("libraries", required=tiles == BANK)
+    return cache_folder("libraries", required=tiles == BANK, create=False)  # made when a library is kept there
 
 
 def obtain_tile_library(tiles: str, config: LibraryConfig, weights: str | None, inputs, *, cache: bool,

@@ -238,15 +238,22 @@ def _from_cache(recipe: _Recipe, cache: Path | None, settings: FeatureConfig, mo
         return recipe.make(None)
     key = hashlib.sha256(json.dumps(recipe.key, sort_keys=True).encode()).hexdigest()[:20]
     cached = cache / f"{recipe.prefix}{key}.npz"
-    with output_lock(cached, wait=True, say=say):  # two runs needing one library: one makes it, the other then reads it
-        if cached.is_file():
-            with contextlib.suppress(JaxmosaicError):
-                library = load_library(cached)
-                if is_current(library, settings, folder=recipe.folder):
-                    library.color = mode
-                    say(f"{recipe.what} ({len(library)} tiles) is up to date ({cached})")
-                    return library
-        return recipe.make(cached)
+    made = [folder for folder in (cache, *cache.parents) if not folder.exists()]  # the folders made here for the lock
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        with output_lock(cached, wait=True, say=say):  # two runs needing one library: one makes it, the other then reads it
+            if cached.is_file():
+                with contextlib.suppress(JaxmosaicError):
+                    library = load_library(cached)
+                    if is_current(library, settings, folder=recipe.folder):
+                        library.color = mode
+                        say(f"{recipe.what} ({len(library)} tiles) is up to date ({cached})")
+                        return library
+            return recipe.make(cached)
+    finally:
+        for folder in made:  # innermost first; rmdir removes only a folder left empty (nothing was kept)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def _bank_recipe(grid: BankGrid, svd_k: int | str, settings: FeatureConfig, mode: ColorMode, *, params, progress,
