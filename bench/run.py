@@ -35,6 +35,7 @@ BENCHMARKS = {
     "vgg": ("vgg", ["--sizes", "64", "--repeats", "2"]),
     "vq": ("vq", ["--samples", "2000", "--k", "16", "--iterations", "3", "--repeats", "1"]),
     "mosaic": ("mosaic", ["--queries", "500", "--tiles", "5000", "--features", "64", "--k", "16", "--repeats", "1"]),
+    "assign": ("assign", ["--sizes", "500x5000,1000x20000", "--caps", "1,3"]),
     # 128 asked gives a 112-tile subset, the fewest above the k = 100 it keeps; the quick run still
     # matches against the full 312,500-tile bank and solves the 9216-dimensional eigen step
     "library": ("library", ["--subset", "128", "--chunk", "32", "--processes", "1"]),

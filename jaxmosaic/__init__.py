@@ -12,6 +12,7 @@ from jaxmosaic.io.checkpoints import load_checkpoint, save_checkpoint
 from jaxmosaic.color import luminance, rgb_to_lab, rgb_to_yiq, yiq_to_rgb
 from jaxmosaic.filters import Padding, fft_gaussian_blur, gabor_kernel, gaussian_blur, gaussian_kernel1d, separable_blur
 from jaxmosaic.search import compress_queries, l2_normalize, match_tiles, svd_compress
+from jaxmosaic.assignment import OptimalAssignment, optimal_assignment
 from jaxmosaic.losses import content_loss, gram_matrix, gram_targets, style_layer_loss, style_loss, tv_loss
 from jaxmosaic.spectrum import (
     periodic_component,
@@ -96,6 +97,8 @@ __all__ = [
     "color_features",
     "colorize",
     "assign_tiles",
+    "optimal_assignment",
+    "OptimalAssignment",
     "build_library",
     "make_mosaic",
     "Optimizer",

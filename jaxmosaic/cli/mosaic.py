@@ -89,6 +89,10 @@ def mosaic(
     echo(f"{stats['cols']}x{stats['rows']} cells from {stats['tiles']} tiles ({stats['distinct_tiles']} used, at most "
          f"{stats['max_uses']}x each); k={stats['k'] or 'exact'} keeps {stats['energy_kept']:.1%} of the energy; "
          f"mean {config.score} score {stats['mean_score']:.4f}; matched in {stats['match_seconds']:.3f} s")
+    if "assignment" in stats:
+        figures = stats["assignment"]
+        echo(f"optimal assignment: total score {-figures['cost']:.4f} (greedy {-figures['greedy_cost']:.4f}), certified in "
+             f"{figures['rounds']} round(s) with {figures['pairs_added']} pairs added, {figures['seconds']:.3f} s")
     echo(f"wrote {', '.join(map(str, written))}")
     settings = {**settings_dict(config), **settings_dict(library), "tiles": tiles, "color": str(tile_library.color),
                 "features": tile_library.settings.as_dict(), "weights": weights or "lookup"}

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmosaic.assignment import assignment_memory_bytes, check_capacity, optimal_assignment
 from jaxmosaic.color import luminance
 from jaxmosaic.config import ConfigError, choice, number, setting, whole
 from jaxmosaic.errors import JaxmosaicError
@@ -28,6 +29,7 @@ from jaxmosaic.techniques.mosaic.features import ColorMode, batched_features, fe
 __all__ = [
     "Fit",
     "Score",
+    "Assign",
     "MosaicConfig",
     "mosaic_grid",
     "split_cells",
@@ -57,6 +59,15 @@ class Fit(enum.StrEnum):
     crop = "crop"
 
 
+class Assign(enum.StrEnum):
+    """How cells get their tiles under the reuse rules: "greedy" (cells best-first, each its best
+    allowed candidate) or "optimal" (the least total cost under the cap, certified:
+    `jaxmosaic.optimal_assignment`)."""
+
+    greedy = "greedy"
+    optimal = "optimal"
+
+
 @dataclasses.dataclass(frozen=True)
 class MosaicConfig:
     """How a target is cut into patches, matched and rendered."""
@@ -70,6 +81,7 @@ class MosaicConfig:
     min_distance: float = setting(0.0, "Repeats of a tile must be at least this many cells apart.")
     top_k: int | None = setting(None, "Candidates per patch for the reuse rules (default 32 with them, else 1).")
     score: Score = setting(Score.cosine, "cosine, or abs: rank by |score| (the original article's MRF rule).")
+    assign: Assign = setting(Assign.greedy, "greedy (best-first), or optimal: the highest total score under --max-reuse, certified.")
 
     def __post_init__(self):
         whole("patch", self.patch, minimum=1, maximum=4096)
@@ -85,6 +97,10 @@ class MosaicConfig:
         object.__setattr__(self, "min_distance", number("min_distance", self.min_distance, minimum=0.0, maximum=4096.0))
         if self.top_k is not None:
             whole("top_k", self.top_k, minimum=1, maximum=4096)
+        object.__setattr__(self, "assign", choice("assign", self.assign, Assign))
+        if self.assign == Assign.optimal and self.min_distance > 1:
+            raise ConfigError("min_distance", "cannot be combined with --assign optimal (repeats kept apart are no "
+                                              "transportation problem); use --assign greedy for it")
 
     @property
     def side(self) -> int:
@@ -212,8 +228,8 @@ def assign_tiles(
     scores = np.asarray(scores)
     candidates = np.asarray(candidates)
     cells = rows * cols
-    if max_reuse is not None and max_reuse * tiles < cells:
-        raise ConfigError("max_reuse", f"{max_reuse} with {tiles} tiles covers only {max_reuse * tiles} of {cells} cells")
+    if max_reuse is not None:
+        check_capacity(cells, tiles, max_reuse, field="max_reuse")
     if max_reuse is None and min_distance <= 1:
         return Assignment(candidates[:, 0].copy(), scores[:, 0].copy(), 0)
     offsets = _near_offsets(min_distance)
@@ -272,10 +288,41 @@ class MosaicResult(NamedTuple):
 
 
 def mosaic_memory(config: MosaicConfig, target_shape, features: int) -> int:
-    """Bytes a mosaic of a target of this shape needs at its peak (rendered cells and matching)."""
+    """Bytes a mosaic of a target of this shape needs at its peak (rendered cells, matching and,
+    with `--assign optimal`, the sparse problem and its certificate's scan)."""
     rows, cols, _, _ = mosaic_grid(*target_shape[:2], config.patch, cols=config.cols, fit=config.fit)
     side = config.side
-    return rows * cols * side * side * 3 * 4 * 6 + match_memory_bytes(rows * cols, features, top_k=config.top_k or 32)
+    top_k = config.top_k or 32
+    optimal = 0
+    if config.assign == Assign.optimal:  # without a cap each cell takes its best tile: less than a cap of 1
+        optimal = assignment_memory_bytes(rows * cols, top_k=top_k, max_uses=config.max_reuse or 1)
+    return rows * cols * side * side * 3 * 4 * 6 + match_memory_bytes(rows * cols, features, top_k=top_k) + optimal
+
+
+def _negative_scores(queries: jax.Array, dictionary: jax.Array, *, absolute: bool) -> jax.Array:
+    scores = queries @ dictionary.T
+    return -(jnp.abs(scores) if absolute else scores)
+
+
+def _optimal(config: MosaicConfig, queries: np.ndarray, dictionary: np.ndarray, candidates: np.ndarray,
+             greedy: Assignment, greedy_seconds: float) -> tuple[Assignment, dict]:
+    """The optimal assignment (cost = minus the score), started from the matcher's candidates and
+    scanned in blocks on the device, and its figures beside the greedy one's."""
+    cells, tiles = len(queries), len(dictionary)
+    device_queries, device_dictionary = jnp.asarray(queries), jnp.asarray(dictionary)
+    cost = jax.jit(functools.partial(_negative_scores, absolute=config.absolute))
+    start = time.perf_counter()
+    optimum = optimal_assignment(lambda first, stop: cost(device_queries[first:stop], device_dictionary),
+                                 config.max_reuse or cells, shape=(cells, tiles), candidates=candidates,
+                                 top_k=candidates.shape[1])
+    seconds = time.perf_counter() - start
+    stats = {"assignment": {
+        "method": "optimal", "cost": optimum.total, "greedy_cost": -float(np.sum(greedy.scores, dtype=np.float64)),
+        "rounds": optimum.rounds, "pairs_added": optimum.pairs_added, "pairs": optimum.pairs,
+        "seconds": seconds, "greedy_seconds": greedy_seconds,
+        "uses": np.bincount(optimum.uses).tolist(), "greedy_uses": np.bincount(np.bincount(greedy.tiles, minlength=tiles)).tolist(),
+    }}
+    return Assignment(optimum.tiles, (-optimum.costs).astype(np.float32), greedy.fallbacks), stats
 
 
 def make_mosaic(config: MosaicConfig, target: np.ndarray, library, params=None, *, mesh=None) -> MosaicResult:
@@ -294,6 +341,8 @@ def make_mosaic(config: MosaicConfig, target: np.ndarray, library, params=None, 
     n, t = len(library), library.dimension
     height, width = target.shape[:2]
     rows, cols, _, _ = mosaic_grid(height, width, config.patch, cols=config.cols, fit=config.fit)
+    if config.max_reuse is not None:
+        check_capacity(rows * cols, n, config.max_reuse, field="max_reuse")
     fitted = _fit_target(np.asarray(target, np.float32), rows, cols, config.patch, config.fit, config.cols)
     cells = np.asarray(split_cells(fitted, rows, cols))
     queries = batched_features(feature_function(library.settings, params), cells)
@@ -326,8 +375,13 @@ def make_mosaic(config: MosaicConfig, target: np.ndarray, library, params=None, 
         s = dictionary[:n] @ queries[cell]
         return np.abs(s) if config.absolute else s
 
+    start = time.perf_counter()
     assignment = assign_tiles(scores, candidates, rows=rows, cols=cols, tiles=n, max_reuse=config.max_reuse,
                               min_distance=config.min_distance, all_scores=all_scores)
+    greedy_seconds = time.perf_counter() - start
+    optimal_stats = {}
+    if config.assign == Assign.optimal:
+        assignment, optimal_stats = _optimal(config, queries, dictionary[:n], candidates, assignment, greedy_seconds)
     used, inverse = np.unique(assignment.tiles, return_inverse=True)
     side = config.side
     tiles = library.render(used, side)[inverse]
@@ -338,5 +392,6 @@ def make_mosaic(config: MosaicConfig, target: np.ndarray, library, params=None, 
         "candidates": k, "match_seconds": match_seconds, "match_compile_seconds": compile_seconds,
         "mean_score": float(assignment.scores.mean()), "unconstrained_mean_score": float(scores[:, 0].mean()),
         "distinct_tiles": int(len(used)), "max_uses": int(np.bincount(assignment.tiles).max()), "fallbacks": assignment.fallbacks,
+        **optimal_stats,
     }
     return MosaicResult(image, assignment.tiles.reshape(rows, cols), assignment.scores.reshape(rows, cols), stats)
