@@ -49,8 +49,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from scipy.sparse import csr_array
-from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bipartite_matching
 
 from jaxmosaic.config import ConfigError, number, whole
 
@@ -208,6 +206,9 @@ def _cost_of(pairs: _Pairs, cells: np.ndarray, tiles: np.ndarray, width: int) ->
 def _solve_sparse(pairs: _Pairs, cells: int, max_uses: int) -> tuple[np.ndarray | None, np.ndarray]:
     """The optimal tile of each cell over the candidate pairs, or (None, the cells a maximum
     matching leaves out) when the pairs cannot serve every cell under the cap."""
+    from scipy.sparse import csr_array  # imported when used: `import jaxmosaic` reads no data file
+    from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bipartite_matching
+
     tiles, owner = np.unique(pairs.tile, return_inverse=True)
     copies = np.minimum(np.bincount(owner), max_uses)  # a tile never serves more cells than it has pairs
     first = np.cumsum(copies) - copies
