@@ -39,7 +39,7 @@ import numpy as np
 
 from jaxmosaic.config import ConfigError, setting, whole
 from jaxmosaic.errors import JaxmosaicError
-from jaxmosaic.io.files import disk_full, is_disk_full
+from jaxmosaic.io.files import first_line
 
 __all__ = ["DistributedConfig", "DistributedError", "agree", "start_distributed"]
 
@@ -206,10 +206,7 @@ def _join_failure(config: DistributedConfig, error: Exception) -> str:
 def _first_line(error: BaseException) -> str:
     if isinstance(error, KeyboardInterrupt):
         return "interrupted"
-    if isinstance(error, OSError) and not isinstance(error, JaxmosaicError) and is_disk_full(error) and error.filename:
-        error = disk_full(error.filename)  # named as the command line names it
-    lines = str(error).strip().splitlines()
-    line = lines[0] if lines else type(error).__name__
+    line = first_line(error)  # as the command line says it
     if not isinstance(error, (JaxmosaicError, OSError, ValueError)):
         line = f"{type(error).__name__}: {line}"
     return line[:_LINE_CHARACTERS]

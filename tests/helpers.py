@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import shutil
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -76,6 +77,13 @@ def one_line_error(result, *fragments, code=None) -> str:
 
 
 # --- folders of tiles ----------------------------------------------------------------------------
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a coordinator or a server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
 
 def noise_tiles(folder: Path, count: int, shape: tuple[int, int], rng: np.random.Generator, *,
                 name: str = "{}.png") -> Path:

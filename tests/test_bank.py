@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from helpers import ROOT, SAMPLES, cli_command, noise_tiles, run_cli
+from helpers import ROOT, SAMPLES, cli_command, free_port, noise_tiles, run_cli
 from jaxmosaic.search import svd_compress
 from jaxmosaic.techniques.mosaic import ColorMode, FeatureConfig, batched_features, feature_function, load_library
 from jaxmosaic.techniques.mosaic.bank import BankGrid, bank_axes, bank_parameters, parse_bank_grid, render_bank
@@ -137,12 +136,6 @@ def test_killed_build_resumes_from_its_last_chunk(alexnet64, streamed, tmp_path)
     np.testing.assert_array_equal(library.svd["basis"], streamed[1].svd["basis"])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 BUILD = ["library", "build", "gabor-bank", "--bank-grid", str(SMALL), "--features", "alexnet", "--weights", "random",
          "--svd-k", "20", "--chunk", "8", "--max-memory", "4"]  # the budget named: three builds run at once beside other tests
 
@@ -160,7 +153,7 @@ def test_devices_and_processes_give_the_library_of_one_process(tmp_path):
     result = run_cli(*BUILD, "-o", one, "--devices", "1")
     assert result.exit_code == 0, result.output
     four, two = tmp_path / "four.npz", tmp_path / "two.npz"
-    port = _free_port()
+    port = free_port()
     runs = [(cli_command(*BUILD, "-o", four, module=True), _env(4))]  # the three processes run at once
     runs += [(cli_command(*BUILD, "-o", two, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
                           i, module=True), _env(1)) for i in range(2)]

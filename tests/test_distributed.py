@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, cli_command
+from helpers import ROOT, cli_command, free_port
 
 from jaxmosaic.io.folders import MARKER
 
@@ -24,18 +24,18 @@ WAIT = 90  # seconds a run may take before the test fails (it would otherwise wa
 CLUSTER = ("SLURM_", "OMPI_", "TPU_", "KUBERNETES_", "JAX_COORDINATOR")  # what --coordinator auto reads
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _outside_a_cluster() -> dict:
+    """This environment without what --coordinator auto reads, for a fresh Python running this checkout."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(CLUSTER)}
+    env.update(JAXMOSAIC_NO_COMPILATION_CACHE="1", PYTHONPATH=str(ROOT))
+    return env
 
 
 @pytest.fixture
 def start():
     """Start `jaxmosaic ARGS...` in a fresh Python, outside any cluster; a run still going when the
     test ends is killed."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith(CLUSTER)}
-    env.update(JAXMOSAIC_NO_COMPILATION_CACHE="1", PYTHONPATH=str(ROOT))
+    env = _outside_a_cluster()
     started = []
 
     def run(*args) -> subprocess.Popen:
@@ -77,7 +77,7 @@ def _answers(port: int) -> bool:
 def test_a_join_that_cannot_finish_ends_within_the_timeout_naming_what_did_not_arrive(tmp_path, start):
     """No coordinator, a peer that never starts, two processes 0, and --coordinator auto outside a
     cluster: each ends with one line (JAX alone would wait 5 minutes, or abort with a stack trace)."""
-    port = _free_port()
+    port = free_port()
     started = time.monotonic()
     alone = start(*BUILD, "-o", tmp_path / "alone.npz", "--coordinator", f"127.0.0.1:{port}", "--num-processes", 2,
                    "--process-id", 0, "--timeout", 15)
@@ -104,7 +104,7 @@ def test_a_join_that_cannot_finish_ends_within_the_timeout_naming_what_did_not_a
 
 def test_processes_given_different_settings_are_refused_before_work(tmp_path, start):
     out = tmp_path / "seeds.npz"
-    workers = _job(start, out, _free_port(), ["--seed", "0"], ["--seed", "1"])
+    workers = _job(start, out, free_port(), ["--seed", "0"], ["--seed", "1"])
     lines = [_failed(worker, "process 1: its settings differ from process 0's (--seed)", "no process started",
                      joining=f"process {i} of 2") for i, worker in enumerate(workers)]
     assert lines[0] == lines[1]
@@ -119,7 +119,7 @@ def test_a_process_whose_own_output_fails_its_check_stops_every_process_before_w
     theirs = tmp_path / "out.npz.build-1-of-2"
     theirs.mkdir()
     (theirs / "notes.txt").write_text("not jaxmosaic's")
-    zero, one = _job(start, out, _free_port(), [], [])
+    zero, one = _job(start, out, free_port(), [], [])
     reason = f"{theirs}: a folder jaxmosaic did not write"
     _failed(zero, f"process 1: {reason}", "no process started", joining="process 0 of 2")
     line = _failed(one, reason, joining="process 1 of 2")
@@ -136,7 +136,7 @@ def test_a_failure_in_one_process_s_share_stops_every_process_and_leaves_no_buil
     ones = tmp_path / "out.npz.build-1-of-2"
     (ones / "chunk-000003.npz").mkdir(parents=True)  # chunks 2 and 3 of 0..3 are process 1's
     (ones / MARKER).write_text('{"jaxmosaic": "library-build", "version": 1, "files": []}')
-    zero, one = _job(start, out, _free_port(), [], [])
+    zero, one = _job(start, out, free_port(), [], [])
     reason = "chunk-000003.npz: is a folder, expected a file name"
     _failed(zero, "process 1: ", reason, "every process stopped", joining="process 0 of 2")
     _failed(one, reason, joining="process 1 of 2")
@@ -160,9 +160,8 @@ runpy.run_module("jaxmosaic.cli", run_name="__main__")
 def test_a_failed_write_of_the_library_fails_every_process_and_keeps_their_chunks(tmp_path, start):
     """Process 0 cannot write the library: the other processes wait for it, end with status 1
     naming it (never 0 with no library), and every build folder keeps its chunks for --resume."""
-    out, port = tmp_path / "out.npz", _free_port()
-    env = {name: value for name, value in os.environ.items() if not name.startswith(CLUSTER)}
-    env.update(JAXMOSAIC_NO_COMPILATION_CACHE="1", PYTHONPATH=str(ROOT))
+    out, port = tmp_path / "out.npz", free_port()
+    env = _outside_a_cluster()
     distributed = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", 2, "--timeout", 30]
     argv = [str(a) for a in [*BUILD, "-o", out, *distributed]]
     with subprocess.Popen([sys.executable, "-c", FAILING_SAVE, *argv, "--process-id", "0"], env=env,

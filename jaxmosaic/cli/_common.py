@@ -13,7 +13,7 @@ import typer
 
 from jaxmosaic.cli.console import download_progress, echo, error_line
 from jaxmosaic.errors import ConfigError, JaxmosaicError
-from jaxmosaic.io.files import disk_full, is_disk_full, write_json
+from jaxmosaic.io.files import first_line, write_json
 from jaxmosaic.io.locks import WAIT_HELP, release_all
 from jaxmosaic.live import WEB_HELP
 from jaxmosaic.weights import cache_folder, load_weights, random_alexnet, random_vgg19
@@ -26,14 +26,6 @@ MetricsOption = Annotated[Path | None, typer.Option(help="Write a JSON summary h
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace output files that exist although jaxmosaic did not write them.")]
 WaitOption = Annotated[bool, typer.Option("--wait", help=WAIT_HELP)]
 WebOption = Annotated[str | None, typer.Option("--web", help=WEB_HELP)]  # a command without a settings class to hold web_setting()
-
-
-def _first_line(err: BaseException) -> str:
-    """An error's one line: a full disk reported by the OS for a file written outside
-    `atomic_path` names the file and the space left; anything else is its message's first line."""
-    if is_disk_full(err) and not isinstance(err, JaxmosaicError) and getattr(err, "filename", None):
-        return str(disk_full(err.filename))
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def guarded(command):
@@ -54,7 +46,7 @@ def guarded(command):
         except (JaxmosaicError, ValueError, OSError) as err:
             if state["debug"]:
                 traceback.print_exc()
-            error_line(_first_line(err))
+            error_line(first_line(err))
             raise typer.Exit(1) from None
         except Exception as err:
             if state["debug"]:

@@ -22,7 +22,7 @@ from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.resources import format_bytes
 
 __all__ = ["PID_MAX", "DiskFullError", "atomic_path", "check_not_input", "write_json", "process_alive", "is_disk_full",
-           "disk_full"]
+           "disk_full", "first_line"]
 
 PID_MAX = 2**22
 """The largest process id there can be (Linux's highest pid_max); a larger number names no process."""
@@ -43,6 +43,15 @@ def is_disk_full(error: BaseException) -> bool:
     if isinstance(error, OSError) and error.errno in _FULL_ERRNOS:
         return True
     return any(words in str(error) for words in _FULL_MESSAGES)
+
+
+def first_line(error: BaseException) -> str:
+    """An error's one line: a full disk the OS reports for a named file (outside `atomic_path`)
+    as `disk_full` names it; anything else the first line of its message, else its type's name."""
+    if isinstance(error, OSError) and not isinstance(error, JaxmosaicError) and is_disk_full(error) and error.filename:
+        error = disk_full(error.filename)
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def disk_full(path: str | os.PathLike, *, needed: int | None = None, what: str = "", kept: str = "") -> DiskFullError:
