@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import typer
 
 from jaxmosaic.cli._common import WaitOption, WeightsOption, guarded, output_name
-from jaxmosaic.cli.console import echo
+from jaxmosaic.cli.console import echo, rate_progress
 from jaxmosaic.cli._libraries import local_mesh, obtain_tile_library, source_paths
 from jaxmosaic.cli._common import write_metrics
 from jaxmosaic.cli._options import command
@@ -32,8 +33,11 @@ from jaxmosaic.techniques.mosaic import (
     gabor_parameters,
     gabor_tile_name,
     gabor_tiles,
-    make_mosaic,
+    MosaicColorConfig,
+    check_recolorable,
+    mosaic_cells,
     mosaic_memory,
+    palette_mosaic,
 )
 
 TilesOption = Annotated[str, typer.Option(help="'gabor' (built-in Gabor tiles), 'gabor-bank' (the original article's 312,500, built once into the cache), a folder of images, or a library .npz from `library build`.")]
@@ -55,13 +59,14 @@ class MosaicRunConfig:
 
 
 @guarded
-@command(config=MosaicConfig, library=LibraryConfig, run=MosaicRunConfig)
+@command(config=MosaicConfig, library=LibraryConfig, run=MosaicRunConfig, colors=MosaicColorConfig)
 def mosaic(
     target: Annotated[Path, typer.Argument(help="The picture to rebuild from tiles.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output image.")],
     config: MosaicConfig,
     library: LibraryConfig,
     run: MosaicRunConfig,
+    colors: MosaicColorConfig,
     tiles: TilesOption = "gabor",
     weights: WeightsOption = None,
 ) -> None:
@@ -72,11 +77,20 @@ def mosaic(
     check_outputs([], [*inputs, *source_paths(weights)], images=[out, preview_path], files=[(run.metrics, "metrics")],
                   overwrite=run.overwrite, wait=run.wait, say=echo)
     image = load_image(target)
+    config.check_features(library.features)  # a library file's own kind is checked once it is read
     dimension = (library.features or FeatureKind.color).typical_dimension
-    check_memory(mosaic_memory(config, image.shape, dimension), f"a mosaic of {target}")
+    cells = mosaic_cells(config, image)  # with --subdivide: the real cells, not every cell split at every level
+    check_memory(mosaic_memory(config, image.shape, dimension, cells=None if cells is None else len(cells), colors=colors),
+                 f"a mosaic of {target}")
     mesh = local_mesh(run.devices)
     tile_library, params = obtain_tile_library(tiles, library, weights, inputs, cache=True)
-    result = make_mosaic(config, image, tile_library, params, mesh=mesh)
+    if colors.color_tiles_to_target:
+        check_recolorable(tile_library)
+        check_memory(mosaic_memory(config, image.shape, tile_library.dimension, cells=None if cells is None else len(cells),
+                                   colors=colors, tiles=len(tile_library)), f"a mosaic of {target} with recoloured tiles")
+    pooling = colors.color_target_to_tiles or colors.color_tiles_to_target  # renders every tile once: show it
+    with rate_progress("pooling the tiles' colours") if pooling else contextlib.nullcontext() as progress:
+        result = palette_mosaic(config, colors, image, tile_library, params=params, mesh=mesh, progress=progress)
     save_image(out, result.image, inputs=inputs)
     written = [out]
     if preview_path:
@@ -86,15 +100,18 @@ def mosaic(
                    inputs=inputs)
         written.append(preview_path)
     stats = result.stats
-    echo(f"{stats['cols']}x{stats['rows']} cells from {stats['tiles']} tiles ({stats['distinct_tiles']} used, at most "
+    grid = f"{stats['cols']}x{stats['rows']}" if cells is None else f"{stats['patches']} (in {stats['cols']}x{stats['rows']})"
+    echo(f"{grid} cells from {stats['tiles']} tiles ({stats['distinct_tiles']} used, at most "
          f"{stats['max_uses']}x each); k={stats['k'] or 'exact'} keeps {stats['energy_kept']:.1%} of the energy; "
          f"mean {config.score} score {stats['mean_score']:.4f}; matched in {stats['match_seconds']:.3f} s")
+    if config.subdivide is not None:
+        echo("subdivided cells: " + ", ".join(f"{count} of {size} px" for size, count in stats["cells_per_size"].items()))
     if "assignment" in stats:
         figures = stats["assignment"]
         echo(f"optimal assignment: total score {-figures['cost']:.4f} (greedy {-figures['greedy_cost']:.4f}), certified in "
              f"{figures['rounds']} round(s) with {figures['pairs_added']} pairs added, {figures['seconds']:.3f} s")
     echo(f"wrote {', '.join(map(str, written))}")
-    settings = {**settings_dict(config), **settings_dict(library), "tiles": tiles, "color": str(tile_library.color),
+    settings = {**settings_dict(config), **settings_dict(library), **settings_dict(colors), "tiles": tiles, "color": str(tile_library.color),
                 "features": tile_library.settings.as_dict(), "weights": weights or "lookup"}
     write_metrics(run.metrics, "mosaic", settings, inputs, written, seconds=time.perf_counter() - start,
                   compile_seconds=stats["match_compile_seconds"], mosaic=stats,

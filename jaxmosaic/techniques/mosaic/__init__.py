@@ -18,6 +18,7 @@ from jaxmosaic.techniques.mosaic.assemble import (
     colorize,
     make_mosaic,
     mosaic_grid,
+    mosaic_cells,
     mosaic_memory,
     split_cells,
 )
@@ -26,12 +27,28 @@ from jaxmosaic.techniques.mosaic.features import (
     FeatureConfig,
     FeatureKind,
     PatchPool,
+    SubpixelSpace,
+    area_downscale,
     batched_features,
     color_features,
     feature_function,
     matching_view,
+    subpixel_features,
+    subpixels,
     vgg_patch_features,
     view_for,
+)
+from jaxmosaic.techniques.mosaic.palette import (
+    LabStatistics,
+    MosaicColorConfig,
+    RecoloredLibrary,
+    check_recolorable,
+    lab_statistics,
+    overlay,
+    palette_mosaic,
+    recolored_library,
+    tile_lab_statistics,
+    transfer_lab_statistics,
 )
 from jaxmosaic.techniques.mosaic.library import (
     AUTO_SVD_CAP,
@@ -48,6 +65,7 @@ from jaxmosaic.techniques.mosaic.library import (
     spectrum_svd_k,
 )
 from jaxmosaic.techniques.mosaic.sources import LibraryConfig, color_mode, feature_config, obtain_library, with_svd
+from jaxmosaic.techniques.mosaic.quadtree import cell_contrast, subdivide
 from jaxmosaic.techniques.mosaic.tiles import GaborGrid, GaborTilesConfig, gabor_colors, gabor_parameters, gabor_tile_name, gabor_tiles
 
 __all__ = [
@@ -60,12 +78,27 @@ __all__ = [
     "colorize",
     "make_mosaic",
     "mosaic_grid",
+    "mosaic_cells",
     "mosaic_memory",
     "split_cells",
     "ColorMode",
     "FeatureConfig",
     "FeatureKind",
     "PatchPool",
+    "SubpixelSpace",
+    "area_downscale",
+    "subpixel_features",
+    "subpixels",
+    "LabStatistics",
+    "MosaicColorConfig",
+    "RecoloredLibrary",
+    "lab_statistics",
+    "overlay",
+    "check_recolorable",
+    "palette_mosaic",
+    "recolored_library",
+    "tile_lab_statistics",
+    "transfer_lab_statistics",
     "batched_features",
     "color_features",
     "feature_function",
@@ -89,6 +122,8 @@ __all__ = [
     "feature_config",
     "obtain_library",
     "with_svd",
+    "cell_contrast",
+    "subdivide",
     "GaborGrid",
     "GaborTilesConfig",
     "gabor_colors",

@@ -12,6 +12,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
+from fractions import Fraction
 from typing import NamedTuple
 
 import jax
@@ -19,12 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmosaic.assignment import assignment_memory_bytes, check_capacity, optimal_assignment
-from jaxmosaic.color import luminance
+from jaxmosaic.color import luminance, reinhard_transfer
 from jaxmosaic.config import ConfigError, choice, number, setting, whole
 from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.image import resize
 from jaxmosaic.search import l2_normalize, match_memory_bytes, match_sharded, match_tiles, shard_dictionary
-from jaxmosaic.techniques.mosaic.features import ColorMode, batched_features, feature_function
+from jaxmosaic.techniques.mosaic.features import ColorMode, FeatureKind, batched_features, feature_function
+from jaxmosaic.techniques.mosaic.quadtree import cell_centres, cells_per_size, check_subdivision, cut_cells, paste_cells, subdivide
 
 __all__ = [
     "Fit",
@@ -38,6 +40,7 @@ __all__ = [
     "Assignment",
     "assign_tiles",
     "MosaicResult",
+    "mosaic_cells",
     "mosaic_memory",
     "make_mosaic",
 ]
@@ -78,10 +81,11 @@ class MosaicConfig:
     fit: Fit = setting(Fit.resize, "Make the target a whole number of patches by resizing (aspect changes < half a patch) or centre-cropping.")
     alpha: float = setting(0.3, "--color blend: weight of the target.")
     max_reuse: int | None = setting(None, "Use each tile at most this many times.")
-    min_distance: float = setting(0.0, "Repeats of a tile must be at least this many cells apart.")
+    min_distance: float = setting(0.0, "Repeats of a tile must be at least this many cells apart (with --subdivide: between cell centres, in top-level cells).")
     top_k: int | None = setting(None, "Candidates per patch for the reuse rules (default 32 with them, else 1).")
     score: Score = setting(Score.cosine, "cosine, or abs: rank by |score| (the original article's MRF rule).")
     assign: Assign = setting(Assign.greedy, "greedy (best-first), or optimal: the highest total score under --max-reuse, certified.")
+    subdivide: tuple[float, ...] | None = setting(None, "Contrast thresholds T1,T2,...: a cell whose contrast (mean over channels of its pixels' standard deviation, in [0, 0.5]) exceeds T1 is split into four, each of those against T2, and so on.")
 
     def __post_init__(self):
         whole("patch", self.patch, minimum=1, maximum=4096)
@@ -98,9 +102,23 @@ class MosaicConfig:
         if self.top_k is not None:
             whole("top_k", self.top_k, minimum=1, maximum=4096)
         object.__setattr__(self, "assign", choice("assign", self.assign, Assign))
+        if self.subdivide is not None:
+            object.__setattr__(self, "subdivide", check_subdivision(self.subdivide, self.patch, render=self.side))
         if self.assign == Assign.optimal and self.min_distance > 1:
             raise ConfigError("min_distance", "cannot be combined with --assign optimal (repeats kept apart are no "
                                               "transportation problem); use --assign greedy for it")
+
+    def check_features(self, kind: str) -> None:
+        """Refuse settings that do not fit the library's feature kind: --score abs with subpixel
+        features (a subpixel score is negative when a patch is far from a tile, so |score| would
+        rank the farthest tiles first).
+
+        Raises:
+          ConfigError: naming `score`.
+        """
+        if self.absolute and kind == FeatureKind.subpixel:
+            raise ConfigError("score", "abs cannot be used with subpixel features: their score is negative for tiles far "
+                                       "from a dark patch, so |score| would pick the worst; use --score cosine")
 
     @property
     def side(self) -> int:
@@ -162,6 +180,8 @@ def colorize(tiles: jax.Array, patches: jax.Array, mode: str, alpha=0.3) -> jax.
       luminance is first divided by its mean so the cell keeps the patch's brightness.
     - "transfer": each channel shifted and scaled to the patch's mean and standard deviation.
     - "blend": (1 - alpha) tile + alpha patch.
+    - "reinhard": each tile's CIE Lab mean and standard deviation moved to its patch's
+      (`jaxmosaic.reinhard_transfer`).
     """
     tiles = jnp.asarray(tiles)
     patches = jnp.asarray(patches, tiles.dtype)
@@ -178,8 +198,10 @@ def colorize(tiles: jax.Array, patches: jax.Array, mode: str, alpha=0.3) -> jax.
         out = (tiles - t_mean) / jnp.maximum(t_std, 1e-3) * p_std + p_mean
     elif mode == ColorMode.blend:
         out = (1 - alpha) * tiles + alpha * patches
+    elif mode == ColorMode.reinhard:
+        out = reinhard_transfer(tiles, patches)
     else:
-        raise ValueError(f"color mode must be one of none, multiply, transfer, blend, got {mode!r}")
+        raise ValueError(f"color mode must be one of none, multiply, transfer, blend, reinhard, got {mode!r}")
     return jnp.clip(out, 0.0, 1.0)
 
 
@@ -198,6 +220,25 @@ def _near_offsets(min_distance: float) -> np.ndarray:
     return np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
 
 
+def _neighbourhood(rows: int, cols: int, min_distance: float, centres: np.ndarray | None) -> Callable[[int], np.ndarray]:
+    """cell -> the indices of the cells closer than `min_distance` to it: on the rows x cols
+    grid (row-major), or between `centres`."""
+    if centres is None:
+        offsets = _near_offsets(min_distance)
+
+        def on_grid(cell: int) -> np.ndarray:
+            near = offsets + divmod(cell, cols)
+            inside = (near[:, 0] >= 0) & (near[:, 0] < rows) & (near[:, 1] >= 0) & (near[:, 1] < cols)
+            return near[inside, 0] * cols + near[inside, 1]
+        return on_grid
+    from scipy.spatial import cKDTree  # imported when needed: `import jaxmosaic` reads no data file
+
+    centres = np.asarray(centres, np.float64)
+    tree = cKDTree(centres)
+    radius = float(np.nextafter(min_distance, 0.0))  # the ball is closed; repeats at exactly min_distance are allowed
+    return lambda cell: np.asarray(tree.query_ball_point(centres[cell], radius), np.int64)
+
+
 def assign_tiles(
     scores: np.ndarray,
     candidates: np.ndarray,
@@ -208,6 +249,7 @@ def assign_tiles(
     max_reuse: int | None = None,
     min_distance: float = 0.0,
     all_scores: Callable[[int], np.ndarray] | None = None,
+    centres: np.ndarray | None = None,
 ) -> Assignment:
     """Pick one tile per cell from its candidates under a reuse cap and a repeat distance.
 
@@ -219,50 +261,50 @@ def assign_tiles(
 
     Args:
       scores, candidates: (cells, k) from `match_tiles`, best first.
-      rows, cols: the grid (cells = rows * cols, row-major).
+      rows, cols: the grid (cells = rows * cols, row-major), unless `centres` are given.
       tiles: size of the tile library.
+      centres: (cells, 2) the cells' centres when they are not the rows x cols grid (cells of
+        several sizes, `subdivide`; `cell_centres` measures them in top-level cells): repeats are
+        then kept `min_distance` apart between centres.
 
     Raises:
       ValueError: the constraints cannot be met.
     """
     scores = np.asarray(scores)
     candidates = np.asarray(candidates)
-    cells = rows * cols
+    cells = rows * cols if centres is None else len(centres)
     if max_reuse is not None:
         check_capacity(cells, tiles, max_reuse, field="max_reuse")
     if max_reuse is None and min_distance <= 1:
         return Assignment(candidates[:, 0].copy(), scores[:, 0].copy(), 0)
-    offsets = _near_offsets(min_distance)
+    near_cells = _neighbourhood(rows, cols, min_distance, centres)
     used = np.zeros(tiles, np.int64)
-    grid = np.full((rows, cols), -1, np.int64)
-    chosen = np.empty(cells, np.int64)
+    chosen = np.full(cells, -1, np.int64)
     chosen_score = np.empty(cells, np.float32)
     fallbacks = 0
     cap = max_reuse if max_reuse is not None else cells
     for cell in np.argsort(-scores[:, 0], kind="stable"):
-        r, c = divmod(int(cell), cols)
-        near = offsets + (r, c)
-        inside = (near[:, 0] >= 0) & (near[:, 0] < rows) & (near[:, 1] >= 0) & (near[:, 1] < cols)
-        nearby = grid[near[inside, 0], near[inside, 1]]
+        nearby = chosen[near_cells(int(cell))]
+        nearby = nearby[nearby >= 0]
+        name = f"cell {divmod(int(cell), cols) if centres is None else int(cell)}"
         allowed = (used[candidates[cell]] < cap) & ~np.isin(candidates[cell], nearby)
         if allowed.any():
             pick = int(np.argmax(allowed))
             tile, score = int(candidates[cell, pick]), float(scores[cell, pick])
         else:
             if all_scores is None:
-                raise ValueError(f"no candidate tile is allowed for cell ({r}, {c}); pass all_scores or more candidates")
+                raise ValueError(f"no candidate tile is allowed for {name}; pass all_scores or more candidates")
             fallbacks += 1
             every = np.asarray(all_scores(int(cell)), np.float64).copy()
             every[used >= cap] = -np.inf
-            every[nearby[nearby >= 0]] = -np.inf
+            every[nearby] = -np.inf
             tile = int(np.argmax(every))
             if not np.isfinite(every[tile]):
-                raise ConfigError("min_distance", f"no tile satisfies the reuse rules at cell ({r}, {c}); "
+                raise ConfigError("min_distance", f"no tile satisfies the reuse rules at {name}; "
                                                   "allow more reuse, a smaller distance, or use more tiles")
             score = float(every[tile])
         chosen[cell], chosen_score[cell] = tile, score
         used[tile] += 1
-        grid[r, c] = tile
     return Assignment(chosen, chosen_score, fallbacks)
 
 
@@ -282,21 +324,49 @@ class MosaicResult(NamedTuple):
     """A photomosaic (`make_mosaic`): the picture, each cell's tile and score, and its figures."""
 
     image: np.ndarray  # (rows * render, cols * render, 3) float32
-    tiles: np.ndarray  # (rows, cols) int: the tile index of each cell
-    scores: np.ndarray  # (rows, cols) float: each cell's match score
-    stats: dict  # patches, tiles, k, energy, match seconds, mean scores, fallbacks
+    tiles: np.ndarray  # (rows, cols) int: the tile index of each cell; (cells,) in the order of `cells` with subdivide
+    scores: np.ndarray  # (rows, cols) float: each cell's match score; (cells,) with subdivide
+    stats: dict  # patches, tiles, k, energy, match seconds, mean scores, fallbacks, cells per size
+    cells: np.ndarray | None = None  # with subdivide: (cells, 3) (y, x, size) in target pixels (`subdivide`)
 
 
-def mosaic_memory(config: MosaicConfig, target_shape, features: int) -> int:
+def mosaic_cells(config: MosaicConfig, target: np.ndarray) -> np.ndarray | None:
+    """The `subdivide` cells of `target` under `config` (fitted to the grid as `make_mosaic` fits
+    it), or None without --subdivide. Cheap (a few reductions of the target): computed before a
+    run to estimate its memory, or on the target as given when the matched one is recoloured."""
+    if config.subdivide is None:
+        return None
+    rows, cols, _, _ = mosaic_grid(*np.shape(target)[:2], config.patch, cols=config.cols, fit=config.fit)
+    fitted = _fit_target(np.asarray(target, np.float32), rows, cols, config.patch, config.fit, config.cols)
+    return subdivide(fitted, config.patch, config.subdivide)
+
+
+def mosaic_memory(config: MosaicConfig, target_shape, features: int, *, cells: int | None = None, colors=None,
+                  tiles: int = 0) -> int:
     """Bytes a mosaic of a target of this shape needs at its peak (rendered cells, matching and,
-    with `--assign optimal`, the sparse problem and its certificate's scan)."""
+    with `--assign optimal`, the sparse problem and its certificate's scan).
+
+    Args:
+      cells: with --subdivide, the number of cells (`len(mosaic_cells(...))`); without it, every
+        cell is assumed split at every level (the most there can be).
+      colors: a `MosaicColorConfig`: --color-target-to-tiles adds the recoloured target (and its
+        Lab copy), --color-tiles-to-target a second feature matrix of `tiles` rows and its SVD.
+      tiles: the library's size, for --color-tiles-to-target.
+    """
     rows, cols, _, _ = mosaic_grid(*target_shape[:2], config.patch, cols=config.cols, fit=config.fit)
     side = config.side
     top_k = config.top_k or 32
+    if cells is None:
+        cells = rows * cols * 4 ** len(config.subdivide or ())  # at most: every cell split at every level
     optimal = 0
     if config.assign == Assign.optimal:  # without a cap each cell takes its best tile: less than a cap of 1
-        optimal = assignment_memory_bytes(rows * cols, top_k=top_k, max_uses=config.max_reuse or 1)
-    return rows * cols * side * side * 3 * 4 * 6 + match_memory_bytes(rows * cols, features, top_k=top_k) + optimal
+        optimal = assignment_memory_bytes(cells, top_k=top_k, max_uses=config.max_reuse or 1)
+    palette = 0
+    if colors is not None and colors.color_target_to_tiles:  # the recoloured target and its Lab copy, float32
+        palette = 2 * math.prod(target_shape[:2]) * 3 * 4
+    if colors is not None and colors.color_tiles_to_target:  # the recoloured tiles' rows, their SVD's working copy
+        palette = 2 * tiles * features * 4
+    return rows * cols * side * side * 3 * 4 * 6 + match_memory_bytes(cells, features, top_k=top_k) + optimal + palette
 
 
 def _negative_scores(queries: jax.Array, dictionary: jax.Array, *, absolute: bool) -> jax.Array:
@@ -325,7 +395,35 @@ def _optimal(config: MosaicConfig, queries: np.ndarray, dictionary: np.ndarray, 
     return Assignment(optimum.tiles, (-optimum.costs).astype(np.float32), greedy.fallbacks), stats
 
 
-def make_mosaic(config: MosaicConfig, target: np.ndarray, library, params=None, *, mesh=None) -> MosaicResult:
+def _layout_features(describe: Callable, fitted: np.ndarray, layout: np.ndarray) -> np.ndarray:
+    """Each `subdivide` cell's features, from its own patch of the fitted target (the feature
+    function brings every size to its input size, as it does full-size patches)."""
+    rows = {}
+    for size in np.unique(layout[:, 2]):
+        indices, patches = cut_cells(fitted, layout, int(size))
+        rows[int(size)] = (indices, batched_features(describe, patches))
+    dimension = next(iter(rows.values()))[1].shape[1]
+    queries = np.empty((len(layout), dimension), np.float32)
+    for indices, features in rows.values():
+        queries[indices] = features
+    return queries
+
+
+def _render_layout(library, tiles: np.ndarray, layout: np.ndarray, target: np.ndarray, scale: Fraction,
+                   alpha: float) -> np.ndarray:
+    """The mosaic of `subdivide` cells: each cell's tile rendered at its size x `scale` and
+    coloured towards its part of `target` (the fitted target drawn `scale` times larger)."""
+    image = np.zeros_like(target)
+    for size in np.unique(layout[:, 2]):
+        indices, patches = cut_cells(target, layout, int(size), scale=scale)
+        used, inverse = np.unique(tiles[indices], return_inverse=True)
+        rendered = library.render(used, int(size * scale))[inverse]
+        paste_cells(image, layout[indices], np.asarray(colorize(rendered, patches, library.color, alpha)), scale=scale)
+    return image
+
+
+def make_mosaic(config: MosaicConfig, target: np.ndarray, library, params=None, *, mesh=None,
+                cells: np.ndarray | None = None) -> MosaicResult:
     """Build a photomosaic of `target` (HWC in [0, 1]) from a tile library.
 
     Patches are described as the library's tiles are (its `settings`), compared in the SVD
@@ -337,15 +435,28 @@ def make_mosaic(config: MosaicConfig, target: np.ndarray, library, params=None, 
       library: a `TileLibrary`.
       params: VGG19 or AlexNet params, for libraries with such features.
       mesh: local devices to shard the dictionary over (each device's top-k merged), or None.
+      cells: with --subdivide, the cells to use (`mosaic_cells` of another image, e.g. the target
+        before its palette was matched); default: those of `target`.
     """
+    config.check_features(library.settings.kind)
     n, t = len(library), library.dimension
     height, width = target.shape[:2]
     rows, cols, _, _ = mosaic_grid(height, width, config.patch, cols=config.cols, fit=config.fit)
     if config.max_reuse is not None:
         check_capacity(rows * cols, n, config.max_reuse, field="max_reuse")
     fitted = _fit_target(np.asarray(target, np.float32), rows, cols, config.patch, config.fit, config.cols)
-    cells = np.asarray(split_cells(fitted, rows, cols))
-    queries = batched_features(feature_function(library.settings, params), cells)
+    layout = None if config.subdivide is None else subdivide(fitted, config.patch, config.subdivide) if cells is None \
+        else np.asarray(cells, np.int64)
+    describe = feature_function(library.settings, params, patches=True)
+    if layout is not None and (layout.ndim != 2 or layout.shape[1] != 3 or int(np.sum(layout[:, 2] ** 2)) != fitted.shape[0] * fitted.shape[1]):
+        raise ValueError(f"cells must be (cells, 3) rows (y, x, size) tiling the fitted {fitted.shape[1]}x{fitted.shape[0]} "
+                         f"target (`mosaic_cells`), got shape {layout.shape}")
+    if layout is None:
+        queries = batched_features(describe, np.asarray(split_cells(fitted, rows, cols)))
+    else:
+        if config.max_reuse is not None:
+            check_capacity(len(layout), n, config.max_reuse, field="max_reuse")
+        queries = _layout_features(describe, fitted, layout)
     if queries.shape[1] != t:
         raise JaxmosaicError(f"the library's tiles have {t} features, but its settings describe a patch by {queries.shape[1]}; "
                              f"build the library again")
@@ -377,21 +488,29 @@ def make_mosaic(config: MosaicConfig, target: np.ndarray, library, params=None, 
 
     start = time.perf_counter()
     assignment = assign_tiles(scores, candidates, rows=rows, cols=cols, tiles=n, max_reuse=config.max_reuse,
-                              min_distance=config.min_distance, all_scores=all_scores)
+                              min_distance=config.min_distance, all_scores=all_scores,
+                              centres=None if layout is None else cell_centres(layout, config.patch))
     greedy_seconds = time.perf_counter() - start
     optimal_stats = {}
     if config.assign == Assign.optimal:
         assignment, optimal_stats = _optimal(config, queries, dictionary[:n], candidates, assignment, greedy_seconds)
     used, inverse = np.unique(assignment.tiles, return_inverse=True)
     side = config.side
-    tiles = library.render(used, side)[inverse]
-    target_cells = split_cells(np.asarray(resize(fitted, rows * side, cols * side)), rows, cols)
-    image = np.asarray(assemble_cells(colorize(tiles, target_cells, library.color, config.alpha), rows, cols))
+    if layout is None:
+        tiles = library.render(used, side)[inverse]
+        target_cells = split_cells(np.asarray(resize(fitted, rows * side, cols * side)), rows, cols)
+        image = np.asarray(assemble_cells(colorize(tiles, target_cells, library.color, config.alpha), rows, cols))
+    else:
+        image = _render_layout(library, assignment.tiles, layout, np.asarray(resize(fitted, rows * side, cols * side)),
+                               Fraction(side, config.patch), config.alpha)
     stats = {
-        "patches": rows * cols, "rows": rows, "cols": cols, "tiles": n, "features": t, "k": k_kept, "energy_kept": float(energy),
+        "patches": len(queries), "rows": rows, "cols": cols, "tiles": n, "features": t, "k": k_kept, "energy_kept": float(energy),
         "candidates": k, "match_seconds": match_seconds, "match_compile_seconds": compile_seconds,
         "mean_score": float(assignment.scores.mean()), "unconstrained_mean_score": float(scores[:, 0].mean()),
         "distinct_tiles": int(len(used)), "max_uses": int(np.bincount(assignment.tiles).max()), "fallbacks": assignment.fallbacks,
+        "cells_per_size": {str(config.patch): rows * cols} if layout is None else cells_per_size(layout),
         **optimal_stats,
     }
+    if layout is not None:
+        return MosaicResult(image, assignment.tiles, assignment.scores, stats, layout)
     return MosaicResult(image, assignment.tiles.reshape(rows, cols), assignment.scores.reshape(rows, cols), stats)

@@ -20,7 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 from jaxmosaic.config import ConfigError
 from jaxmosaic.io.artifacts import ArraySpec
 from jaxmosaic.techniques.mosaic.bank import BANK, BankGrid
-from jaxmosaic.techniques.mosaic.features import ColorMode, FeatureConfig, FeatureKind, PatchPool
+from jaxmosaic.techniques.mosaic.features import ColorMode, FeatureConfig, FeatureKind, PatchPool, SubpixelSpace
 
 __all__ = ["MAX_TILES", "LIBRARY_ARRAYS", "FeatureSettings", "SvdRecord", "BuildRecord", "LibraryHeader", "Name", "Token"]
 
@@ -67,7 +67,10 @@ class FeatureSettings(BaseModel):
     size: int
     layer: Token
     pool: _choices(PatchPool)
-    weights: Token  # the network's fingerprint; "" for colour features
+    weights: Token  # the network's fingerprint; "" for colour and subpixel features
+    subpixel_space: _choices(SubpixelSpace) = "hsv"  # subpixel features' colour space (absent before they existed)
+    subpixel_weights: Annotated[list[Annotated[float, Field(ge=0.0, le=1000.0, allow_inf_nan=False)]],
+                                Field(min_length=3, max_length=3)] = [1.0, 1.0, 1.0]  # and their channel weights
 
     @model_validator(mode="after")
     def _a_feature_config(self) -> FeatureSettings:
@@ -75,8 +78,8 @@ class FeatureSettings(BaseModel):
             config = self.config()
         except ConfigError as err:
             raise ValueError(f"{err.field}: {err.reason}") from None
-        if (config.kind == FeatureKind.color) != (not self.weights):
-            raise ValueError("weights: colour features name no network's weights, network features always do")
+        if (config.kind.network is None) != (not self.weights):
+            raise ValueError("weights: colour and subpixel features name no network's weights, network features always do")
         return self
 
     def config(self) -> FeatureConfig:

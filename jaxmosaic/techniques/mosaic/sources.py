@@ -20,7 +20,8 @@ import numpy as np
 from jaxmosaic.config import MAX_INT, ConfigError, choice, setting, whole
 from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.io.locks import output_lock
-from jaxmosaic.techniques.mosaic.features import ColorMode, FeatureConfig, FeatureKind, PatchPool, view_for
+from jaxmosaic.techniques.mosaic.features import ColorMode, FeatureConfig, FeatureKind, PatchPool, SubpixelSpace, view_for
+from jaxmosaic.techniques.mosaic.features import check_subpixel_weights
 from jaxmosaic.techniques.mosaic.library import (
     AUTO_SVD_CAP,
     AUTO_SVD_ENERGY,
@@ -49,8 +50,8 @@ def parse_svd_k(text: str) -> int | str:
 class LibraryConfig:
     """Which features describe the tiles (and the patches matched to them), and their SVD."""
 
-    features: FeatureKind | None = setting(None, "color (weight-free Lab grid means), vgg (a VGG19 layer) or alexnet (AlexNet's avgpool, 9216 values, the original article's); default: the library's, else color.")
-    color: ColorMode = setting(ColorMode.auto, "How tiles take the patch's colour: none, multiply (grey tile x mean colour), transfer (mean/std), blend; auto: multiply for gabor, a library's own mode, else none.")
+    features: FeatureKind | None = setting(None, "color (weight-free Lab grid means), subpixel (metapixel's 5x5 metric), vgg (a VGG19 layer) or alexnet (AlexNet's avgpool, 9216 values, the original article's); default: the library's, else color.")
+    color: ColorMode = setting(ColorMode.auto, "How tiles take the patch's colour: none, multiply (grey tile x mean colour), transfer (mean/std), blend, reinhard (Lab mean/std); auto: multiply for gabor, a library's own mode, else none.")
     layer: str | None = setting(None, "vgg or alexnet features: the layer (default relu4_1 for vgg, avgpool for alexnet).")
     pool: PatchPool | None = setting(None, "vgg or alexnet features: 'mean' (spatial average) or 'flat' (the whole map); default mean for vgg, flat for alexnet.")
     svd_k: int | str = setting("auto", f"SVD dimensions kept: 'auto' ({AUTO_SVD_ENERGY:.1%} of the tiles' spread, at most {AUTO_SVD_CAP}), a number, or 0 for exact matching.",
@@ -59,6 +60,8 @@ class LibraryConfig:
     bank_grid: BankGrid = setting(BankGrid(), "gabor-bank: the number of sigma, theta, lambda and gamma values (50,10,25,25 is the original's 312,500 tiles; 2,2,3,3 is 36).",
                                   parse=parse_bank_grid, example="S,T,L,G")
     seed: int = setting(0, "Seed for --weights random.")
+    subpixel_space: SubpixelSpace | None = setting(None, "subpixel features: the colour space, rgb, hsv or yiq (metapixel's; default: a subpixel library's own, else hsv).")
+    subpixel_weights: tuple[float, ...] | None = setting(None, "subpixel features: the weights A,B,C of the three channels (metapixel's --weights; default: a subpixel library's own, else 1,1,1).")
 
     def __post_init__(self):
         if self.features is not None:
@@ -77,6 +80,10 @@ class LibraryConfig:
             whole("svd_k", self.svd_k, minimum=0, maximum=100_000)
         whole("gabor_colors", self.gabor_colors, minimum=1, maximum=64)
         whole("seed", self.seed, minimum=0, maximum=MAX_INT)
+        if self.subpixel_space is not None:
+            object.__setattr__(self, "subpixel_space", choice("subpixel_space", self.subpixel_space, SubpixelSpace))
+        if self.subpixel_weights is not None:
+            object.__setattr__(self, "subpixel_weights", check_subpixel_weights(self.subpixel_weights))
 
 
 def color_mode(config: LibraryConfig, tiles: str, library: TileLibrary | None = None) -> ColorMode:
@@ -106,7 +113,9 @@ def feature_config(config: LibraryConfig, mode: ColorMode, library: TileLibrary 
     settings name."""
     view = view_for(mode)
     if config.features is None and library is not None:
-        if library.settings.kind == FeatureKind.color:
+        if library.settings.kind == FeatureKind.subpixel:
+            _check_subpixel_options(config, library.settings)
+        if library.settings.kind.network is None:
             return dataclasses.replace(library.settings, view=view)
         if params is None:
             raise ValueError(f"{library.settings.kind} features need {library.settings.kind.network} weights")
@@ -114,6 +123,9 @@ def feature_config(config: LibraryConfig, mode: ColorMode, library: TileLibrary 
     kind = config.features or FeatureKind.color
     if kind == FeatureKind.color:
         return FeatureConfig.color(view)
+    if kind == FeatureKind.subpixel:
+        return FeatureConfig.subpixel(view, space=config.subpixel_space or SubpixelSpace.hsv,
+                                      weights=config.subpixel_weights or (1.0, 1.0, 1.0))
     if params is None:
         raise ValueError(f"{kind} features need {kind.network} weights")
     if kind == FeatureKind.alexnet:
@@ -121,6 +133,18 @@ def feature_config(config: LibraryConfig, mode: ColorMode, library: TileLibrary 
                                      weights=weights_fingerprint(params))
     return FeatureConfig.vgg(view, layer=config.layer or "relu4_1", pool=config.pool or PatchPool.mean,
                              weights=weights_fingerprint(params))
+
+
+def _check_subpixel_options(config: LibraryConfig, built: FeatureConfig) -> None:
+    """Refuse --subpixel-space/--subpixel-weights that differ from a subpixel library's own."""
+    if config.subpixel_space is not None and config.subpixel_space != built.subpixel_space:
+        raise ConfigError("subpixel_space", f"{config.subpixel_space}: the library's subpixel features are in "
+                                            f"{built.subpixel_space}; leave the option out or build the library again")
+    if config.subpixel_weights is not None and tuple(config.subpixel_weights) != tuple(built.subpixel_weights):
+        library = ",".join(f"{w:g}" for w in built.subpixel_weights)
+        given = ",".join(f"{w:g}" for w in config.subpixel_weights)
+        raise ConfigError("subpixel_weights", f"{given}: the library's subpixel features weigh the channels {library}; "
+                                              "leave the option out or build the library again")
 
 
 def difference(built: FeatureConfig, wanted: FeatureConfig) -> str:
@@ -141,7 +165,10 @@ def rebuild_command(source: str, settings: FeatureConfig, mode: ColorMode, out, 
     if grid is not None:
         parts += ["--bank-grid", str(grid)]
     parts += ["--features", str(settings.kind)]
-    if settings.kind != FeatureKind.color:
+    if settings.kind == FeatureKind.subpixel:
+        parts += ["--subpixel-space", str(settings.subpixel_space), "--subpixel-weights",
+                  ",".join(f"{w:g}" for w in settings.subpixel_weights)]
+    elif settings.kind.network:
         parts += ["--layer", settings.layer, "--pool", str(settings.pool)]
         if weights:
             parts += ["--weights", shlex.quote(weights)]

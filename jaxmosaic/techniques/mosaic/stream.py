@@ -292,7 +292,7 @@ def stream_memory(settings: FeatureConfig, chunk: int, tiles: int, k: int | str,
     k = AUTO_SVD_CAP if k == "auto" else int(k)
     size = settings.size
     per_image = size * size * 3 * 4 * 4 + render * render * 4 * _RENDER_COPIES
-    if settings.kind != "color":
+    if settings.kind.network:
         per_image += size * size * 4 * (64 * 6 if settings.kind == "vgg" else 5)  # the widest activations, a few copies
     width = min(dimension, 2 * k + 20)
     return chunk * per_image + dimension * dimension * 8 * 3 + dimension * width * 8 * 4 + tiles * k * 4 * 2
