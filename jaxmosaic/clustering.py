@@ -19,8 +19,16 @@ from jax import lax
 
 from jaxmosaic.search import match_memory_bytes, match_tiles
 
-__all__ = ["KMeansInit", "KMeansResult", "DIRECT_CENTERS", "kmeans", "nearest_centers", "kmeans_plusplus", "nearest_memory",
-           "kmeans_memory"]
+__all__ = [
+    "DIRECT_CENTERS",
+    "KMeansInit",
+    "KMeansResult",
+    "kmeans",
+    "kmeans_memory",
+    "kmeans_plusplus",
+    "nearest_centers",
+    "nearest_memory",
+]
 
 
 class KMeansInit(enum.StrEnum):
@@ -72,9 +80,11 @@ def nearest_centers(data: jax.Array, centers: jax.Array, *, block: int = 1024,
             scores = (points @ centers.T - half[None, :]).reshape(block, k // group, group)
             best_group = jnp.argmax(jnp.max(scores, axis=2), axis=1)
             inside = jnp.take_along_axis(scores, best_group[:, None, None], axis=1)[:, 0, :]
-            return (best_group * group + jnp.argmax(inside, axis=1)).astype(jnp.int32)
+            labels = (best_group * group + jnp.argmax(inside, axis=1)).astype(jnp.int32)
+            return labels, jnp.sum(jnp.square(points - centers[labels]), axis=1)  # a block's, not n x d at once
 
-        labels = lax.map(nearest, padded).reshape(-1)[:n]
+        labels, distances = lax.map(nearest, padded)
+        return labels.reshape(-1)[:n], distances.reshape(-1)[:n]
     distances = jnp.sum(jnp.square(data - centers[labels]), axis=1)
     return labels, distances
 
@@ -150,7 +160,7 @@ def kmeans(
     data: jax.Array,
     k: int,
     *,
-    init: str = "k-means++",
+    init: str | jax.Array = "k-means++",
     max_iter: int = 100,
     tol: float = 1e-4,
     batch_size: int | None = None,
@@ -160,7 +170,8 @@ def kmeans(
 
     Args:
       key: PRNG key (seeding, and the mini-batches).
-      init: "k-means++" (greedy, as scikit-learn) or "random" (k distinct points, as faiss).
+      init: "k-means++" (greedy, as scikit-learn), "random" (k distinct points, as faiss), or the
+        initial centres themselves, (k, d) (as scikit-learn's `KMeans(init=C0, n_init=1)`).
       max_iter: Lloyd iterations, or mini-batch steps with `batch_size`.
       tol: Lloyd stops when the centres move by less than tol times the data's mean variance (sum
         of squared shifts, scikit-learn's rule); 0 runs all `max_iter` iterations.
@@ -174,18 +185,26 @@ def kmeans(
     n = data.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k = {k} clusters need at least k points; there are {n}")
-    if init not in tuple(KMeansInit):
-        raise ValueError(f"init must be one of {', '.join(KMeansInit)}, got {init!r}")
+    given = None
+    if not isinstance(init, str):
+        given = jnp.asarray(init, data.dtype)
+        if given.shape != (k, data.shape[1]):
+            raise ValueError(f"initial centres must be (k, d) = ({k}, {data.shape[1]}), got {given.shape}")
+        init = "given"
+    elif init not in tuple(KMeansInit):
+        raise ValueError(f"init must be one of {', '.join(KMeansInit)} or a (k, d) array, got {init!r}")
     if max_iter < 1:
         raise ValueError(f"max_iter must be at least 1, got {max_iter}")
-    return _kmeans(key, data, k, str(init), max_iter, float(tol), batch_size, block)
+    return _kmeans(key, data, k, str(init), max_iter, float(tol), batch_size, block, given)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 6, 7))
-def _kmeans(key, data, k, init, max_iter, tol, batch_size, block):
+def _kmeans(key, data, k, init, max_iter, tol, batch_size, block, given):
     n = data.shape[0]
     init_key, key = jax.random.split(key)
-    if init == "random":
+    if given is not None:
+        centers = given
+    elif init == "random":
         centers = data[jax.random.choice(init_key, n, (k,), replace=False)]
     else:
         centers = kmeans_plusplus(init_key, data, k)

@@ -8,22 +8,57 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import jax
 import numpy as np
 import typer
 
-from jaxmosaic.cli._common import MetricsOption, OverwriteOption, WaitOption, WebOption, guarded, output_name, write_metrics
-from jaxmosaic.cli.console import echo
+from jaxmosaic.cli._common import (
+    MetricsOption,
+    OverwriteOption,
+    WaitOption,
+    guarded,
+    output_name,
+    write_metrics,
+)
+from jaxmosaic.cli._libraries import local_mesh
 from jaxmosaic.cli._options import command
-from jaxmosaic.config import MAX_INT, settings_dict
+from jaxmosaic.cli.console import echo, error_line, rate_progress
+from jaxmosaic.config import MAX_INT, ConfigError, settings_dict
+from jaxmosaic.distributed import DistributedConfig, agree, start_distributed
+from jaxmosaic.errors import JaxmosaicError
+from jaxmosaic.io.checkpoints import (
+    load_checkpoint,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
 from jaxmosaic.io.files import atomic_path
 from jaxmosaic.io.folders import OutputFolder
-from jaxmosaic.io.outputs import check_outputs
 from jaxmosaic.io.images import image_files, load_image, save_image
+from jaxmosaic.io.outputs import check_outputs
+from jaxmosaic.kmeans_stream import KMeansInterrupted, stream_memory
 from jaxmosaic.live import live_view
 from jaxmosaic.pictures import codebook_grid, dendrogram_image, montage, side_by_side
-from jaxmosaic.resources import check_memory
-from jaxmosaic.techniques.vq import VQConfig, compress_image, group_images, load_codebook, save_codebook, train_codebook
-from jaxmosaic.techniques.vq import encode_memory, train_memory
+from jaxmosaic.resources import check_memory, format_bytes, memory_budget
+from jaxmosaic.sharding import device_mesh
+from jaxmosaic.techniques.vq import (
+    VQConfig,
+    cluster_images,
+    compress_image,
+    encode_memory,
+    load_codebook,
+    save_codebook,
+    train_codebook,
+    train_memory,
+)
+from jaxmosaic.techniques.vq_stream import (
+    PatchStream,
+    VQStreamConfig,
+    plan_chunk,
+    sparse_cosine_distances,
+    stream_histograms,
+    stream_image_bytes,
+    train_codebook_stream,
+)
 
 app = typer.Typer(help="Patch vector quantisation: a k-means shape inventory, VQ compression, image clustering.",
                   no_args_is_help=True, rich_markup_mode="rich")
@@ -32,17 +67,28 @@ CodebookOption = Annotated[Path, typer.Option(help="A codebook from `jaxmosaic v
 
 @app.command("train")
 @guarded
-@command(config=VQConfig)
+@command(config=VQConfig, stream=VQStreamConfig, distributed=DistributedConfig)
 def train(
     images: Annotated[list[Path], typer.Argument(help="Training images, or folders of them.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The codebook (.npz); a picture of it goes to OUT-grid.png.")],
     config: VQConfig,
+    stream: VQStreamConfig,
+    distributed: DistributedConfig,
     metrics: MetricsOption = None,
     overwrite: OverwriteOption = False,
-    wait: WaitOption = False,
-    web: WebOption = None,
 ) -> None:
-    """Learn a codebook of patch shapes from IMAGES with k-means."""
+    """Learn a codebook of patch shapes from IMAGES with k-means.
+
+    --sample faiss, --exact or --batch-size stream the images a chunk of patches at a time (memory
+    bounded by --max-memory), shard each chunk over the local devices and, with --coordinator,
+    --num-processes and --process-id, share the files among processes; --checkpoint/--resume
+    continue a stopped run.
+    """
+    method = stream.method(config)
+    if method is not None or distributed.active:
+        _train_streaming(images, out, config, stream, distributed, metrics, overwrite=overwrite)
+        return
+    web, wait = stream.web, stream.wait
     with live_view(web, command="vq train", say=echo) as live:
         files = image_files(images)
         grid = output_name(out, "grid", ".png")
@@ -60,7 +106,7 @@ def train(
         save_codebook(out, codebook, inputs=files)
         picture = codebook_grid(codebook.centers, config.patch)
         save_image(grid, picture, inputs=files)
-        used = int(len(np.unique(np.asarray(result.labels))))
+        used = len(np.unique(np.asarray(result.labels)))
         samples = codebook.info["samples"]
         if live is not None:
             iterations = codebook.info["iterations"]
@@ -74,6 +120,152 @@ def train(
         write_metrics(metrics, "vq-train", settings_dict(config), files, [out, grid], steps=codebook.info["iterations"],
                       seconds=seconds, loss={"total": codebook.info["inertia"], "per_patch": codebook.info["inertia"] / samples},
                       codebook={**codebook.info, "codes_used": used})
+
+
+def _train_streaming(images: list[Path], out: Path, config: VQConfig, stream: VQStreamConfig, distributed: DistributedConfig,
+                     metrics: Path | None, *, overwrite: bool) -> None:
+    """`vq train` over a stream of patches: sampled, exact or mini-batch, over devices and processes."""
+    start_distributed(distributed, say=echo)
+    processes, process = jax.process_count(), jax.process_index()
+    method = stream.method(config) or "exact"
+    if stream.web is not None:
+        raise JaxmosaicError("--web: the live view follows the in-memory training only; streaming training reports "
+                             "each pass on the console and in --metrics")
+    if method == "batch" and processes > 1:
+        raise JaxmosaicError("--batch-size: mini-batch k-means runs in one process; use --exact or --sample faiss "
+                             "over several processes")
+    grid = output_name(out, "grid", ".png")
+    with agree(on_failure="no process started") as shared:
+        files = image_files(images)
+        written = [grid] if process == 0 else []
+        check_outputs([], [*files, *images], images=written, files=[(out, "vq-codebook"), (metrics, "metrics")] if process == 0 else [],
+                      overwrite=overwrite, wait=stream.wait, say=echo)
+        if stream.checkpoint is not None and Path(stream.checkpoint).exists() and not Path(stream.checkpoint).is_dir():
+            raise ConfigError("checkpoint", f"{stream.checkpoint} is a file; give a folder (new, or a run's to --resume)")
+        patches = PatchStream(files, config, processes=processes, process=process)
+        if patches.total < config.k:
+            raise ConfigError("k", f"{config.k} is larger than the number of patches ({patches.total}); "
+                                   "use a smaller k or more images")
+        mesh = local_mesh(stream.devices) if stream.devices is not None or jax.local_device_count() > 1 else None
+        devices = 1 if mesh is None else mesh.size
+        budget = memory_budget(stream.max_memory)
+        checkpoint = None if stream.checkpoint is None else (
+            Path(stream.checkpoint) if processes == 1 else Path(stream.checkpoint) / f"process-{process}")
+        resume_state = None
+        if stream.resume:  # the saved run's chunks are kept: chunk c must be the same patches
+            resume_state, patches.chunk = _resumed(checkpoint, patches, config, method)
+        else:
+            patches.chunk = plan_chunk(patches, config, method, budget, devices, processes=processes)
+        sample = min(patches.total, 256 * config.k)
+        needed = stream_memory(config.k, patches.dimension, patches.chunk, method=method, sample_size=sample, devices=devices,
+                               processes=processes) + stream_image_bytes(patches)
+        check_memory(needed, f"streaming k-means in chunks of {patches.chunk} patches" + (" (the saved run's)" if stream.resume else ""),
+                     budget=budget, hint="a smaller --k" if not stream.resume else "a larger --max-memory")
+        shared.update({"settings": settings_dict(config), "method": method, "IMAGES": patches.fingerprint()})
+        if stream.resume:  # every process must continue from the same pass (chunks within it are each one's own)
+            shared["pass"] = int(resume_state.get("stage", 0))
+    for line in patches.skipped[:5]:
+        echo(f"skipped {line}")
+    if len(patches.skipped) > 5:
+        echo(f"skipped {len(patches.skipped) - 5} more file(s)")
+    echo(f"streaming {patches.total} patches of {config.patch}x{config.patch}x{config.channels} from {len(patches.all_files)} "
+         f"image(s) in chunks of {patches.chunk} ({method}; {devices} device(s), {processes} process(es); about "
+         f"{format_bytes(needed)})")
+    passes: list[dict] = []
+    meta = {"settings": settings_dict(config, resumable_only=True), "method": method, "images": patches.fingerprint(), "chunk": patches.chunk}
+
+    marks = [time.perf_counter()]
+
+    def on_pass(state: dict) -> None:
+        marks.append(time.perf_counter())
+        if state["pass"]:
+            passes.append({"pass": state["pass"], "inertia": state["inertia"], "reseeded": state["reseeded_now"],
+                           "seconds": marks[-1] - marks[-2]})
+            echo(f"pass {state['pass']}: inertia {state['inertia']:.6g}, {state['reseeded_now']} cluster(s) re-seeded")
+        if checkpoint is not None:
+            _save_run(checkpoint, state, meta)
+
+    start = marks[0] = time.perf_counter()
+    try:
+        with rate_progress(f"k-means ({method})", unit="patches") as progress:
+            done = [0]
+
+            def on_chunk(count: int) -> None:
+                done[0] += count
+                progress(done[0] % max(1, patches.points) or patches.points, patches.points)
+
+            codebook, result = train_codebook_stream(config, patches, method, mesh=mesh, state=resume_state,
+                                                     on_pass=on_pass, on_chunk=on_chunk)
+    except KMeansInterrupted as stopped:
+        _report_failed(patches)
+        if checkpoint is not None:
+            _save_run(checkpoint, stopped.state, meta)
+            error_line(f"interrupted; saved in {checkpoint}; rerun with --resume to continue")
+        else:
+            error_line("interrupted; nothing saved (no --checkpoint)")
+        raise typer.Exit(130) from None
+    seconds = time.perf_counter() - start
+    _report_failed(patches)
+    if process != 0:
+        echo(f"process {process}: done; process 0 wrote {out}")
+        return
+    codebook.info["images"] = codebook.info["images"][:2**20]
+    save_codebook(out, codebook, inputs=files)
+    save_image(grid, codebook_grid(codebook.centers, config.patch), inputs=files)
+    used = int(np.count_nonzero(result.counts))
+    echo(f"wrote {out} and {grid}: inertia {result.inertia:.6g} over {result.samples} patches after {result.iterations} "
+         f"passes, {used} of {config.k} codes in use, {seconds:.1f} s")
+    write_metrics(metrics, "vq-train", {**settings_dict(config), **settings_dict(stream), "method": method}, files, [out, grid],
+                  steps=result.iterations, seconds=seconds,
+                  loss={"total": result.inertia, "per_patch": result.inertia / max(1, result.samples)},
+                  codebook={**codebook.info, "codes_used": used},
+                  stream={"method": method, "patches": result.points, "samples": result.samples, "chunk": patches.chunk,
+                          "devices": devices, "processes": processes, "passes": passes, "reseeded": result.reseeded,
+                          "skipped": patches.skipped, "failed": patches.failed})
+
+
+def _report_failed(patches: PatchStream) -> None:
+    """A line for each file that failed to decode during the passes (its patches were left out)."""
+    for line in patches.failed:
+        echo(f"skipped {line}; its patches were left out of the passes")
+
+
+def _shape(path: Path) -> tuple[int, int]:
+    """(height, width) of an image from its header; (0, 0) when it cannot be read (it is skipped later)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size[1], image.size[0]
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return 0, 0
+
+
+def _pixels(path: Path) -> int:
+    height, width = _shape(path)
+    return height * width
+
+
+def _save_run(checkpoint: Path, state: dict, meta: dict) -> None:
+    """A run's state as a checkpoint: its arrays (Orbax) and the rest (numbers, lists) with `meta`."""
+    arrays = {name: np.asarray(value) for name, value in state.items() if hasattr(value, "shape")}
+    plain = {name: value for name, value in state.items() if not hasattr(value, "shape")}
+    save_checkpoint(checkpoint, arrays, {**meta, "run": plain})
+
+
+def _resumed(checkpoint: Path, patches: PatchStream, config: VQConfig, method: str) -> tuple[dict, int]:
+    """(the state saved in `checkpoint`, its chunk size), after checking it is this run's
+    (settings, method, images); the chunk size is the saved run's, whatever the memory now free."""
+    meta = read_checkpoint_meta(checkpoint)
+    for name, wanted in (("settings", settings_dict(config, resumable_only=True)), ("method", method), ("images", patches.fingerprint())):
+        if meta.get(name) != wanted:
+            raise JaxmosaicError(f"--resume: {checkpoint} holds a run with other {name} than this one; "
+                                 "give the same images and options, or another --checkpoint")
+    chunk = meta.get("chunk")
+    if not isinstance(chunk, int) or chunk < 1:
+        raise JaxmosaicError(f"--resume: {checkpoint} does not say its chunk size; start the run again")
+    arrays, _ = load_checkpoint(checkpoint, None)
+    return {**{name: np.asarray(value) for name, value in arrays.items()}, **meta["run"]}, chunk
 
 
 @app.command("compress")
@@ -101,7 +293,7 @@ def compress(
     save_image(out, result.image, inputs=inputs)
     save_image(side, side_by_side([result.original, result.image]), inputs=inputs)
     height, width = result.image.shape[:2]
-    codes = int(len(np.unique(result.codes)))
+    codes = len(np.unique(result.codes))
     echo(f"wrote {out} ({width}x{height}) and {side}: PSNR {result.psnr:.2f} dB, {codes} distinct codes, "
          f"{result.bits_per_pixel:.3f} bits per pixel (codes only)")
     settings = {"patch": book.size, "stride": stride or book.size, "normalize": str(book.normalize)}
@@ -127,12 +319,21 @@ def cluster(
     check_outputs([], [*inputs, *images], files=[(metrics, "metrics")], folders=[(out, "clusters")], overwrite=overwrite,
                   wait=wait, say=echo)
     book = load_codebook(codebook)
-    pictures = [load_image(path) for path in files]
-    largest = max(range(len(pictures)), key=lambda i: encode_memory(book, pictures[i].shape))
-    check_memory(encode_memory(book, pictures[largest].shape), f"the patches of {files[largest]} (the largest image)",
-                 hint="smaller images, or fewer at once")
+    largest = max(files, key=lambda path: _pixels(path))
+    # the distances: scipy's float64 product, its dense copy, 1 - it, the clip, the float32 copy, the
+    # symmetrised and condensed copies of the linkage: about 28 n^2 bytes at the peak (measured 26)
+    check_memory(encode_memory(book, _shape(largest), stride=book.stride) + len(files) ** 2 * 28, f"the patches of {largest} (the largest "
+                 f"image) and the {len(files)} x {len(files)} distances", hint="smaller images, or fewer at once")
+    mesh = device_mesh(None, local=True)
     start = time.perf_counter()
-    groups, tree = group_images(book, pictures, clusters, names=[str(path) for path in files])
+    with rate_progress("code histograms", unit="images") as progress:
+        histograms, kept, skipped = stream_histograms(book, files, mesh=mesh, on_image=lambda done: progress(done, len(files)))
+    for line in skipped:
+        echo(f"skipped {line}")
+    if len(kept) < 2:
+        raise JaxmosaicError(f"clustering needs at least two images with a {book.size}x{book.size} patch; {len(kept)} given")
+    files = kept
+    groups, tree = cluster_images(sparse_cosine_distances(histograms), clusters)
     seconds = time.perf_counter() - start
     folder = OutputFolder(out, "clusters", say=echo)
     table = io.StringIO()
@@ -141,7 +342,7 @@ def cluster(
         tmp.write_text(table.getvalue())
     written = [out / "clusters.csv"]
     for group in sorted(set(groups.tolist())):
-        members = montage([pictures[i] for i in np.flatnonzero(groups == group)])
+        members = montage([load_image(files[i]) for i in np.flatnonzero(groups == group)])
         written.append(save_image(folder.file(f"cluster-{group}.png"), members, inputs=inputs))
     written.append(save_image(folder.file("dendrogram.png"), dendrogram_image(tree, [path.stem for path in files]), inputs=inputs))
     folder.finish()

@@ -78,7 +78,7 @@ class VQConfig:
     k: int = setting(1024, "Codebook size (clusters).")
     samples: int = setting(70000, "Patches drawn from all the images' patches for k-means.")
     normalize: Normalization = setting(Normalization.gray, "gray (channels averaged), rgb, center (mean removed), contrast (and divided by the std).")
-    iterations: int = setting(100, "Lloyd iterations (or mini-batch steps with --batch-size).")
+    iterations: int = setting(100, "Lloyd iterations (or mini-batch steps with --batch-size; streaming: passes).", resume=False)
     init: KMeansInit = setting(KMeansInit.plusplus, "Seeding.")
     batch_size: int | None = setting(None, "Mini-batch k-means with this batch size (default: full Lloyd).")
     seed: int = setting(0, "Seed of the sampling and the seeding.")
