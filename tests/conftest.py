@@ -103,6 +103,20 @@ def rng():
     return np.random.default_rng(0)
 
 
+# The files that take longest, about longest first (from a full run's durations). `--dist
+# loadfile` hands whole files to the two workers in collection order, a file to whichever worker is
+# free, and pyproject.toml turns off xdist's reordering by number of tests (which ran these files,
+# a few slow tests each, last, one worker busy while the other waited): the long files start
+# first and the short ones fill in around them.
+SLOW_FILES = ("test_devices.py", "test_tiling.py", "test_safety.py", "test_texture.py", "test_bank.py", "test_locks.py",
+              "test_style.py", "test_cli.py", "test_distributed.py", "test_safety_schemas.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable: each file's own order kept
+
+
 def pytest_report_header(config):
     return f"jax {jax.__version__} on {jax.default_backend()}; cpu count {os.cpu_count()}"
 

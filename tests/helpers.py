@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import importlib
 import shutil
 import socket
 import sys
@@ -46,13 +47,54 @@ def sample_cells(name: str, patch: int = 16, side: int = 160) -> np.ndarray:
 
 # --- the command line ----------------------------------------------------------------------------
 
+RANDOM_WEIGHTS: dict = {}  # the latest few random networks drawn by in-process runs, by how they were asked for
+
+
+def remembered(key, draw):
+    """The random network `draw()` gives, drawn once for `key` in this test process (see `run_cli`)."""
+    if key not in RANDOM_WEIGHTS:
+        while len(RANDOM_WEIGHTS) >= 3:
+            RANDOM_WEIGHTS.pop(next(iter(RANDOM_WEIGHTS)))
+        RANDOM_WEIGHTS[key] = draw()
+    return RANDOM_WEIGHTS[key]
+
+
 def run_cli(*args):
-    """`jaxmosaic ARGS...` in this process with typer's CliRunner; every argument is passed as a string."""
+    """`jaxmosaic ARGS...` in this process with typer's CliRunner; every argument is passed as a string.
+
+    A seeded random VGG19 (`--weights random`, `weights random`) takes seconds to draw and rescale,
+    and many runs draw the same seeds: each is drawn once per test process by the command's own
+    code, and the next runs get those very (immutable) arrays. Weights read from a path or looked
+    up are read anew every time."""
     from typer.testing import CliRunner
 
     from jaxmosaic.cli import app
 
-    return CliRunner().invoke(app, [str(a) for a in args])
+    commands = [importlib.import_module(f"jaxmosaic.cli.{name}") for name in ("features", "style", "texture")]
+    weights_command = importlib.import_module("jaxmosaic.cli.weights")
+    originals = [command.vgg_params for command in commands]
+    original_random = weights_command.random_vgg19
+
+    def remembered_params(vgg_params):
+        def params(weights, seed=0, arch="vgg19"):
+            if weights != "random":
+                return vgg_params(weights, seed, arch=arch)
+            return remembered(("--weights random", seed, arch), lambda: vgg_params(weights, seed, arch=arch))
+        return params
+
+    def remembered_random(key, **settings):
+        return remembered(("weights random", np.asarray(key).tobytes(), tuple(sorted(settings.items()))),
+                          lambda: original_random(key, **settings))
+
+    for command, original in zip(commands, originals):
+        command.vgg_params = remembered_params(original)
+    weights_command.random_vgg19 = remembered_random
+    try:
+        return CliRunner().invoke(app, [str(a) for a in args])
+    finally:
+        for command, original in zip(commands, originals):
+            command.vgg_params = original
+        weights_command.random_vgg19 = original_random
 
 
 def cli_command(*args, module: bool = False) -> list[str]:

@@ -66,6 +66,10 @@ SCRIPT = textwrap.dedent("""
                                                            StyleInputs(tall, styles[:1]), params, mesh=m, split_image=m is not None))
     compare("texture split", lambda m: synthesize_texture(TextureConfig(steps=2, layers=("relu1_1", "pool1")),
                                                           TextureInputs(tall), params, mesh=m, split_image=m is not None))
+    import jaxmosaic.cli.style as style_command  # its --weights random (seed 0) are `params`: drawn once, not per run
+    drawn = style_command.vgg_params
+    style_command.vgg_params = lambda weights, seed=0, arch="vgg19": (
+        params if (weights, seed, arch) == ("random", 0, "vgg19") else drawn(weights, seed, arch=arch))
     runner = CliRunner()
     counts = ("1", str(devices))
     for count in counts:

@@ -69,16 +69,18 @@ def test_loss_functions_against_numpy(variant):
 
 def test_content_reconstruction_from_noise(random_params):
     content = sample_image("chelsea.png", 64, 64)
-    result = run(random_params, content, [content], size=64, steps=(200,), content_weight=1.0, style_weight=0.0,
-                 style_layers=("relu1_1",), chunk=200)
+    # measured: the loss falls 77x in 20 steps, 186x in 80 (the content term alone 178x), 225x in 200
+    result = run(random_params, content, [content], size=64, steps=(80,), content_weight=1.0, style_weight=0.0,
+                 style_layers=("relu1_1",), chunk=80)
     start, end = float(result.history[0][0, 0]), result.loss[0]["content"]
     assert start / end >= 100, (start, end)
 
 
 def test_style_synthesis_from_noise(random_params):
     style = sample_image("brick.png", 64, 64)
-    result = run(random_params, style, [style], size=64, steps=(200,), content_weight=0.0, style_weight=1.0,
-                 content_layers=("relu1_1",), chunk=200)
+    # measured: the loss falls 1e4x in 20 steps, the style term 3.4e4x in 30, 9e5x in 200
+    result = run(random_params, style, [style], size=64, steps=(30,), content_weight=0.0, style_weight=1.0,
+                 content_layers=("relu1_1",), chunk=30)
     start, end = float(result.history[0][0, 0]), result.loss[0]["style"]
     assert start / end >= 100, (start, end)
 
@@ -93,20 +95,20 @@ def test_default_run_lowers_the_loss_in_every_accepted_step(random_params):
 
 def test_resume_reproduces_the_uninterrupted_run(random_params, tmp_path):
     content, style = sample_image("astronaut.png", 64, 64), sample_image("coffee.png", 64, 64)
-    settings = dict(size=64, steps=(100,), chunk=25, **SHALLOW_LAYERS)
+    settings = dict(size=64, steps=(60,), chunk=15, **SHALLOW_LAYERS)  # stopped after 30: L-BFGS's memory of 10 is full
     full = run(random_params, content, [style], **settings)
 
-    def at_fifty(progress):
-        if progress.step == 50:
-            save_checkpoint(tmp_path / "ck", {"params": progress.params, "opt_state": progress.opt_state}, {"step": 50})
+    def at_thirty(progress):
+        if progress.step == 30:
+            save_checkpoint(tmp_path / "ck", {"params": progress.params, "opt_state": progress.opt_state}, {"step": 30})
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run(random_params, content, [style], callback=at_fifty, **settings)
+        run(random_params, content, [style], callback=at_thirty, **settings)
     like = np.zeros((1, 64, 64, 3), np.float32)
     state, meta = load_checkpoint(tmp_path / "ck", {"params": like, "opt_state": state_like("lbfgs", None, like)})
     resumed = run(random_params, content, [style], resume=Resume(0, meta["step"], state["params"], state["opt_state"]), **settings)
-    assert resumed.steps == 50
+    assert resumed.steps == 30
     assert np.abs(resumed.images - full.images).max() <= 1e-5
     assert resumed.loss[0]["total"] == pytest.approx(full.loss[0]["total"], rel=1e-6)
 
