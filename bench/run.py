@@ -44,6 +44,7 @@ BENCHMARKS = {
     "print": ("print", ["--sizes", "256", "--tile", "192", "--steps", "1"]),
     "spectrum_share": ("spectrum-share", ["--size", "32", "--steps", "3", "--shares", "0,0.1"]),
     "live": ("live", ["--size", "64", "--steps", "40", "--repeats", "1"]),
+    "losses": ("losses", ["--sizes", "64", "--repeats", "1", "--quality-size", "64", "--steps", "3"]),
 }
 TAKES_NO_TORCH = ("style", "texture", "hybrid", "vgg")
 

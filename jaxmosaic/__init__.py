@@ -9,11 +9,21 @@ from jaxmosaic.errors import ConfigError, ImageError, JaxmosaicError, UnsafeChec
 from jaxmosaic.image import center_crop, fit_shape, linear_to_srgb, resize, srgb_to_linear
 from jaxmosaic.io.images import ImageWarning, load_image, save_gif, save_image
 from jaxmosaic.io.checkpoints import load_checkpoint, save_checkpoint
-from jaxmosaic.color import luminance, rgb_to_lab, rgb_to_yiq, yiq_to_rgb
+from jaxmosaic.color import lab_to_rgb, luminance, match_color, match_luminance, reinhard_transfer, rgb_to_lab, rgb_to_yiq, yiq_to_rgb
 from jaxmosaic.filters import Padding, fft_gaussian_blur, gabor_kernel, gaussian_blur, gaussian_kernel1d, separable_blur
 from jaxmosaic.search import compress_queries, l2_normalize, match_tiles, svd_compress
 from jaxmosaic.assignment import OptimalAssignment, optimal_assignment
+from jaxmosaic.guides import GuideMode, guided_gram_matrix, layer_guides
 from jaxmosaic.losses import content_loss, gram_matrix, gram_targets, style_layer_loss, style_loss, tv_loss
+from jaxmosaic.distribution_losses import (
+    HistogramTarget,
+    SortedProjections,
+    histogram_loss,
+    histogram_target,
+    random_directions,
+    sliced_wasserstein_loss,
+    sorted_projections,
+)
 from jaxmosaic.spectrum import (
     periodic_component,
     radial_power_spectrum,
@@ -23,6 +33,19 @@ from jaxmosaic.spectrum import (
     spectrum_target,
 )
 from jaxmosaic.clustering import KMeansInit, kmeans, nearest_centers
+from jaxmosaic.kmeans_stream import (
+    StreamKMeansResult,
+    lloyd_finalize,
+    lloyd_init,
+    lloyd_update,
+    minibatch_init,
+    minibatch_update,
+    reservoir_init,
+    reservoir_sample,
+    reservoir_update,
+    split_empty,
+    stream_kmeans,
+)
 from jaxmosaic.optimize import Optimizer, minimize
 from jaxmosaic.stages import Problem, Solution, solve
 from jaxmosaic.vgg import VGG19, VGG19_LAYERS, Pooling, layer_channels, layer_stride, vgg19_features
@@ -58,6 +81,9 @@ from jaxmosaic.techniques.mosaic import (
     colorize,
     gabor_tiles,
     make_mosaic,
+    overlay,
+    subdivide,
+    subpixel_features,
 )
 from jaxmosaic.pictures import distance_preview
 
@@ -84,9 +110,23 @@ __all__ = [
     "fft_gaussian_blur",
     "gabor_kernel",
     "rgb_to_lab",
+    "lab_to_rgb",
+    "reinhard_transfer",
     "rgb_to_yiq",
     "yiq_to_rgb",
     "luminance",
+    "match_color",
+    "match_luminance",
+    "GuideMode",
+    "guided_gram_matrix",
+    "layer_guides",
+    "sliced_wasserstein_loss",
+    "sorted_projections",
+    "SortedProjections",
+    "random_directions",
+    "histogram_loss",
+    "histogram_target",
+    "HistogramTarget",
     "l2_normalize",
     "svd_compress",
     "compress_queries",
@@ -101,6 +141,9 @@ __all__ = [
     "OptimalAssignment",
     "build_library",
     "make_mosaic",
+    "subdivide",
+    "overlay",
+    "subpixel_features",
     "Optimizer",
     "Problem",
     "Solution",
@@ -137,6 +180,17 @@ __all__ = [
     "KMeansInit",
     "kmeans",
     "nearest_centers",
+    "stream_kmeans",
+    "StreamKMeansResult",
+    "lloyd_init",
+    "lloyd_update",
+    "lloyd_finalize",
+    "minibatch_init",
+    "minibatch_update",
+    "reservoir_init",
+    "reservoir_update",
+    "reservoir_sample",
+    "split_empty",
     "vq_encode",
     "vq_decode",
     "code_histograms",

@@ -15,6 +15,8 @@ from jaxmosaic.io.images import load_image
 from jaxmosaic.pictures import beside
 from jaxmosaic.techniques.texture import TextureConfig, TextureInputs, texture_memory, texture_problem
 
+MASK_HELP = "Synthesise from the statistics of this region of the exemplar only (white = inside; the exemplar's size)."
+
 
 @guarded
 @command(config=TextureConfig, run=RunConfig)
@@ -25,6 +27,7 @@ def texture(
     run: RunConfig,
     continue_from: Annotated[Path | None, typer.Option("--continue", help="Continue optimising this earlier result (e.g. the OUT of a previous run) instead of starting from noise.")] = None,
     weights: WeightsOption = None,
+    mask: Annotated[Path | None, typer.Option("--mask", help=MASK_HELP)] = None,
 ) -> None:
     """Synthesise a new texture like EXEMPLAR (Gatys et al. with the spectrum constraint of Liu et al.)."""
     outputs = [output_name(out, str(i + 1)) for i in range(config.variations)] if config.variations > 1 else [out]
@@ -32,11 +35,14 @@ def texture(
     if config.tileable:
         pictures.append((output_name(out, "tiled"), lambda inputs, images: np.tile(images[0], (2, 2, 1))))
     start = [continue_from] if continue_from else []
+    masks = [mask] if mask else []
 
     def load() -> TextureInputs:
-        return TextureInputs(load_image(exemplar), load_image(continue_from) if continue_from else None, str(exemplar))
+        region = None if mask is None else load_image(mask) @ np.asarray([0.299, 0.587, 0.114], np.float32)
+        return TextureInputs(load_image(exemplar), load_image(continue_from) if continue_from else None, str(exemplar),
+                             mask=region, mask_name=str(mask))
 
-    optimise(Job(technique="texture", config=config, out=out, outputs=outputs, inputs=[exemplar, *start], load=load,
+    optimise(Job(technique="texture", config=config, out=out, outputs=outputs, inputs=[exemplar, *start, *masks], load=load,
                  memory=lambda inputs: texture_memory(config, inputs),
                  problem=lambda inputs: texture_problem(config, inputs, vgg_params(weights, config.seed)), pictures=pictures,
                  weights=weights), run)

@@ -11,6 +11,7 @@ are unconstrained and clipped to [0, 1] when returned.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
@@ -19,8 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmosaic.color import rgb_to_yiq, yiq_to_rgb
+from jaxmosaic.color import match_color, match_luminance, rgb_to_yiq, yiq_to_rgb
 from jaxmosaic.config import ConfigError, choice, layer_weights, names, number, numbers, setting, whole, wholes
+from jaxmosaic.distribution_losses import Directions, DistributionTargets, Loss, check_loss, distribution_terms, image_distribution_targets
+from jaxmosaic.errors import ImageError
+from jaxmosaic.guides import GuideMode, Region, check_region_mask, guided_gram_matrix, guided_style_losses, layer_guides
 from jaxmosaic.image import fit_shape, resize
 from jaxmosaic.losses import content_losses, gram_targets, style_losses, tv_losses
 from jaxmosaic.resources import activation_bytes, held_bytes, optimisation_bytes
@@ -28,12 +32,13 @@ from jaxmosaic.stages import Problem, Progress, Resume, Solution, per_image, sol
 from jaxmosaic.techniques.common import SynthesisConfig, plan_steps, synthesis_stage, tile_note, tile_plan, tiled_terms
 from jaxmosaic.tiled_losses import HALO, position_share, statistic_tile, tiled_grams
 from jaxmosaic.tiling import TilePlan
-from jaxmosaic.vgg import Pooling, check_layers, smallest_side, vgg19_features
+from jaxmosaic.vgg import Pooling, check_layers, layer_channels, layer_stride, smallest_side, vgg19_features
 
 __all__ = [
     "CONTENT_LAYERS",
     "STYLE_LAYERS",
     "INITS",
+    "ColorControl",
     "StyleConfig",
     "StyleInputs",
     "StyleTargets",
@@ -41,6 +46,8 @@ __all__ = [
     "style_transfer_loss",
     "style_transfer_losses",
     "keep_colors",
+    "color_controlled",
+    "layer_sources",
     "style_memory",
     "style_tiles",
     "style_problem",
@@ -50,6 +57,29 @@ __all__ = [
 CONTENT_LAYERS = ("relu4_2",)
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 INITS = ("noise", "content", "style")
+
+
+class ColorControl(enum.StrEnum):
+    """What a style transfer keeps of the content's colours (Gatys et al., "Controlling Perceptual
+    Factors in Neural Style Transfer"): "luminance" transfers on luminance only and takes the
+    result's chroma from the content; "pca", "cholesky" and "symmetric" map the style images'
+    colours linearly to the content's mean and covariance first (`jaxmosaic.match_color`)."""
+
+    none = "none"
+    luminance = "luminance"
+    pca = "pca"
+    cholesky = "cholesky"
+    symmetric = "symmetric"
+
+
+def layer_sources(spec: str) -> tuple[tuple[str, ...], str]:
+    """"relu1_1,relu2_1=FINE.png" as ((layers), image path): the style layers whose targets come
+    from that image (`StyleInputs.layer_styles`); a `ConfigError` of "style_layers_from" else."""
+    layers, _, path = str(spec).partition("=")
+    layers = tuple(name.strip() for name in layers.split(",") if name.strip())
+    if not layers or not path.strip():
+        raise ConfigError("style_layers_from", f"{spec!r}: expected LAYER[,LAYER...]=IMAGE, e.g. relu1_1,relu2_1=fine.png")
+    return check_layers(layers, "style_layers_from"), path.strip()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -70,7 +100,18 @@ class StyleConfig(SynthesisConfig):
     pooling: Pooling = setting(Pooling.max, "VGG19 pooling.")
     init: str = setting("noise", "noise (seeded), content, style, or an image path.")
     style_scale: float = setting(1.0, "Style image size relative to the output's.")
-    original_colors: bool = setting(False, "Keep the content's colours (transfer luminance only, YIQ).")
+    loss: Loss = setting(Loss.gram, "The style statistic matched at every style layer: gram, sw (sliced Wasserstein), hist (histograms) or gram+hist.")
+    directions: Directions = setting(Directions.fixed, "sw: fixed (drawn once per scale, what L-BFGS needs) or random (new ones at every step; adam or sgd).")
+    original_colors: bool = setting(False, "Keep the content's colours: the same as --color-control luminance.")
+    color_control: ColorControl = setting(
+        ColorControl.none, "Colour control: luminance (transfer luminance only, the content's chroma kept, YIQ), or the "
+                           "style images' colours mapped to the content's first: pca, cholesky or symmetric; or none.")
+    guides: GuideMode = setting(GuideMode.simple, "How --region masks reach each layer: simple (resized), inside (positions "
+                                                  "whose receptive field lies inside the region) or all (that touch it).")
+    guide_grow: int = setting(0, "With --guides simple: grow (> 0) or shrink (< 0) each layer's guide by this many positions.")
+    style_layers_from: str | None = setting(
+        None, "Scale control: these style layers' targets from another image, e.g. relu1_1,relu2_1=FINE.png (the other "
+              "layers from the style images).", parse=str, example="LAYERS=IMAGE")
 
     def __post_init__(self):
         super().__post_init__()
@@ -97,6 +138,22 @@ class StyleConfig(SynthesisConfig):
         if not str(self.init).strip():
             raise ConfigError("init", "expected noise, content, style or an image path")
         put("style_scale", number("style_scale", self.style_scale, above=0.0, maximum=64.0))
+        check_loss(self)
+        put("color_control", choice("color_control", self.color_control, ColorControl))
+        put("guides", choice("guides", self.guides, GuideMode))
+        whole("guide_grow", self.guide_grow, minimum=-64, maximum=64)
+        if self.guide_grow and self.guides != GuideMode.simple:
+            raise ConfigError("guide_grow", f"goes with --guides simple; {self.guides.value} guides follow the network's geometry")
+        if self.style_layers_from is not None:
+            layers, _ = layer_sources(self.style_layers_from)
+            unused = [name for name in layers if name not in self.style_layers]
+            if unused:
+                raise ConfigError("style_layers_from", f"{', '.join(unused)} is not one of the style layers "
+                                                       f"({', '.join(self.style_layers)})")
+        if self.original_colors:
+            if self.color_control not in (ColorControl.none, ColorControl.luminance):
+                raise ConfigError("original_colors", f"is --color-control luminance; it does not go with {self.color_control.value}")
+            put("color_control", ColorControl.luminance)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -121,6 +178,8 @@ class StyleInputs(NamedTuple):
     styles: Sequence[np.ndarray]  # HWC images
     init: np.ndarray | None = None  # the starting image, when the config's init is a path
     names: Sequence[str] = ()  # what to call the style images in messages (e.g. their files)
+    regions: Sequence[Region] = ()  # spatial control: each region's mask, style, style mask and weight
+    layer_styles: Mapping[str, np.ndarray] | None = None  # scale control: {style layer: the image its target comes from}
 
 
 class StyleTargets(NamedTuple):
@@ -128,6 +187,9 @@ class StyleTargets(NamedTuple):
 
     content: dict  # layer -> P, the content image's (H, W, C) features (batched: (B, H, W, C))
     grams: dict  # layer -> A, the blended style Gram matrix (C, C) (batched: (B, C, C))
+    statistics: DistributionTargets | None = None  # --loss sw, hist, gram+hist: `jaxmosaic.distribution_targets`
+    guides: dict | None = None  # regions: layer -> (R, H, W) the output's guides; grams then layer -> (R, C, C) per position
+    region_weights: jax.Array | None = None  # regions: gw_r, (R,)
 
 
 def style_targets(params, content: jax.Array, styles: Sequence[jax.Array], *, blend: Sequence[float] | None = None,
@@ -151,25 +213,31 @@ def style_targets(params, content: jax.Array, styles: Sequence[jax.Array], *, bl
 
 
 def style_transfer_losses(x: jax.Array, targets: StyleTargets, params, *, layer_weights: Mapping[str, float], alpha=1.0,
-                          beta=1e3, tv_weight=0.0, pooling: str = "max") -> tuple[jax.Array, dict]:
+                          beta=1e3, tv_weight=0.0, pooling: str = "max", loss: str = "gram") -> tuple[jax.Array, dict]:
     """The loss of each image of an NHWC batch, the network run once on the whole batch:
     (totals (N,), {"content", "style", "tv"}: (N,) each). `targets` are shared by the batch or
-    hold one entry per image (content features (N, H, W, C), Gram matrices (N, C, C))."""
+    hold one entry per image (content features (N, H, W, C), Gram matrices (N, C, C)). With
+    another `loss` than "gram", "style" is the sum of its terms (`jaxmosaic.distribution_terms`)."""
     layers = tuple(dict.fromkeys((*targets.content, *layer_weights)))
     features = vgg19_features(params, x, layers, pooling=pooling)
     l_content = sum(content_losses(features[name], targets.content[name]) for name in targets.content)
-    l_style = style_losses({name: features[name] for name in layer_weights}, targets.grams, layer_weights)
+    if targets.guides is not None:
+        l_style = guided_style_losses(features, targets.guides, targets.grams, layer_weights, targets.region_weights)
+    elif Loss(loss) == Loss.gram:
+        l_style = style_losses({name: features[name] for name in layer_weights}, targets.grams, layer_weights)
+    else:
+        l_style = sum(distribution_terms(features, targets.grams, targets.statistics, layer_weights, loss=loss, pixels=x).values())
     tv = tv_losses(x)
     return alpha * l_content + beta * l_style + tv_weight * tv, {"content": l_content, "style": l_style, "tv": tv}
 
 
 def style_transfer_loss(x: jax.Array, targets: StyleTargets, params, *, layer_weights: Mapping[str, float], alpha=1.0,
-                        beta=1e3, tv_weight=0.0, pooling: str = "max") -> tuple[jax.Array, dict]:
+                        beta=1e3, tv_weight=0.0, pooling: str = "max", loss: str = "gram") -> tuple[jax.Array, dict]:
     """(total, {"content", "style", "tv"}) for one HWC image: the unweighted L_content (summed over
-    the content layers), L_style = sum_l w_l E_l, and TV; total = alpha L_content + beta L_style +
-    tv_weight TV."""
+    the content layers), L_style = sum_l w_l E_l (or, for another `loss`, the sum of its terms),
+    and TV; total = alpha L_content + beta L_style + tv_weight TV."""
     totals, terms = style_transfer_losses(x[None], targets, params, layer_weights=layer_weights, alpha=alpha, beta=beta,
-                                          tv_weight=tv_weight, pooling=pooling)
+                                          tv_weight=tv_weight, pooling=pooling, loss=loss)
     return totals[0], {name: value[0] for name, value in terms.items()}
 
 
@@ -195,6 +263,72 @@ def _style_sizes(config: StyleConfig, inputs: StyleInputs, size: int) -> tuple[t
     return (height, width), [fit_shape(*style.shape[:2], side) for style in inputs.styles]
 
 
+def _check_regions(config: StyleConfig, inputs: StyleInputs) -> None:
+    """Regions and per-layer styles: their masks against their images, and what they go with."""
+    if inputs.layer_styles:
+        unused = [name for name in inputs.layer_styles if name not in config.style_layers]
+        if unused:
+            raise ConfigError("style_layers_from", f"{', '.join(unused)} is not one of the style layers")
+        if inputs.regions or config.loss != Loss.gram:
+            raise ConfigError("style_layers_from", "goes with --loss gram and without --region")
+    if not inputs.regions:
+        return
+    first = inputs.regions[0].name
+    if config.batch:
+        raise ConfigError("batch", f"does not go with regions ({first}): regions make one output of several styles")
+    if config.loss != Loss.gram:
+        raise ConfigError("loss", f"regions ({first}) are matched by guided Gram matrices: use --loss gram")
+    height, width = inputs.content.shape[:2]
+    positional = 0
+    for region in inputs.regions:
+        check_region_mask(region.mask, height, width, region.name)
+        if region.style is None:
+            positional += 1
+            if positional > len(inputs.styles):
+                raise ImageError(f"{region.name}: more regions without a style of their own ({positional}) than style "
+                                 f"images ({len(inputs.styles)})")
+        if region.style_mask is not None:
+            style = inputs.styles[positional - 1] if region.style is None else region.style
+            check_region_mask(region.style_mask, *style.shape[:2], _style_mask_name(region), what="its style image")
+        if region.weight is not None:
+            number("region", region.weight, minimum=0.0)
+
+
+def _style_mask_name(region: Region) -> str:
+    return region.style_mask_name or f"{region.name} (style mask)"
+
+
+def _region_guides(config: StyleConfig, region: Region, style_shape, shape) -> tuple[dict, dict]:
+    """A region's guides at every style layer, on the style image (of `style_shape`, under its
+    style mask) and on the output (of `shape`); an `ImageError` naming the mask's file, the layer
+    and --guides when either vanishes at a layer (a silent zero target or no style term else)."""
+    names = tuple(config.layer_weight_map)
+    style_mask = jnp.ones(style_shape, jnp.float32) if region.style_mask is None else \
+        resize(jnp.asarray(region.style_mask, jnp.float32)[..., None], *style_shape)[..., 0]
+    mask = resize(jnp.asarray(region.mask, jnp.float32)[..., None], *shape)[..., 0]
+    style_guides = layer_guides(style_mask, names, mode=config.guides, grow=config.guide_grow)
+    output_guides = layer_guides(mask, names, mode=config.guides, grow=config.guide_grow)
+    for name in names:
+        for guides, file, side in ((output_guides, region.name, "the output's"),
+                                   (style_guides, _style_mask_name(region), "the style image's")):
+            if not float(jnp.max(guides[name])) > 0:
+                how = GuideMode(config.guides).value + (f" --guide-grow {config.guide_grow}" if config.guide_grow else "")
+                raise ImageError(f"{file}: the region vanishes at {name} in {side} guides with --guides {how} (at "
+                                 f"{shape[1]}x{shape[0]} px): a larger region or size, or other --guides")
+    return style_guides, output_guides
+
+
+def _check_guides(config: StyleConfig, inputs: StyleInputs) -> None:
+    """Every region's guides at every scale, before any work (`_region_guides`)."""
+    for size in config.sizes:
+        (height, width), _ = _style_sizes(config, inputs, size)
+        side = max(16, round(max(height, width) * config.style_scale))
+        positional = iter(inputs.styles)
+        for region in inputs.regions:
+            style = next(positional) if region.style is None else region.style
+            _region_guides(config, region, fit_shape(*np.shape(style)[:2], side), (height, width))
+
+
 def _check_inputs(config: StyleConfig, inputs: StyleInputs) -> None:
     if not inputs.styles:
         raise ValueError("at least one style image is needed")
@@ -202,6 +336,12 @@ def _check_inputs(config: StyleConfig, inputs: StyleInputs) -> None:
         raise ConfigError("style_blend", f"has {len(config.style_blend)} weights for {len(inputs.styles)} style images")
     if config.init not in INITS and inputs.init is None:
         raise ConfigError("init", f"{config.init!r} is neither noise, content, style nor a given image")
+    _check_regions(config, inputs)
+    if config.loss != Loss.gram and len(inputs.styles) > 1 and not config.batch and not inputs.regions:
+        raise ConfigError("loss", f"{config.loss.value} does not blend style images: give one, or --batch for one output each")
+    if (config.loss == Loss.sw and config.directions == Directions.random and config.batch
+            and any(len(set(_style_sizes(config, inputs, size)[1])) > 1 for size in config.sizes)):
+        raise ConfigError("directions", "random with --batch needs style images of one size (their features are stacked)")
     layers = (*config.content_layers, *config.style_layers)
     smallest = smallest_side(config.style_layers)
     for size in config.sizes:
@@ -214,6 +354,7 @@ def _check_inputs(config: StyleConfig, inputs: StyleInputs) -> None:
             if min(h, w) < smallest:
                 raise ValueError(f"{name} becomes {w}x{h} at this scale, too thin for the style layers "
                                  f"(they need {smallest} pixels a side); use a larger style_scale or another image")
+    _check_guides(config, inputs)
 
 
 _RUNTIME = 512 * 2**20  # the process itself: Python, JAX and the compiled programs
@@ -227,6 +368,21 @@ def _style_bytes(config: StyleConfig, shapes, tile: int | None) -> int:
     return max(activation_bytes(min(h, side), min(w, side), config.style_layers) for h, w in shapes)
 
 
+def _region_bytes(config: StyleConfig, inputs: StyleInputs, height: int, width: int) -> int:
+    """Bytes regions and per-layer styles add at an output of (height, width): the guided losses
+    keep R guide-weighted copies of every style layer's features for the backward pass
+    (R x sum_l H_l W_l C_l floats, twice), and the regions' own style images and the per-layer
+    style images have their features taken at the scale."""
+    others = [region.style for region in inputs.regions if region.style is not None]
+    others += list((inputs.layer_styles or {}).values())
+    if not inputs.regions and not others:
+        return 0
+    copies = len(inputs.regions) * sum((height // layer_stride(name)) * (width // layer_stride(name)) * layer_channels(name)
+                                       for name in config.style_layers) * 4 * 2
+    side = max(16, round(max(height, width) * config.style_scale))
+    return copies + sum(activation_bytes(*fit_shape(*np.shape(image)[:2], side), config.style_layers) for image in others)
+
+
 def style_tiles(config: StyleConfig, inputs: StyleInputs) -> list[TilePlan]:
     """Which scales are tiled and how: every scale larger than `config.tile`, or, with a tile
     setting, whose untiled optimisation does not fit `config.max_memory` (default: what is free);
@@ -236,7 +392,8 @@ def style_tiles(config: StyleConfig, inputs: StyleInputs) -> list[TilePlan]:
     plans = []
     for size in config.sizes:
         (height, width), shapes = _style_sizes(config, inputs, size)
-        untiled = optimisation_bytes(height, width, layers, count) + _style_bytes(config, shapes, None)
+        untiled = optimisation_bytes(height, width, layers, count) + _style_bytes(config, shapes, None) \
+            + _region_bytes(config, inputs, height, width)
         fixed = held_bytes(height, width, count) + _style_bytes(config, shapes, 512) + _RUNTIME  # as `style_memory` weighs it
         plans.append(tile_plan(config, height, width, untiled=untiled, fixed=fixed, layers=layers, count=count))
     return plans
@@ -244,8 +401,9 @@ def style_tiles(config: StyleConfig, inputs: StyleInputs) -> list[TilePlan]:
 
 def style_memory(config: StyleConfig, inputs: StyleInputs) -> int:
     """Check the inputs against the settings (before any work) and estimate the peak memory of
-    the run in bytes: the optimisation at the largest scale (of one tile at a tiled scale) and
-    the style images' features."""
+    the run in bytes: the optimisation at the largest scale (of one tile at a tiled scale), the
+    style images' features and what regions and per-layer styles add (their guide-weighted
+    feature copies and their own style images' features)."""
     _check_inputs(config, inputs)
     count = len(inputs.styles) if config.batch else 1
     layers = (*config.content_layers, *config.style_layers)
@@ -253,7 +411,8 @@ def style_memory(config: StyleConfig, inputs: StyleInputs) -> int:
     for size, plan in zip(config.sizes, style_tiles(config, inputs)):
         _, shapes = _style_sizes(config, inputs, size)
         if plan.tile is None:
-            needed = optimisation_bytes(plan.height, plan.width, layers, count) + _style_bytes(config, shapes, None)
+            needed = optimisation_bytes(plan.height, plan.width, layers, count) + _style_bytes(config, shapes, None) \
+                + _region_bytes(config, inputs, plan.height, plan.width)
         else:
             side = statistic_tile(plan.tile) + 2 * HALO  # the final loss, taken tile by tile, sees images and content
             step = max(optimisation_bytes(*plan.shape, layers, count), activation_bytes(side, side, layers, count + 1))
@@ -275,6 +434,33 @@ def _start(config: StyleConfig, inputs: StyleInputs, height: int, width: int, co
     return jnp.broadcast_to(image, (count, height, width, 3))
 
 
+def _gray(image: jax.Array) -> jax.Array:
+    return jnp.concatenate([image] * 3, axis=-1)
+
+
+def color_controlled(config: StyleConfig, inputs: StyleInputs) -> StyleInputs:
+    """The images a transfer under `config.color_control` optimises against: with "luminance" the
+    content's luminance and each style image's luminance matched to the content's mean and spread
+    (`jaxmosaic.match_luminance`), grey in three channels; with "pca", "cholesky" or "symmetric"
+    the style images' colours mapped to the content's (`jaxmosaic.match_color`); else as given."""
+    control = ColorControl(config.color_control)
+    if control == ColorControl.none:
+        return inputs
+    content = jnp.asarray(inputs.content, jnp.float32)
+    if control == ColorControl.luminance:
+        def recolor(style):
+            return np.asarray(_gray(match_luminance(jnp.asarray(style, jnp.float32), content)))
+        content_image = np.asarray(_gray(match_luminance(content, content)))
+    else:
+        def recolor(style):
+            return np.asarray(match_color(jnp.asarray(style, jnp.float32), content, control.value))
+        content_image = inputs.content
+    regions = [region._replace(style=None if region.style is None else recolor(region.style)) for region in inputs.regions]
+    layer_styles = None if inputs.layer_styles is None else {name: recolor(image) for name, image in inputs.layer_styles.items()}
+    return inputs._replace(content=content_image, styles=[recolor(style) for style in inputs.styles], regions=regions,
+                           layer_styles=layer_styles)
+
+
 def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
     """The style transfer as a `Problem`: one stage per scale, coarse to fine, each starting from
     the previous result upsampled; with `config.batch` one image per style, else one image. A
@@ -283,21 +469,58 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
     tile's positions, so every tile aims at the same style."""
     style_memory(config, inputs)
     plans = style_tiles(config, inputs)
+    original = jnp.asarray(inputs.content, jnp.float32)
+    inputs = color_controlled(config, inputs)
     content = jnp.asarray(inputs.content, jnp.float32)
     styles = [jnp.asarray(style, jnp.float32) for style in inputs.styles]
     count = len(styles) if config.batch else 1
     layer_weights = config.layer_weight_map
     settings = {"layer_weights": layer_weights, "alpha": config.content_weight, "beta": config.style_weight,
-                "tv_weight": config.tv_weight, "pooling": config.pooling}
+                "tv_weight": config.tv_weight, "pooling": config.pooling, "loss": config.loss}
     tile_of = {(plan.height, plan.width): plan for plan in plans}
 
     def scaled_styles(height: int, width: int) -> list:
         side = max(16, round(max(height, width) * config.style_scale))
         return [resize(style, *fit_shape(*style.shape[:2], side)) for style in styles]
 
+    if inputs.regions and any(plan.tile is not None for plan in plans):
+        raise ConfigError("tile", f"regions ({inputs.regions[0].name}) are not refined in tiles: a smaller size, or more "
+                                  "--max-memory")
+
+    @functools.cache
+    def regions_at(height: int, width: int) -> tuple[dict, dict, jax.Array]:
+        """Regions: each region's guided Gram targets from its style image under its style mask
+        (layer -> (R, C, C)), the output's guides (layer -> (R, h, w)) and the weights gw_r (R,)."""
+        side = max(16, round(max(height, width) * config.style_scale))
+        names, positional = tuple(layer_weights), iter(styles)
+        targets, guides = {name: [] for name in names}, {name: [] for name in names}
+        for region in inputs.regions:
+            style = next(positional) if region.style is None else jnp.asarray(region.style, jnp.float32)
+            style = resize(style, *fit_shape(*style.shape[:2], side))
+            features = vgg19_features(params, style[None], names, pooling=config.pooling)
+            style_guides, output_guides = _region_guides(config, region, style.shape[:2], (height, width))
+            for name in names:
+                targets[name].append(guided_gram_matrix(features[name][0], style_guides[name]))
+                guides[name].append(output_guides[name])
+        weights = [1.0 / len(inputs.regions) if region.weight is None else region.weight for region in inputs.regions]
+        return ({name: jnp.stack(targets[name]) for name in names}, {name: jnp.stack(guides[name]) for name in names},
+                jnp.asarray(weights, jnp.float32))
+
+    def layer_style_grams(height: int, width: int) -> dict:
+        """Scale control: the targets of the layers taken from other images."""
+        side = max(16, round(max(height, width) * config.style_scale))
+        grams = {}
+        for name, image in (inputs.layer_styles or {}).items():
+            image = jnp.asarray(image, jnp.float32)
+            image = resize(image, *fit_shape(*image.shape[:2], side))
+            grams.update(gram_targets(params, image, (name,), size=(height, width), pooling=config.pooling))
+        return grams
+
     @functools.cache
     def grams_at(height: int, width: int) -> dict:
         """The style Gram targets of an output of this size: blended, or one per style (batch)."""
+        if inputs.regions:
+            return regions_at(height, width)[0]
         plan = tile_of.get((height, width))
         tile = None if plan is None else plan.tile
         each = []
@@ -307,6 +530,8 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
             else:
                 each.append(tiled_grams(params, style, tuple(layer_weights), tile=statistic_tile(tile), halo=HALO,
                                         pooling=config.pooling, size=(height, width)))
+        if inputs.layer_styles:
+            each = [{**grams, **layer_style_grams(height, width)} for grams in each]
         if config.batch:
             return {name: jnp.stack([grams[name] for grams in each]) for name in layer_weights}
         blend = np.full(len(each), 1.0 / len(each)) if config.style_blend is None else np.asarray(config.style_blend) / sum(config.style_blend)
@@ -316,7 +541,16 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
     def targets_at(height: int, width: int) -> StyleTargets:
         scaled = resize(content, height, width)
         features = vgg19_features(params, scaled[None], config.content_layers, pooling=config.pooling)
-        return StyleTargets({name: features[name][0] for name in config.content_layers}, grams_at(height, width))
+        grams = grams_at(height, width) if config.loss in (Loss.gram, Loss.gram_hist) else None
+        statistics = None
+        if config.loss != Loss.gram:  # fixed directions: drawn once per scale
+            scale = [(plan.height, plan.width) for plan in plans].index((height, width))
+            statistics = image_distribution_targets(params, scaled_styles(height, width), (height, width), tuple(layer_weights),
+                                                    loss=config.loss, directions=config.directions, pooling=config.pooling,
+                                                    key=jax.random.fold_in(jax.random.PRNGKey(config.seed), scale),
+                                                    stacked=config.batch)
+        guides = regions_at(height, width)[1:] if inputs.regions else (None, None)
+        return StyleTargets({name: features[name][0] for name in config.content_layers}, grams, statistics, *guides)
 
     def tile_data(plan: TilePlan):
         """(top, left) -> a tile's targets: the content features of its region, and the whole
@@ -340,7 +574,7 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
                 return _start(config, inputs, plan.height, plan.width, count)
             return resize(previous, plan.height, plan.width)
 
-        axes = (StyleTargets(None, 0) if config.batch else None, None)  # the content is shared by a batch of styles
+        axes = (StyleTargets(None, 0, 0) if config.batch else None, None)  # the content is shared by a batch of styles
         if plan.tile is not None:
             return synthesis_stage(config, plan, start=start, losses=style_transfer_losses, settings=settings,
                                    tile_data=tile_data(plan), data_axes=axes)
@@ -351,9 +585,9 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
         return jnp.clip(pixels, 0.0, 1.0)
 
     def finish(images):
-        if not config.original_colors:
+        if config.color_control != ColorControl.luminance:
             return images
-        return keep_colors(images, jnp.broadcast_to(resize(content, *images.shape[1:3]), images.shape))
+        return keep_colors(images, jnp.broadcast_to(resize(original, *images.shape[1:3]), images.shape))
 
     terms_of = jax.jit(lambda x, t, p: style_transfer_losses(x, t, p, **settings))
 

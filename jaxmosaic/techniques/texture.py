@@ -25,6 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmosaic.config import ConfigError, MAX_INT, choice, layer_weights, names, number, setting, whole
+from jaxmosaic.distribution_losses import (SEED_AXES, Directions, DistributionTargets, Loss, check_loss, distribution_targets,
+                                           distribution_terms, image_targets, stack_targets)
+from jaxmosaic.errors import ImageError
+from jaxmosaic.guides import check_region_mask, layer_guides, masked_gram_targets
 from jaxmosaic.image import fit_shape, resize
 from jaxmosaic.losses import gram_targets, style_losses
 from jaxmosaic.resources import activation_bytes, held_bytes, optimisation_bytes
@@ -32,7 +36,7 @@ from jaxmosaic.spectrum import spectrum_losses, spectrum_target
 from jaxmosaic.stages import Problem, Progress, Solution, per_image, solve
 from jaxmosaic.techniques.common import SynthesisConfig, plan_steps, synthesis_stage, tile_note, tile_plan, tiled_terms
 from jaxmosaic.tiling import TilePlan
-from jaxmosaic.vgg import VGG19_LAYERS, Pooling, check_layers, smallest_side, three_channels, vgg19_features
+from jaxmosaic.vgg import VGG19_LAYERS, Pooling, check_layers, layer_stride, smallest_side, three_channels, vgg19_features
 
 __all__ = [
     "TEXTURE_LAYERS",
@@ -98,6 +102,8 @@ class TextureConfig(SynthesisConfig):
     match_histogram: bool = setting(False, "Match each channel's histogram to the exemplar's at the end.")
     color: TextureColor = setting(TextureColor.auto, "auto: grey when the exemplar's channels are equal.")
     pooling: Pooling = setting(Pooling.avg, "VGG19 pooling (avg is better for synthesis).")
+    loss: Loss = setting(Loss.gram, "The statistic matched at every layer: gram, sw (sliced Wasserstein), hist (histograms) or gram+hist.")
+    directions: Directions = setting(Directions.fixed, "sw: fixed (drawn once per stage, what L-BFGS needs) or random (new ones at every step; adam or sgd).")
 
     def __post_init__(self):
         super().__post_init__()
@@ -120,6 +126,7 @@ class TextureConfig(SynthesisConfig):
         whole("seed", self.seed, minimum=0, maximum=MAX_INT - self.variations)
         if self.tile is not None and self.tileable:
             raise ConfigError("tile", "does not go with tileable: a texture refined in tiles cannot wrap around")
+        check_loss(self)
 
     @property
     def layer_weight_map(self) -> dict[str, float]:
@@ -141,6 +148,8 @@ class TextureInputs(NamedTuple):
     exemplar: np.ndarray  # HWC, 3 channels (grey exemplars have equal channels) or 1
     start: np.ndarray | None = None  # continue from this image (an earlier result) instead of noise
     name: str = "the exemplar"  # what to call the exemplar in messages (e.g. its file)
+    mask: np.ndarray | None = None  # (H, W) over the exemplar: only its statistics there are matched
+    mask_name: str = "the mask"  # what to call the mask in messages
 
 
 class TextureTargets(NamedTuple):
@@ -148,41 +157,68 @@ class TextureTargets(NamedTuple):
 
     grams: dict  # layer -> the exemplar's Gram matrix A^l (C_l, C_l), scaled to the output's positions
     spectrum: jax.Array  # (H, W, C) image whose Fourier modulus is the target (`spectrum_target`)
+    statistics: DistributionTargets | None = None  # --loss sw, hist, gram+hist: `jaxmosaic.distribution_targets`
 
 
 def texture_targets(params, exemplar: jax.Array, *, size: tuple[int, int] | None = None,
-                    layers: Sequence[str] = TEXTURE_LAYERS, pooling: str = "avg") -> TextureTargets:
+                    layers: Sequence[str] = TEXTURE_LAYERS, pooling: str = "avg", loss: str = "gram",
+                    directions: str = "fixed", seeds: Sequence[int] = (0,), mask: jax.Array | None = None) -> TextureTargets:
     """Gram matrices for an output of `size` (height, width; default the exemplar's) and the
     spectrum target at that size (the exemplar's periodic component, embedded when the sizes
-    differ: `jaxmosaic.spectrum.spectrum_target`)."""
+    differ: `jaxmosaic.spectrum.spectrum_target`); for a `loss` other than "gram" the
+    distribution targets too, one entry per seed for what the seed draws (`stack_targets`). With
+    a `mask` (H, W) over the exemplar, the Gram matrices are those of the region's positions
+    (`jaxmosaic.guides.masked_gram_targets`) and the distribution targets those of the positions
+    whose guide (`layer_guides`, "simple") exceeds 1/2; the spectrum target stays the whole
+    exemplar's (`texture_problem` turns the spectrum term off under a mask)."""
     exemplar = jnp.asarray(exemplar)
     height, width = size or exemplar.shape[:2]
-    return TextureTargets(gram_targets(params, three_channels(exemplar), layers, size=(height, width), pooling=pooling),
-                          spectrum_target(exemplar, height, width))
+    loss = Loss(loss)
+    grams = gram_targets(params, three_channels(exemplar), layers, size=(height, width), pooling=pooling) \
+        if loss in (Loss.gram, Loss.gram_hist) else None
+    if mask is not None and grams is not None:
+        grams = masked_gram_targets(params, three_channels(exemplar), mask, layers, size=(height, width), pooling=pooling)
+    statistics = None
+    if loss != Loss.gram:
+        features = {name: value[0] for name, value in
+                    vgg19_features(params, three_channels(exemplar)[None], tuple(layers), pooling=pooling).items()}
+        positions = {name: (height // layer_stride(name)) * (width // layer_stride(name)) for name in layers}
+        masks = None if mask is None else layer_guides(jnp.asarray(mask, jnp.float32), tuple(layers), mode="simple")
+        statistics = stack_targets([distribution_targets(features, positions, loss=loss, directions=directions,
+                                                         key=jax.random.PRNGKey(seed), masks=masks) for seed in seeds],
+                                   shared=True)
+    return TextureTargets(grams, spectrum_target(exemplar, height, width), statistics)
 
 
 def texture_losses(x: jax.Array, targets: TextureTargets, params, *, layer_weights: Mapping[str, float], spectrum_weight=0.0,
-                   pooling: str = "avg", padding: str = "zeros") -> tuple[jax.Array, dict]:
+                   pooling: str = "avg", padding: str = "zeros", loss: str = "gram") -> tuple[jax.Array, dict]:
     """The loss of each image of an NHWC batch, the network run once on the whole batch:
-    (totals (N,), {"gram", "spectrum"}: (N,) each), as `texture_loss` defines them."""
+    (totals (N,), {"gram" | "sw" | "hist" (`Loss.terms`), "spectrum"}: (N,) each), as
+    `texture_loss` defines them."""
     features = vgg19_features(params, three_channels(x), tuple(layer_weights), pooling=pooling, padding=padding)
-    gram = style_losses(features, targets.grams, layer_weights)
+    if Loss(loss) == Loss.gram:
+        statistic = {"gram": style_losses(features, targets.grams, layer_weights)}
+    else:
+        statistic = distribution_terms(features, targets.grams, targets.statistics, layer_weights, loss=loss, pixels=x)
     spectrum = spectrum_losses(x, targets.spectrum)
-    return gram + spectrum_weight * spectrum, {"gram": gram, "spectrum": spectrum}
+    return sum(statistic.values()) + spectrum_weight * spectrum, {**statistic, "spectrum": spectrum}
 
 
 def texture_loss(x: jax.Array, targets: TextureTargets, params, *, layer_weights: Mapping[str, float], spectrum_weight=0.0,
-                 pooling: str = "avg", padding: str = "zeros") -> tuple[jax.Array, dict]:
+                 pooling: str = "avg", padding: str = "zeros", loss: str = "gram") -> tuple[jax.Array, dict]:
     """(total, {"gram", "spectrum"}) for one HWC image: gram = sum_l w_l E_l, spectrum =
     1/2 ||x - P(x)||^2 unweighted, total = gram + spectrum_weight * spectrum. With padding
-    "circular" the network sees x as a torus (for tileable textures)."""
+    "circular" the network sees x as a torus (for tileable textures). Another `loss` reports
+    its own terms (`Loss.terms`: sum_l w_l of the layer's sliced Wasserstein or histogram loss)
+    in place of "gram", and the total sums them."""
     totals, terms = texture_losses(x[None], targets, params, layer_weights=layer_weights, spectrum_weight=spectrum_weight,
-                                   pooling=pooling, padding=padding)
+                                   pooling=pooling, padding=padding, loss=loss)
     return totals[0], {name: value[0] for name, value in terms.items()}
 
 
 def calibrate_spectrum_weight(params, targets: TextureTargets, layer_weights: Mapping[str, float], *, channels: int,
-                              share: float = SPECTRUM_SHARE, pooling: str = "avg", padding: str = "zeros") -> float:
+                              share: float = SPECTRUM_SHARE, pooling: str = "avg", padding: str = "zeros",
+                              loss: str = "gram") -> float:
     """beta such that the spectrum term is `share` of the total on a reference image: uniform
     noise drawn with PRNGKey(0) at the output size. It depends on the exemplar, size, layers and
     weights only, not on the seed, so every variation and every continued run uses the same loss.
@@ -190,13 +226,15 @@ def calibrate_spectrum_weight(params, targets: TextureTargets, layer_weights: Ma
     The Gram term of noise is many times its final value while the spectrum term is of the order
     of the texture's own variance, so a modest share at the start lets the Gram term shape the
     texture first and leaves the spectrum term a real part of the loss once the Gram term has
-    fallen (measured on the brick sample: README, "Texture synthesis").
+    fallen (measured on the brick sample: README, "Texture synthesis"). Another `loss` takes
+    the share of the sum of its terms (targets of one image: `image_targets`).
     """
     height, width = targets.spectrum.shape[:2]
     noise = jax.random.uniform(jax.random.PRNGKey(0), (height, width, channels), jnp.float32)
-    loss = jax.jit(lambda x, t, p: texture_loss(x, t, p, layer_weights=layer_weights, pooling=pooling, padding=padding))
-    _, terms = loss(noise, targets, params)
-    gram, spectrum = float(terms["gram"]), float(terms["spectrum"])
+    evaluate = jax.jit(lambda x, t, p: texture_loss(x, t, p, layer_weights=layer_weights, pooling=pooling, padding=padding,
+                                                    loss=loss))
+    _, terms = evaluate(noise, targets, params)
+    gram, spectrum = sum(float(terms[name]) for name in Loss(loss).terms), float(terms["spectrum"])
     if not (np.isfinite(gram) and np.isfinite(spectrum)) or spectrum <= 0:
         raise FloatingPointError("cannot calibrate the spectrum weight (loss not finite); give the spectrum weight a number")
     return share / (1.0 - share) * gram / spectrum
@@ -242,6 +280,20 @@ def texture_memory(config: TextureConfig, inputs: TextureInputs) -> int:
     out_height, out_width = config.output_size(inputs.exemplar.shape)
     if min(out_height, out_width) < smallest:
         raise ConfigError("size", f"{out_width}x{out_height} is too small: the layers up to {deepest} need at least {smallest} pixels a side")
+    if inputs.mask is not None:
+        check_region_mask(inputs.mask, height, width, inputs.mask_name, what="the exemplar")
+        if np.shape(inputs.mask) != (height, width):
+            raise ImageError(f"{inputs.mask_name}: the mask is {np.shape(inputs.mask)[1]}x{np.shape(inputs.mask)[0]} px, "
+                             f"the exemplar {width}x{height} px; a texture's mask must have the exemplar's size")
+        if config.spectrum_weight not in ("auto", 0.0):
+            raise ConfigError("spectrum_weight", f"must be 0 or auto with --mask ({inputs.mask_name}): the spectrum target "
+                                                 "is the whole exemplar's and would pull the texture to its mean colour")
+        if config.loss != Loss.gram:  # the distribution targets keep the positions whose guide exceeds 1/2
+            guides = layer_guides(jnp.asarray(inputs.mask, jnp.float32), layers, mode="simple")
+            for name in layers:
+                if not float(jnp.max(guides[name])) > 0.5:
+                    raise ImageError(f"{inputs.mask_name}: the region has no position at {name} for --loss {config.loss.value} "
+                                     f"(no block of {layer_stride(name)}x{layer_stride(name)} px more than half inside)")
     plan = texture_tiles(config, inputs)
     exemplar = optimisation_bytes(height, width, layers) // 2
     if plan.tile is None:
@@ -269,15 +321,24 @@ def texture_problem(config: TextureConfig, inputs: TextureInputs, params) -> Pro
     padding = "circular" if config.tileable else "zeros"
     layer_weights = config.layer_weight_map
     plan = texture_tiles(config, inputs)
-    targets = texture_targets(params, exemplar, size=(height, width), layers=tuple(layer_weights), pooling=config.pooling)
+    targets = texture_targets(params, exemplar, size=(height, width), layers=tuple(layer_weights), pooling=config.pooling,
+                              loss=config.loss, directions=config.directions, seeds=range(config.seed, config.seed + count),
+                              mask=inputs.mask)
+    first = targets if targets.statistics is None else targets._replace(statistics=image_targets(targets.statistics, 0, shared=True))
     beta = config.spectrum_weight
-    if beta == "auto" and plan.tile is None:
-        beta = calibrate_spectrum_weight(params, targets, layer_weights, channels=channels, pooling=config.pooling, padding=padding)
+    masked = inputs.mask is not None and beta == "auto"
+    if masked:  # the spectrum target is the whole exemplar's: its mean colour would pull the texture out of the region
+        beta = 0.0
+    elif beta == "auto" and plan.tile is None:
+        beta = calibrate_spectrum_weight(params, first, layer_weights, channels=channels, pooling=config.pooling, padding=padding,
+                                         loss=config.loss)
     elif beta == "auto":  # calibrated on a tile, for the whole image: the spectrum term sums over pixels
-        at_tile = texture_targets(params, exemplar, size=plan.shape, layers=tuple(layer_weights), pooling=config.pooling)
+        at_tile = texture_targets(params, exemplar, size=plan.shape, layers=tuple(layer_weights), pooling=config.pooling,
+                                  mask=inputs.mask)
         beta = calibrate_spectrum_weight(params, at_tile, layer_weights, channels=channels, pooling=config.pooling,
                                          padding=padding) * plan.shape[0] * plan.shape[1] / (height * width)
-    settings = {"layer_weights": layer_weights, "spectrum_weight": float(beta), "pooling": config.pooling, "padding": padding}
+    settings = {"layer_weights": layer_weights, "spectrum_weight": float(beta), "pooling": config.pooling, "padding": padding,
+                "loss": config.loss}
 
     def start(_):
         if inputs.start is not None:
@@ -307,14 +368,19 @@ def texture_problem(config: TextureConfig, inputs: TextureInputs, params) -> Pro
         return per_image((parts["style"] + float(beta) * spectrum, {"gram": parts["style"], "spectrum": spectrum}))
 
     if plan.tile is None:
-        stage = synthesis_stage(config, plan, start=start, losses=texture_losses, settings=settings, data=(targets, params))
+        axes = None if targets.statistics is None else (TextureTargets(None, None, SEED_AXES), None)  # directions: one set per seed
+        stage = synthesis_stage(config, plan, start=start, losses=texture_losses, settings=settings, data=(targets, params),
+                                data_axes=axes)
         notes, facts = (), {}
     else:  # every tile aims at the same statistics: the Gram matrices and the spectrum at the tile's size
-        at_tile = texture_targets(params, exemplar, size=plan.shape, layers=config.layers, pooling=config.pooling)
+        at_tile = texture_targets(params, exemplar, size=plan.shape, layers=config.layers, pooling=config.pooling,
+                                  mask=inputs.mask)
         stage = synthesis_stage(config, plan, start=start, losses=texture_losses, settings=settings,
                                 tile_data=lambda top, left: (at_tile, params))
         notes = (tile_note(plan, config.overlap),)
         facts = {"tiles": [{"size": f"{width}x{height}", "tile": plan.tile, "count": len(plan.grid)}]}
+    if masked:
+        notes = (*notes, f"--mask ({inputs.mask_name}): --spectrum-weight auto is 0 (the spectrum target is the whole exemplar's)")
     facts = {"spectrum_weight": float(beta), "gray": channels == 1, "size": [width, height], **facts}
     return Problem(stages=(lambda: stage,), steps=(plan_steps(plan, config.steps),), optimizer=config.optimizer,
                    learning_rate=config.learning_rate, count=count, view=view, finish=finish, terms=terms, facts=facts,
