@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jaxmosaic.image import linear_to_srgb, srgb_to_linear
 
 __all__ = ["rgb_to_lab", "rgb_to_yiq", "yiq_to_rgb", "luminance", "match_color", "match_luminance", "COLOR_MODES", "lab_to_rgb",
-           "reinhard_transfer"]
+           "reinhard_transfer", "lab_moment_transfer"]
 
 # linear sRGB -> XYZ (D65), IEC 61966-2-1
 _RGB_TO_XYZ = ((0.4124564, 0.3575761, 0.1804375), (0.2126729, 0.7151522, 0.0721750), (0.0193339, 0.1191920, 0.9503041))
@@ -152,7 +152,24 @@ def reinhard_transfer(image: jax.Array, reference: jax.Array, *, eps: float = 0.
     image = jnp.asarray(image)
     lab, target = rgb_to_lab(image), rgb_to_lab(jnp.asarray(reference, image.dtype))
     axes = (-3, -2)
-    mean, std = jnp.mean(lab, axis=axes, keepdims=True), jnp.std(lab, axis=axes, keepdims=True)
-    moved = (lab - mean) / jnp.maximum(std, eps) * jnp.std(target, axis=axes, keepdims=True) \
-        + jnp.mean(target, axis=axes, keepdims=True)
+    return lab_moment_transfer(lab, jnp.mean(lab, axis=axes, keepdims=True), jnp.std(lab, axis=axes, keepdims=True),
+                               jnp.mean(target, axis=axes, keepdims=True), jnp.std(target, axis=axes, keepdims=True), eps=eps)
+
+
+def lab_moment_transfer(lab: jax.Array, mean: jax.Array, std: jax.Array, target_mean: jax.Array, target_std: jax.Array, *,
+                        eps: float = 0.1) -> jax.Array:
+    """The core of Reinhard's transfer, with the statistics given: each Lab channel mapped by
+    (x - mean) / max(std, eps) * target_std + target_mean, back to sRGB, clipped to [0, 1]
+    (`reinhard_transfer` takes the statistics of an image and a reference;
+    `jaxmosaic.techniques.mosaic.transfer_lab_statistics` those of whole sets of pixels).
+
+    Args:
+      lab: (..., 3) CIE Lab (`rgb_to_lab`).
+      mean, std, target_mean, target_std: the statistics, broadcasting against `lab` (same rank).
+      eps: the least standard deviation divided by.
+
+    Returns:
+      (..., 3) sRGB in [0, 1].
+    """
+    moved = (lab - mean) / jnp.maximum(std, eps) * target_std + target_mean
     return jnp.clip(lab_to_rgb(moved), 0.0, 1.0)

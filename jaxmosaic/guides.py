@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmosaic.color import luminance
 from jaxmosaic.errors import ConfigError, ImageError
 from jaxmosaic.vgg import VGG19_LAYERS, check_layers, layer_stride, vgg19_features
 
@@ -229,9 +230,9 @@ def load_regions(specs: Sequence[str], *, load=None) -> list[Region]:
         style = None if spec.style is None else np.asarray(load(spec.style), np.float32)
         style_mask = None
         if spec.style_mask is not None:
-            style_mask = np.asarray(load(spec.style_mask), np.float32) @ np.asarray([0.299, 0.587, 0.114], np.float32)
+            style_mask = np.asarray(luminance(np.asarray(load(spec.style_mask), np.float32)))[..., 0]
         if spec.color is None:
-            mask = image @ np.asarray([0.299, 0.587, 0.114], np.float32)
+            mask = np.asarray(luminance(image))[..., 0]
             regions.append(Region(np.clip(mask, 0.0, 1.0), style, style_mask, spec.weight, spec.mask, spec.style_mask))
             continue
         codes = np.round(image * 255).astype(np.int64)

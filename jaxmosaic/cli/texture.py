@@ -11,6 +11,7 @@ import typer
 from jaxmosaic.cli._common import WeightsOption, guarded, output_name, vgg_params
 from jaxmosaic.cli._options import command
 from jaxmosaic.cli._runner import Job, RunConfig, optimise
+from jaxmosaic.color import luminance
 from jaxmosaic.io.images import load_image
 from jaxmosaic.pictures import beside
 from jaxmosaic.techniques.texture import TextureConfig, TextureInputs, texture_memory, texture_problem
@@ -38,7 +39,7 @@ def texture(
     masks = [mask] if mask else []
 
     def load() -> TextureInputs:
-        region = None if mask is None else load_image(mask) @ np.asarray([0.299, 0.587, 0.114], np.float32)
+        region = None if mask is None else np.asarray(luminance(load_image(mask)))[..., 0]
         return TextureInputs(load_image(exemplar), load_image(continue_from) if continue_from else None, str(exemplar),
                              mask=region, mask_name=str(mask))
 

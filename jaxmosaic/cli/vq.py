@@ -25,7 +25,7 @@ from jaxmosaic.cli._options import command
 from jaxmosaic.cli.console import echo, error_line, rate_progress
 from jaxmosaic.config import MAX_INT, ConfigError, settings_dict
 from jaxmosaic.distributed import DistributedConfig, agree, start_distributed
-from jaxmosaic.errors import JaxmosaicError
+from jaxmosaic.errors import ImageError, JaxmosaicError
 from jaxmosaic.io.checkpoints import (
     load_checkpoint,
     read_checkpoint_meta,
@@ -33,13 +33,12 @@ from jaxmosaic.io.checkpoints import (
 )
 from jaxmosaic.io.files import atomic_path
 from jaxmosaic.io.folders import OutputFolder
-from jaxmosaic.io.images import image_files, load_image, save_image
+from jaxmosaic.io.images import image_files, image_size, load_image, save_image
 from jaxmosaic.io.outputs import check_outputs
-from jaxmosaic.kmeans_stream import KMeansInterrupted, stream_memory
+from jaxmosaic.kmeans_stream import KMeansInterrupted
 from jaxmosaic.live import live_view
 from jaxmosaic.pictures import codebook_grid, dendrogram_image, montage, side_by_side
 from jaxmosaic.resources import check_memory, format_bytes, memory_budget
-from jaxmosaic.sharding import device_mesh
 from jaxmosaic.techniques.vq import (
     VQConfig,
     cluster_images,
@@ -53,10 +52,11 @@ from jaxmosaic.techniques.vq import (
 from jaxmosaic.techniques.vq_stream import (
     PatchStream,
     VQStreamConfig,
+    check_stream_k,
     plan_chunk,
     sparse_cosine_distances,
     stream_histograms,
-    stream_image_bytes,
+    stream_training_bytes,
     train_codebook_stream,
 )
 
@@ -143,10 +143,8 @@ def _train_streaming(images: list[Path], out: Path, config: VQConfig, stream: VQ
         if stream.checkpoint is not None and Path(stream.checkpoint).exists() and not Path(stream.checkpoint).is_dir():
             raise ConfigError("checkpoint", f"{stream.checkpoint} is a file; give a folder (new, or a run's to --resume)")
         patches = PatchStream(files, config, processes=processes, process=process)
-        if patches.total < config.k:
-            raise ConfigError("k", f"{config.k} is larger than the number of patches ({patches.total}); "
-                                   "use a smaller k or more images")
-        mesh = local_mesh(stream.devices) if stream.devices is not None or jax.local_device_count() > 1 else None
+        check_stream_k(patches, config)
+        mesh = local_mesh(stream.devices)
         devices = 1 if mesh is None else mesh.size
         budget = memory_budget(stream.max_memory)
         checkpoint = None if stream.checkpoint is None else (
@@ -156,9 +154,7 @@ def _train_streaming(images: list[Path], out: Path, config: VQConfig, stream: VQ
             resume_state, patches.chunk = _resumed(checkpoint, patches, config, method)
         else:
             patches.chunk = plan_chunk(patches, config, method, budget, devices, processes=processes)
-        sample = min(patches.total, 256 * config.k)
-        needed = stream_memory(config.k, patches.dimension, patches.chunk, method=method, sample_size=sample, devices=devices,
-                               processes=processes) + stream_image_bytes(patches)
+        needed = stream_training_bytes(patches, config, method, chunk=patches.chunk, devices=devices, processes=processes)
         check_memory(needed, f"streaming k-means in chunks of {patches.chunk} patches" + (" (the saved run's)" if stream.resume else ""),
                      budget=budget, hint="a smaller --k" if not stream.resume else "a larger --max-memory")
         shared.update({"settings": settings_dict(config), "method": method, "IMAGES": patches.fingerprint()})
@@ -231,19 +227,13 @@ def _report_failed(patches: PatchStream) -> None:
 
 
 def _shape(path: Path) -> tuple[int, int]:
-    """(height, width) of an image from its header; (0, 0) when it cannot be read (it is skipped later)."""
-    from PIL import Image
-
+    """(height, width) of an image as `load_image` returns it, from its header; (0, 0) when it
+    cannot be read (it is skipped later)."""
     try:
-        with Image.open(path) as image:
-            return image.size[1], image.size[0]
-    except (OSError, ValueError, Image.DecompressionBombError):
+        width, height = image_size(path)
+    except (ImageError, OSError):
         return 0, 0
-
-
-def _pixels(path: Path) -> int:
-    height, width = _shape(path)
-    return height * width
+    return height, width
 
 
 def _save_run(checkpoint: Path, state: dict, meta: dict) -> None:
@@ -319,12 +309,12 @@ def cluster(
     check_outputs([], [*inputs, *images], files=[(metrics, "metrics")], folders=[(out, "clusters")], overwrite=overwrite,
                   wait=wait, say=echo)
     book = load_codebook(codebook)
-    largest = max(files, key=lambda path: _pixels(path))
+    shape, largest = max(((_shape(path), path) for path in files), key=lambda item: item[0][0] * item[0][1])
     # the distances: scipy's float64 product, its dense copy, 1 - it, the clip, the float32 copy, the
     # symmetrised and condensed copies of the linkage: about 28 n^2 bytes at the peak (measured 26)
-    check_memory(encode_memory(book, _shape(largest), stride=book.stride) + len(files) ** 2 * 28, f"the patches of {largest} (the largest "
+    check_memory(encode_memory(book, shape, stride=book.stride) + len(files) ** 2 * 28, f"the patches of {largest} (the largest "
                  f"image) and the {len(files)} x {len(files)} distances", hint="smaller images, or fewer at once")
-    mesh = device_mesh(None, local=True)
+    mesh = local_mesh(None)
     start = time.perf_counter()
     with rate_progress("code histograms", unit="images") as progress:
         histograms, kept, skipped = stream_histograms(book, files, mesh=mesh, on_image=lambda done: progress(done, len(files)))

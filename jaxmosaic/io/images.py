@@ -16,7 +16,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from jaxmosaic._version import __version__
 from jaxmosaic.errors import ImageError, JaxmosaicError
-from jaxmosaic.io.files import DiskFullError, atomic_path
+from jaxmosaic.io.files import DiskFullError, atomic_path, first_line
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "ImageWarning", "load_image", "image_size", "save_image", "save_gif",
            "check_image_name", "image_software", "written_by_jaxmosaic", "scan_folder", "image_files"]
@@ -155,11 +155,21 @@ def load_image(
             raise ImageError(f"{path}: {reason}") from None
 
 
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height (`ImageOps.exif_transpose`)
+
+
 def image_size(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """(width, height) from the file's header, without decoding the pixels; the same checks and
-    one-line errors as `load_image`."""
-    with _open(Path(path), max_pixels) as image:
-        return image.size
+    """(width, height) of the image `load_image` returns (its EXIF orientation applied), from the
+    file's header and EXIF, without converting the pixels; the same checks and one-line errors as
+    `load_image`."""
+    path = Path(path)
+    with _open(path, max_pixels) as image:
+        width, height = image.size
+        try:
+            orientation = image.getexif().get(0x0112, 1)
+        except (OSError, ValueError, SyntaxError) as err:
+            raise ImageError(f"{path}: cannot read the image ({first_line(err)[:200]})") from None
+    return (height, width) if orientation in _TRANSPOSED else (width, height)
 
 
 def _to_uint8(image) -> np.ndarray:

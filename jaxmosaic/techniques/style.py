@@ -32,7 +32,7 @@ from jaxmosaic.stages import Problem, Progress, Resume, Solution, per_image, sol
 from jaxmosaic.techniques.common import SynthesisConfig, plan_steps, synthesis_stage, tile_note, tile_plan, tiled_terms
 from jaxmosaic.tiled_losses import HALO, position_share, statistic_tile, tiled_grams
 from jaxmosaic.tiling import TilePlan
-from jaxmosaic.vgg import Pooling, check_layers, layer_channels, layer_stride, smallest_side, vgg19_features
+from jaxmosaic.vgg import Pooling, check_layers, layer_channels, layer_stride, smallest_side, three_channels, vgg19_features
 
 __all__ = [
     "CONTENT_LAYERS",
@@ -434,10 +434,6 @@ def _start(config: StyleConfig, inputs: StyleInputs, height: int, width: int, co
     return jnp.broadcast_to(image, (count, height, width, 3))
 
 
-def _gray(image: jax.Array) -> jax.Array:
-    return jnp.concatenate([image] * 3, axis=-1)
-
-
 def color_controlled(config: StyleConfig, inputs: StyleInputs) -> StyleInputs:
     """The images a transfer under `config.color_control` optimises against: with "luminance" the
     content's luminance and each style image's luminance matched to the content's mean and spread
@@ -449,8 +445,8 @@ def color_controlled(config: StyleConfig, inputs: StyleInputs) -> StyleInputs:
     content = jnp.asarray(inputs.content, jnp.float32)
     if control == ColorControl.luminance:
         def recolor(style):
-            return np.asarray(_gray(match_luminance(jnp.asarray(style, jnp.float32), content)))
-        content_image = np.asarray(_gray(match_luminance(content, content)))
+            return np.asarray(three_channels(match_luminance(jnp.asarray(style, jnp.float32), content)))
+        content_image = np.asarray(three_channels(match_luminance(content, content)))
     else:
         def recolor(style):
             return np.asarray(match_color(jnp.asarray(style, jnp.float32), content, control.value))

@@ -174,10 +174,10 @@ def texture_targets(params, exemplar: jax.Array, *, size: tuple[int, int] | None
     exemplar = jnp.asarray(exemplar)
     height, width = size or exemplar.shape[:2]
     loss = Loss(loss)
-    grams = gram_targets(params, three_channels(exemplar), layers, size=(height, width), pooling=pooling) \
-        if loss in (Loss.gram, Loss.gram_hist) else None
-    if mask is not None and grams is not None:
-        grams = masked_gram_targets(params, three_channels(exemplar), mask, layers, size=(height, width), pooling=pooling)
+    grams = None
+    if loss in (Loss.gram, Loss.gram_hist):
+        grams = gram_targets(params, three_channels(exemplar), layers, size=(height, width), pooling=pooling) if mask is None \
+            else masked_gram_targets(params, three_channels(exemplar), mask, layers, size=(height, width), pooling=pooling)
     statistics = None
     if loss != Loss.gram:
         features = {name: value[0] for name, value in

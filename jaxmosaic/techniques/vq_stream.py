@@ -28,11 +28,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxmosaic.clustering import nearest_centers
 from jaxmosaic.config import ConfigError, number, setting, whole
 from jaxmosaic.errors import JaxmosaicError
+from jaxmosaic.io.files import first_line
 from jaxmosaic.io.locks import wait_setting
 from jaxmosaic.kmeans_stream import (
-    FAISS_MAX_PER_CENTER,
     StreamKMeansResult,
     chunk_for_memory,
+    faiss_sample_size,
     stream_kmeans,
     stream_memory,
 )
@@ -43,7 +44,7 @@ BAND_BYTES = 32 * 2**20
 """An image's RGB patches are cut a band of about this many bytes at a time (`PatchStream`)."""
 
 __all__ = ["BAND_BYTES", "PatchStream", "VQStreamConfig", "nearest_codes", "plan_chunk", "sparse_cosine_distances", "stream_histograms",
-           "stream_image_bytes",
+           "stream_image_bytes", "stream_training_bytes", "check_stream_k",
            "train_codebook_stream"]
 
 
@@ -88,26 +89,17 @@ class VQStreamConfig:
         return None
 
 
-_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height (`load_image` applies them)
-
-
 def _image_size(path: Path) -> tuple[int, int] | str:
     """(height, width) of the image `load_image` would return, from the file's header (its checks
     and pixel limit), or why it cannot be read."""
-    from PIL import Image
-
     from jaxmosaic.errors import ImageError
     from jaxmosaic.io.images import image_size
 
     try:
         width, height = image_size(path)
-        with Image.open(path) as image:
-            orientation = image.getexif().get(0x0112, 1)
     except ImageError as err:
         return str(err).removeprefix(f"{path}: ")
-    except (OSError, ValueError, SyntaxError) as err:
-        return f"cannot read the image ({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})"
-    return (width, height) if orientation in _TRANSPOSED else (height, width)
+    return height, width
 
 
 class PatchStream:
@@ -194,7 +186,7 @@ class PatchStream:
                     f"now {image.shape[1]}x{image.shape[0]} pixels, not the {self.sizes[index][1]}x{self.sizes[index][0]} "
                     "of the scan")
             except (ImageError, OSError) as err:
-                reason = str(err).splitlines()[0].removeprefix(f"{path}: ")[:200]
+                reason = first_line(err).removeprefix(f"{path}: ")[:200]
             if reason is not None:
                 self._broken.add(index)
                 self.failed.append(f"{path} (unreadable: {reason})")
@@ -249,6 +241,25 @@ def stream_image_bytes(stream: PatchStream) -> int:
     return 4 * stream.band_bytes + _largest_pixels(stream) * 3 * 4 * 2
 
 
+def stream_training_bytes(stream: PatchStream, config: VQConfig, method: str, *, chunk: int, devices: int = 1,
+                          processes: int = 1) -> int:
+    """Bytes streaming k-means on `stream` holds at its peak in chunks of `chunk` patches:
+    `stream_memory` with faiss's sample (`faiss_sample_size`), and the reading of the images
+    beside it (`stream_image_bytes`)."""
+    return stream_memory(config.k, stream.dimension, chunk, method=method, sample_size=faiss_sample_size(stream.total, config.k),
+                         devices=devices, processes=processes) + stream_image_bytes(stream)
+
+
+def check_stream_k(stream: PatchStream, config: VQConfig) -> None:
+    """Refuse a codebook of more codes than `stream` has patches.
+
+    Raises:
+      ConfigError: naming `k`.
+    """
+    if stream.total < config.k:
+        raise ConfigError("k", f"{config.k} is larger than the number of patches ({stream.total}); use a smaller k or more images")
+
+
 def _largest_pixels(stream: PatchStream) -> int:
     """Pixels of the largest image of the share (from the scan)."""
     return max((height * width for height, width in stream.sizes), default=0)
@@ -264,12 +275,11 @@ def plan_chunk(stream: PatchStream, config: VQConfig, method: str, budget: int |
     most = 1 << max(8, int(stream.points - 1).bit_length())  # no chunk beyond the stream's patches (a power of two)
     if budget is None:
         return min(65536, most)
-    sample = min(stream.total, FAISS_MAX_PER_CENTER * config.k)
-    chunk = chunk_for_memory(budget - image_bytes, config.k, stream.dimension, method=method, sample_size=sample, devices=devices,
-                             processes=processes, most=min(most, 2**20))
+    chunk = chunk_for_memory(budget - image_bytes, config.k, stream.dimension, method=method,
+                             sample_size=faiss_sample_size(stream.total, config.k), devices=devices, processes=processes,
+                             most=min(most, 2**20))
     if chunk is None:
-        need = stream_memory(config.k, stream.dimension, 256, method=method, sample_size=sample, devices=devices,
-                             processes=processes) + image_bytes
+        need = stream_training_bytes(stream, config, method, chunk=256, devices=devices, processes=processes)
         raise JaxmosaicError(f"--max-memory: k = {config.k} centres of {stream.dimension} features need about "
                              f"{need / 2**30:.2f} GiB even in chunks of 256 patches; raise --max-memory or lower --k")
     return chunk
@@ -280,11 +290,10 @@ def train_codebook_stream(config: VQConfig, stream: PatchStream, method: str, *,
     """Train a codebook on `stream` with `jaxmosaic.kmeans_stream.stream_kmeans` ("sample",
     "exact" or "batch"); `config.iterations` are Lloyd iterations (passes for "exact", passes
     over the stream for "batch"). Returns (the codebook, the run's result)."""
-    if stream.total < config.k:
-        raise ConfigError("k", f"{config.k} is larger than the number of patches ({stream.total}); use a smaller k or more images")
+    check_stream_k(stream, config)
     key = jax.random.PRNGKey(config.seed)
     result = stream_kmeans(stream, config.k, key=key, method=method, init=str(config.init), max_iter=config.iterations,
-                           sample_size=min(stream.total, FAISS_MAX_PER_CENTER * config.k), mesh=mesh, state=state,
+                           sample_size=faiss_sample_size(stream.total, config.k), mesh=mesh, state=state,
                            on_pass=on_pass, on_chunk=on_chunk)
     info = {"images": [str(path) for path in stream.all_files], "samples": int(result.samples), "k": config.k,
             "init": str(config.init), "iterations": int(result.iterations), "batch_size": config.batch_size,
@@ -333,7 +342,7 @@ def stream_histograms(codebook: Codebook, files: Sequence[Path], *, mesh=None,
         try:
             image = load_image(path)
         except (ImageError, OSError) as err:
-            skipped.append(f"{path} (unreadable: {str(err).splitlines()[0][:200]})")
+            skipped.append(f"{path} (unreadable: {first_line(err)[:200]})")
             continue
         if min(image.shape[:2]) < codebook.size:
             skipped.append(f"{path} (smaller than a {codebook.size}-pixel patch)")

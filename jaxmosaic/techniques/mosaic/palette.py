@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmosaic.color import lab_to_rgb, rgb_to_lab
+from jaxmosaic.color import lab_moment_transfer, rgb_to_lab
 from jaxmosaic.config import ConfigError, number, setting
 from jaxmosaic.image import resize
 from jaxmosaic.techniques.mosaic.assemble import (
@@ -75,7 +75,7 @@ def tile_lab_statistics(library: TileLibrary, side: int, *,
     total, squares, count = np.zeros(3), np.zeros(3), 0
     for start in range(0, len(library), _CHUNK):
         tiles = library.render(np.arange(start, min(start + _CHUNK, len(library))), side)
-        lab = np.asarray(_padded(_LAB, tiles), np.float64).reshape(-1, 3)
+        lab = np.asarray(batched_features(_LAB, tiles, _CHUNK), np.float64).reshape(-1, 3)
         total, squares, count = total + lab.sum(axis=0), squares + (lab * lab).sum(axis=0), count + len(lab)
         if progress is not None:
             progress(start + len(tiles), len(library))
@@ -94,19 +94,11 @@ def transfer_lab_statistics(images: jax.Array, source: LabStatistics, target: La
     """
     images = jnp.asarray(images)
     stats = [jnp.asarray(value, images.dtype).reshape((1,) * (images.ndim - 1) + (3,)) for value in (*source, *target)]
-    moved = (rgb_to_lab(images) - stats[0]) / jnp.maximum(stats[1], eps) * stats[3] + stats[2]
-    return jnp.clip(lab_to_rgb(moved), 0.0, 1.0)
+    return lab_moment_transfer(rgb_to_lab(images), *stats, eps=eps)
 
 
 _LAB = jax.jit(rgb_to_lab)
 _TRANSFER = jax.jit(transfer_lab_statistics)
-
-
-def _padded(function, tiles: np.ndarray, *args) -> np.ndarray:
-    """`function(tiles, *args)` on the tiles padded to `_CHUNK` rows (one compilation for every
-    chunk), cut back to the tiles'."""
-    padding = np.zeros((_CHUNK - len(tiles), *tiles.shape[1:]), tiles.dtype)
-    return np.asarray(function(jnp.asarray(np.concatenate([tiles, padding])), *args))[: len(tiles)]
 
 
 def overlay(mosaic: jax.Array, target: jax.Array, percent) -> jax.Array:
@@ -141,8 +133,7 @@ class RecoloredLibrary(TileLibrary):
 
     def render(self, indices, size: int) -> np.ndarray:
         tiles = super().render(indices, size)
-        return np.concatenate([_padded(_TRANSFER, tiles[start : start + _CHUNK], *self.transfer)
-                               for start in range(0, len(tiles), _CHUNK)]) if len(tiles) else tiles
+        return batched_features(lambda chunk: _TRANSFER(chunk, *self.transfer), tiles, _CHUNK) if len(tiles) else tiles
 
 
 def check_recolorable(library: TileLibrary) -> None:
@@ -171,7 +162,7 @@ def recolored_library(library: TileLibrary, source: LabStatistics, target: LabSt
     rows = []
     for start in range(0, len(library), _CHUNK):
         tiles = library.render(np.arange(start, min(start + _CHUNK, len(library))), library.settings.size)
-        rows.append(batched_features(describe, _padded(_TRANSFER, tiles, source, target)))
+        rows.append(batched_features(describe, batched_features(lambda chunk: _TRANSFER(chunk, source, target), tiles, _CHUNK)))
     fields = {field.name: getattr(library, field.name) for field in dataclasses.fields(TileLibrary)}
     made = RecoloredLibrary(**{**fields, "features": np.concatenate(rows).astype(np.float32), "svd": None},
                             transfer=(source, target))
