@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -38,6 +39,7 @@ __all__ = [
     "problem_group",
     "make_chunk",
     "compile_timed",
+    "compile_once",
     "divergence",
     "merge_divergence",
     "minimize",
@@ -184,6 +186,45 @@ def compile_timed(function: Callable, *args) -> tuple[Any, float]:
     return compiled, time.perf_counter() - start
 
 
+_COMPILED: OrderedDict = OrderedDict()  # (key, abstract arguments) -> compiled function
+_COMPILED_KEEP = 16
+
+
+def _abstract(tree) -> tuple:
+    """What a compiled function is specialised to: the tree's structure and every leaf's shape,
+    dtype, weak type and placement."""
+    leaves, structure = jax.tree_util.tree_flatten(tree)
+    return structure, tuple((np.shape(leaf), jnp.result_type(leaf), bool(getattr(leaf, "weak_type", False)),
+                             getattr(leaf, "sharding", None)) for leaf in leaves)
+
+
+def compile_once(key, build: Callable[[], Callable], *args) -> tuple[Any, float]:
+    """(`build()` jitted and compiled for `args`, the seconds compiling took), reusing an earlier
+    compilation for the same `key` and arguments of the same shapes, dtypes and placement (0
+    seconds then). `key` must name everything the built function depends on besides its
+    arguments; an unhashable key compiles every time. The last few compilations are kept."""
+    try:
+        whole = (key, _abstract(args))
+        hash(whole)
+    except TypeError:
+        return compile_timed(build(), *args)
+    if whole in _COMPILED:
+        _COMPILED.move_to_end(whole)
+        return _COMPILED[whole], 0.0
+    compiled, took = compile_timed(build(), *args)
+    _COMPILED[whole] = compiled
+    while len(_COMPILED) > _COMPILED_KEEP:
+        _COMPILED.popitem(last=False)
+    return compiled, took
+
+
+def _reuse_key(value_fn: Callable, *parts):
+    """A `compile_once` key for steps of `value_fn`, or an unhashable one (compile every time)
+    unless value_fn says it is equal to every value function that computes the same loss (a
+    closure is not: keeping it alive in the cache would keep what it holds)."""
+    return (value_fn, *parts) if getattr(value_fn, "reusable", False) else [value_fn]
+
+
 def divergence(losses: np.ndarray, stopped: np.ndarray, *, offset: int = 0) -> np.ndarray:
     """Per problem of `losses` (steps, B): `offset` plus the first step whose loss was not finite
     where `stopped`, else -1."""
@@ -289,7 +330,8 @@ def _minimize_batch(value_fn: Callable, params, data, *, optimizer, learning_rat
     evaluations_before = np.zeros(batch, np.int64)  # the evaluation of a fresh L-BFGS state counts
     if opt_state is None and lbfgs:
         fresh = lambda p, d: init_state(transform, p, value_and_grad=batched_value_and_grad(value_fn, d, data_axes=data_axes, group=group))  # noqa: E731
-        compiled, compile_seconds = compile_timed(fresh, params, data)
+        key = _reuse_key(value_fn, "lbfgs-start", str(optimizer), learning_rate, data_axes, group)
+        compiled, compile_seconds = compile_once(key, lambda: fresh, params, data)
         opt_state = compiled(params, data)
     elif opt_state is None:
         opt_state = init_state(transform, params)
@@ -306,10 +348,14 @@ def _minimize_batch(value_fn: Callable, params, data, *, optimizer, learning_rat
     while done < steps:
         length = min(chunk, steps - done)
         if length not in compiled:
-            function = make_chunk(value_fn, transform, length, lbfgs=lbfgs, data_axes=data_axes, group=group)
-            if mesh is not None and split == "problems":
-                function = sharded_by_problem(function, mesh, opt_state, data, data_axes, size)
-            compiled[length], took = compile_timed(function, params, opt_state, good, data)
+            def build(length=length, opt_state=opt_state):
+                function = make_chunk(value_fn, transform, length, lbfgs=lbfgs, data_axes=data_axes, group=group)
+                if mesh is not None and split == "problems":
+                    function = sharded_by_problem(function, mesh, opt_state, data, data_axes, size)
+                return function
+
+            key = _reuse_key(value_fn, "chunk", str(optimizer), learning_rate, length, data_axes, group, mesh, split, size)
+            compiled[length], took = compile_once(key, build, params, opt_state, good, data)
             compile_seconds += took
         start = time.perf_counter()
         params, opt_state, good, losses = jax.block_until_ready(compiled[length](params, opt_state, good, data))

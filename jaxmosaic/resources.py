@@ -9,7 +9,7 @@ import jax
 from jaxmosaic.errors import JaxmosaicError
 from jaxmosaic.vgg import activation_floats, images_per_call
 
-__all__ = ["available_bytes", "memory_budget", "check_memory", "optimisation_bytes", "activation_bytes", "largest_tile",
+__all__ = ["available_bytes", "host_available_bytes", "memory_budget", "check_memory", "optimisation_bytes", "activation_bytes", "largest_tile",
            "images_at_once", "held_bytes", "check_disk", "format_bytes"]
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
@@ -35,9 +35,45 @@ def available_bytes() -> int | None:
         stats = device.memory_stats() or {}
         if "bytes_limit" in stats:
             return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    return host_available_bytes()
+
+
+def host_available_bytes() -> int | None:
+    """The host memory a new allocation can have now: Linux's MemAvailable (free pages plus the
+    page cache it can give back), within a cgroup's limit; elsewhere the free pages."""
+    available = _meminfo_available()
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    limit = _cgroup_room()
+    return available if limit is None else min(available, limit)
+
+
+def _meminfo_available() -> int | None:
+    """Linux's estimate of the memory a new process can have without swapping (MemAvailable:
+    free pages plus the page cache and reclaimable memory it can give back), or None."""
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
+        with open("/proc/meminfo") as lines:
+            for line in lines:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_room() -> int | None:
+    """What a cgroup v2 memory limit leaves (memory.max less memory.current), or None without one."""
+    try:
+        with open("/sys/fs/cgroup/memory.max") as file:
+            limit = file.read().strip()
+        if limit == "max":
+            return None
+        with open("/sys/fs/cgroup/memory.current") as file:
+            return max(0, int(limit) - int(file.read().strip()))
+    except (OSError, ValueError):
         return None
 
 

@@ -26,7 +26,7 @@ from jaxmosaic.tiled_losses import HALO, statistic_tile, tile_weights, tiled_sty
 from jaxmosaic.tiling import TilePlan, plan_tiles
 from jaxmosaic.vgg import images_per_call
 
-__all__ = ["OptimizerConfig", "SynthesisConfig", "tile_plan", "plan_steps", "tile_note", "synthesis_stage",
+__all__ = ["OptimizerConfig", "SynthesisConfig", "tile_plan", "plan_steps", "tile_note", "StageLoss", "synthesis_stage",
            "tiled_terms"]
 
 
@@ -113,6 +113,43 @@ def tile_note(plan: TilePlan, overlap: int) -> str:
     return f"{len(plan.grid)} tiles of {plan.shape[1]}x{plan.shape[0]} px, {overlap} px overlap"
 
 
+def _frozen(value):
+    """A hashable stand-in for a setting's value (mappings and sequences by their items); an
+    array raises TypeError, as it should: its value is not part of a compiled function."""
+    if isinstance(value, Mapping):
+        return ("mapping", tuple((key, _frozen(item)) for key, item in value.items()))
+    if isinstance(value, (list, tuple)):
+        return ("sequence", tuple(_frozen(item) for item in value))
+    hash(value)
+    return value
+
+
+class StageLoss:
+    """The value function of a synthesis stage, `losses(pixels, *data, **settings)[0]`. Two are
+    equal when their losses function and settings are, so `jaxmosaic.optimize.minimize` reuses
+    the steps it compiled for one with the other (e.g. a video's frames, window after window)."""
+
+    reusable = True
+
+    def __init__(self, losses: Callable, settings: Mapping[str, Any]):
+        self.losses, self.settings = losses, dict(settings)
+        try:
+            self._key = (losses, _frozen(self.settings))
+        except TypeError:
+            self._key, self.reusable = None, False
+
+    def __call__(self, pixels, data):
+        return self.losses(pixels, *data, **self.settings)[0]
+
+    def __eq__(self, other) -> bool:
+        if not (isinstance(other, StageLoss) and self.reusable and other.reusable):
+            return self is other
+        return self._key == other._key
+
+    def __hash__(self) -> int:
+        return hash(self._key) if self.reusable else id(self)
+
+
 def synthesis_stage(config: SynthesisConfig, plan: TilePlan, *, start: Callable[[Any], Any], losses: Callable,
                     settings: Mapping[str, Any], data: Any = None, tile_data: Callable[[int, int], Any] | None = None,
                     data_axes: Any = None) -> Stage:
@@ -124,9 +161,7 @@ def synthesis_stage(config: SynthesisConfig, plan: TilePlan, *, start: Callable[
     if plan.tile is not None:
         settings = {**settings, "layer_weights": tile_weights(plan, settings["layer_weights"])}
 
-    def value(pixels, data):
-        return losses(pixels, *data, **settings)[0]
-
+    value = StageLoss(losses, settings)
     if plan.tile is None:
         return Stage(label=f"{plan.width}x{plan.height}", start=start, value_fn=value, data=data, data_axes=data_axes,
                      group=images_per_call(plan.height, plan.width))
