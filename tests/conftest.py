@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import ROOT, SAMPLES, cut_sample_tiles
+from helpers import ROOT, SAMPLES, cut_sample_tiles, random_vgg19_seed_zero
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -87,9 +87,8 @@ def torch_params(torch_checkpoint):
 
 @pytest.fixture(scope="session")
 def random_params():
-    from jaxmosaic.weights import random_vgg19
-
-    return random_vgg19(jax.random.PRNGKey(0))
+    """random_vgg19(PRNGKey(0)), the very arrays in-process `--weights random` runs of seed 0 get."""
+    return random_vgg19_seed_zero()
 
 
 @pytest.fixture
@@ -108,8 +107,9 @@ def rng():
 # free, and pyproject.toml turns off xdist's reordering by number of tests (which ran these files,
 # a few slow tests each, last, one worker busy while the other waited): the long files start
 # first and the short ones fill in around them.
-SLOW_FILES = ("test_devices.py", "test_tiling.py", "test_safety.py", "test_texture.py", "test_bank.py", "test_locks.py",
-              "test_style.py", "test_cli.py", "test_distributed.py", "test_safety_schemas.py")
+SLOW_FILES = ("test_devices.py", "test_tiling.py", "test_regions_tiles.py", "test_safety.py", "test_texture.py", "test_bank.py",
+              "test_locks.py", "test_video_stylize.py", "test_style.py", "test_cli.py", "test_video_cli.py", "test_vq_folders.py",
+              "test_distributed.py", "test_safety_schemas.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import importlib
+import os
 import shutil
 import socket
 import sys
@@ -48,10 +49,27 @@ def sample_cells(name: str, patch: int = 16, side: int = 160) -> np.ndarray:
 # --- the command line ----------------------------------------------------------------------------
 
 RANDOM_WEIGHTS: dict = {}  # the latest few random networks drawn by in-process runs, by how they were asked for
+SEED_ZERO: dict = {}  # random_vgg19(PRNGKey(0)), kept for the whole test process
+ZERO_KEY = np.zeros(2, np.uint32).tobytes()  # the bytes of jax.random.PRNGKey(0)
+
+
+def random_vgg19_seed_zero() -> dict:
+    """`random_vgg19(jax.random.PRNGKey(0))`, drawn once per test process (about 16 s of CPU): the
+    `random_params` fixture, in-process `--weights random` runs of seed 0 and the forced-device
+    subprocess (from a file) all use these very (immutable) arrays."""
+    if not SEED_ZERO:
+        import jax
+
+        from jaxmosaic.weights import random_vgg19
+
+        SEED_ZERO["params"] = random_vgg19(jax.random.PRNGKey(0))
+    return SEED_ZERO["params"]
 
 
 def remembered(key, draw):
     """The random network `draw()` gives, drawn once for `key` in this test process (see `run_cli`)."""
+    if key in (("--weights random", 0, "vgg19"), ("weights random", ZERO_KEY, ())):
+        return random_vgg19_seed_zero()
     if key not in RANDOM_WEIGHTS:
         while len(RANDOM_WEIGHTS) >= 3:
             RANDOM_WEIGHTS.pop(next(iter(RANDOM_WEIGHTS)))
@@ -95,6 +113,19 @@ def run_cli(*args):
         for command, original in zip(commands, originals):
             command.vgg_params = original
         weights_command.random_vgg19 = original_random
+
+
+# XLA's unoptimised CPU code: about half the compile time (a 32 px texture run: 22.7 -> 13.3 s of
+# CPU); results differ from optimised code in the last bits only (measured: 5e-7 after 5 steps)
+UNOPTIMISED = "--xla_backend_optimization_level=0"
+
+
+def unoptimised_env(**variables: str) -> dict:
+    """This process's environment with `variables` and XLA's unoptimised CPU code (`UNOPTIMISED`
+    before any XLA_FLAGS given), for a subprocess whose numbers are checked against its own (one
+    device against a mesh), at bars far above the last bits, or not at all (a run killed or
+    interrupted for its files)."""
+    return {**os.environ, **variables, "XLA_FLAGS": " ".join([UNOPTIMISED, variables.get("XLA_FLAGS", "")]).strip()}
 
 
 def cli_command(*args, module: bool = False) -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from helpers import ROOT, SAMPLES, cli_command, free_port, noise_tiles, run_cli
+from helpers import ROOT, SAMPLES, cli_command, free_port, noise_tiles, run_cli, unoptimised_env
 from jaxmosaic.search import svd_compress
 from jaxmosaic.techniques.mosaic import ColorMode, FeatureConfig, batched_features, feature_function, load_library
 from jaxmosaic.techniques.mosaic.bank import BankGrid, bank_axes, bank_parameters, parse_bank_grid, render_bank
@@ -141,9 +140,10 @@ BUILD = ["library", "build", "gabor-bank", "--bank-grid", str(SMALL), "--feature
 
 
 def _env(devices: int = 1) -> dict:
-    env = {**os.environ, "JAXMOSAIC_NO_COMPILATION_CACHE": "1", "PYTHONPATH": str(ROOT)}
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return env
+    # unoptimised XLA (about half the compile time): the libraries are compared at bars far above
+    # the last bits in which its code and this process's differ
+    return unoptimised_env(JAXMOSAIC_NO_COMPILATION_CACHE="1", PYTHONPATH=str(ROOT),
+                           XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
 def test_devices_and_processes_give_the_library_of_one_process(tmp_path):
@@ -173,7 +173,7 @@ def test_devices_and_processes_give_the_library_of_one_process(tmp_path):
 
 SHARDED = textwrap.dedent("""
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=4"
     import jax, numpy as np
     from jax.sharding import Mesh
     from jaxmosaic.search import l2_normalize, match_sharded, match_tiles, shard_dictionary

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import HYBRID, MOSAIC, SAMPLES, STYLE, TEXTURE, VQ, FileServer, cli_command, hashes, one_line_error, run_cli, sample_tiles
+from helpers import (HYBRID, MOSAIC, SAMPLES, STYLE, TEXTURE, VQ, FileServer, cli_command, hashes, one_line_error, run_cli,
+                     sample_tiles, unoptimised_env)
 from jaxmosaic.io.checkpoints import load_checkpoint, read_checkpoint_meta, save_checkpoint
 
 
@@ -349,7 +350,7 @@ def test_resume_after_a_style_run_killed_while_saving(work):
     args = ["style", "p/content.png", "p/style.png", "-o", "out.png", "--checkpoint", "ck", "--checkpoint-every", 2, *STYLE]
     args[args.index("--steps") + 1] = 4
     killed = subprocess.run([sys.executable, "-c", KILLER, "pointing:2", "ck", *map(str, args)], capture_output=True,
-                            text=True, cwd=work)
+                            text=True, cwd=work, env=unoptimised_env())
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert read_checkpoint_meta(work / "ck")["step"] == 2  # the second save was killed; the first stands
     args[args.index("--steps") + 1] = 6
@@ -361,7 +362,7 @@ def test_resume_after_a_style_run_killed_while_saving(work):
 def test_ctrl_c_writes_the_images_and_a_checkpoint_that_resumes(work):
     args = ["style", "p/content.png", "p/style.png", "-o", "out.png", "--checkpoint", "ck", "--checkpoint-every", 1, *STYLE]
     args[args.index("--steps") + 1] = 100000
-    process = subprocess.Popen(cli_command(*args), cwd=work,
+    process = subprocess.Popen(cli_command(*args), cwd=work, env=unoptimised_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (work / "ck" / "current").exists() and time.time() < deadline and process.poll() is None:

@@ -141,10 +141,11 @@ def test_texture_loss_matches_pytorch(torch_model, torch_params):
 
 @pytest.fixture(scope="module")
 def brick_runs(random_params):
-    """The brick sample at 80x80, 60 L-BFGS iterations with the spectrum term on and off."""
+    """The brick sample at 80x80, 20 L-BFGS iterations with the spectrum term on and off (the bars
+    below held at 60 too: gram 1.4e-5 and 4.2e-6 of the start, distance 0.014, error 0.25 times)."""
     exemplar = brick(80)
-    on = synthesize(random_params, exemplar, steps=60, chunk=60)
-    off = synthesize(random_params, exemplar, steps=60, spectrum_weight=0.0, chunk=60)
+    on = synthesize(random_params, exemplar, steps=20, chunk=20)
+    off = synthesize(random_params, exemplar, steps=20, spectrum_weight=0.0, chunk=20)
     return exemplar, on, off
 
 
@@ -154,16 +155,16 @@ def test_brick_synthesis_with_and_without_the_spectrum_term(random_params, brick
     noise = jax.random.uniform(jax.random.PRNGKey(0), exemplar.shape)  # the seed-0 start of both runs
     start = float(texture_loss(noise, targets, random_params, layer_weights=WEIGHTS)[1]["gram"])
     assert on.facts["spectrum_weight"] > 0 and off.facts["spectrum_weight"] == 0
-    for run in (on, off):  # measured: 1.4e-5 and 4.2e-6 of the start
+    for run in (on, off):  # measured: 5.7e-5 and 5.0e-5 of the start
         assert run.images.shape == (1, 80, 80, 1)
         assert run.loss[0]["gram"] <= 0.01 * start, (run.loss[0]["gram"] / start)
     distance_on = float(spectrum_distance(on.images[0], targets.spectrum))
     distance_off = float(spectrum_distance(off.images[0], targets.spectrum))
-    assert distance_on < distance_off  # measured: 0.014 times
+    assert distance_on < distance_off  # measured: 0.039 times
     reference = np.asarray(radial_power_spectrum(exemplar))
     error_on = np.mean(np.abs(np.asarray(radial_power_spectrum(on.images[0])) - reference))
     error_off = np.mean(np.abs(np.asarray(radial_power_spectrum(off.images[0])) - reference))
-    assert error_on < error_off  # measured: 0.25 times
+    assert error_on < error_off  # measured: 0.18 times
     history = on.history[0][:, 0]
     assert np.all(np.diff(history) <= 1e-6 * history[0])  # L-BFGS steps never raise the loss
 
