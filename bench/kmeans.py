@@ -16,9 +16,13 @@ points) where the method takes them:
 Each row: seconds per iteration (the fastest pass or Lloyd iteration; compilation in the first is
 reported apart), total seconds, peak resident MiB (VmHWM) and the final inertia over --eval points,
 and the exact Lloyd iteration's GFLOP/s (2 n k d per pass) against the machine's matmul peak.
-Ratios are against scikit-learn's Lloyd and faiss measured in the same run.
+Ratios are against scikit-learn's Lloyd and faiss measured in the same run (same N and k). Each
+row records the load average (1 minute) before and after its method ran: the machine may be shared.
+New rows replace the rows of the same method, N, d and k in bench/results/kmeans-cpu.json and keep
+the others; the file is rewritten after every row, so a long run that is stopped keeps what it measured.
 
     python bench/kmeans.py [--points 1000000] [--dim 64] [--ks 1024] [--iterations 3] [--data DIR]
+    python bench/kmeans.py --points 10000000 --ks 4096 --iterations 1 --sklearn-max 10000000
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, matmul_peak_gflops, write_results
+from common import markdown_table, matmul_peak_gflops, results_path, write_results
 
 METHODS = ("jaxmosaic-exact", "jaxmosaic-sample", "jaxmosaic-batch", "faiss", "sklearn-lloyd", "sklearn-minibatch")
 
@@ -84,6 +88,7 @@ def worker(method: str, files: list[Path], k: int, iterations: int, evaluate: in
     from jaxmosaic.kmeans_stream import stream_kmeans
 
     base = peak_mib()
+    load_before = os.getloadavg()[0]
     first = np.load(files[0], mmap_mode="r")
     initial = np.array(first[:k])
     check = np.array(first[:evaluate])
@@ -130,8 +135,8 @@ def worker(method: str, files: list[Path], k: int, iterations: int, evaluate: in
         passes = [time.perf_counter() - start]
     seconds = time.perf_counter() - start
     return {"method": method, "iterations": int(ran), "seconds": seconds, "passes": [float(p) for p in passes],
-            "peak_mib": peak_mib(), "peak_after_imports_mib": base, "inertia_per_point": inertia(np.asarray(centers, np.float32),
-                                                                                                check) / len(check)}
+            "peak_mib": peak_mib(), "peak_after_imports_mib": base, "load_average": [load_before, os.getloadavg()[0]],
+            "inertia_per_point": inertia(np.asarray(centers, np.float32), check) / len(check)}
 
 
 def main() -> None:
@@ -153,7 +158,9 @@ def main() -> None:
         files = generate(folder, args.points, args.dim, args.chunk, ks[0])
         print(json.dumps(worker(args.worker, files, ks[0], args.iterations, args.evaluate)))
         return
-    rows = []
+    peak = matmul_peak_gflops()
+    config = {**vars(args), "data": str(args.data)}
+    rows = _kept_rows(results_path("kmeans"))
     for k in ks:
         generate(folder, args.points, args.dim, args.chunk, ks[0])
         flops = 2.0 * args.points * k * args.dim
@@ -173,28 +180,33 @@ def main() -> None:
                 print(done.stderr[-3000:], file=sys.stderr)
                 continue
             row = json.loads(done.stdout.strip().splitlines()[-1])
-            row.update(k=k, points=args.points, dim=args.dim,
+            row.update(k=k, points=args.points, dim=args.dim, chunk=args.chunk,
                        seconds_per_iteration=min(row["passes"][1:] or row["passes"]),
                        first_pass_seconds=row["passes"][0])
             if method == "jaxmosaic-exact":
                 row["gflops"] = flops / row["seconds_per_iteration"] / 1e9
-            rows.append(row)
+                row["of_matmul_peak"] = row["gflops"] / peak
+            rows = [r for r in rows if (r["method"], r["points"], r["dim"], r["k"]) != (method, args.points, args.dim, k)] + [row]
+            _add_ratios(rows)
+            write_results("kmeans", {"config": config, "matmul_peak_gflops": peak, "rows": rows})
             print(json.dumps(row), flush=True)
-    peak = matmul_peak_gflops()
-    for row in rows:
-        same = {r["method"]: r for r in rows if r["k"] == row["k"]}
-        if "sklearn-lloyd" in same:
-            row["vs_sklearn_lloyd"] = same["sklearn-lloyd"]["seconds_per_iteration"] / row["seconds_per_iteration"]
-        if "faiss" in same:
-            row["vs_faiss"] = same["faiss"]["seconds_per_iteration"] / row["seconds_per_iteration"]
-        if "gflops" in row:
-            row["of_matmul_peak"] = row["gflops"] / peak
-    path = write_results("kmeans", {"config": {**vars(args), "data": str(args.data)}, "matmul_peak_gflops": peak,
-                                    "rows": rows})
     print(markdown_table(rows, ["method", "points", "k", "seconds_per_iteration", "first_pass_seconds", "seconds", "peak_mib",
-                                "inertia_per_point", "vs_sklearn_lloyd", "vs_faiss", "gflops"]))
-    print(f"wrote {path}")
+                                "inertia_per_point", "vs_sklearn_lloyd", "vs_faiss", "gflops", "load_average"]))
+    print(f"wrote {results_path('kmeans')}")
 
+
+def _kept_rows(path: Path) -> list[dict]:
+    """The rows already in `path` (each replaced when this run measures its method, N, d and k again)."""
+    return json.loads(path.read_text()).get("rows", []) if path.exists() else []
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    """Each row's speed against scikit-learn's Lloyd and faiss on the same N, d and k (when measured)."""
+    for row in rows:
+        same = {r["method"]: r for r in rows if (r["k"], r["points"], r["dim"]) == (row["k"], row["points"], row["dim"])}
+        for peer, name in (("sklearn-lloyd", "vs_sklearn_lloyd"), ("faiss", "vs_faiss")):
+            if peer in same:
+                row[name] = same[peer]["seconds_per_iteration"] / row["seconds_per_iteration"]
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,14 @@ proportional to its count - 1 is split in two, both centres nudged by +-1/1024 i
 coordinates, each taking half the count.
 
 A chunk is (m, d) float32; a weight per point (default 1) lets a ragged last chunk be padded to a
-fixed shape with weight 0, so one compiled program serves every chunk. Given a `mesh` (one axis,
+fixed shape with weight 0, so one compiled program serves every chunk.
+
+Totals over many chunks are float32 pairs (hi, lo) added with Knuth's TwoSum: hi + lo is the
+running total to about 48 bits, so per-centre counts stay exact integers far past 2^24 points (a
+float32 total stops growing there: 2^24 + 1 rounds to 2^24) and sums keep float32 accuracy
+relative to their total, however many chunks were added; the chunk itself is summed in float32
+(its counts exact while one centre gets less than 2^24 of its weight). `lloyd_totals` gives
+them in float64. Given a `mesh` (one axis,
 "devices"), a chunk's points are sharded over it (`NamedSharding` on the point axis, centres
 replicated) and each device's sums, counts and inertia are summed by `lax.psum`. With several
 processes (`jax.distributed`) each streams its own share and the passes' sums are added across
@@ -58,6 +65,7 @@ __all__ = [
     "faiss_sample_size",
     "lloyd_finalize",
     "lloyd_init",
+    "lloyd_totals",
     "lloyd_update",
     "minibatch_init",
     "minibatch_update",
@@ -119,6 +127,17 @@ def split_empty(key: jax.Array, centers: jax.Array, counts: jax.Array) -> tuple[
 
 # --- per-chunk statistics, on one device or sharded over a mesh -----------------------------------
 
+def _two_sum(hi, lo, value):
+    """(hi, lo) + value as a new float32 pair whose sum is exact to about 48 bits: Knuth's TwoSum
+    gives the rounding error of hi + value exactly, then the pair is renormalised (|lo| <= ulp(hi) / 2)."""
+    total = hi + value
+    back = total - hi
+    error = (hi - (total - back)) + (value - back)
+    rest = lo + error
+    new_hi = total + rest
+    return new_hi, rest - (new_hi - total)
+
+
 def _chunk_stats(centers, chunk, weights):
     """(per-centre weighted sums (k, d), weights (k,), weighted inertia ()) of one chunk's points."""
     k = centers.shape[0]
@@ -161,22 +180,29 @@ class LloydState(NamedTuple):
     """A pass of out-of-core Lloyd so far."""
 
     centers: jax.Array  # (k, d) float32: this pass's centres
-    sums: jax.Array  # (k, d) float32: weighted sums of the points nearest each centre, so far
-    counts: jax.Array  # (k,) float32: their weights
-    inertia: jax.Array  # () float32: weighted squared distances to the nearest centre, so far
+    sums: jax.Array  # (k, d) float32: weighted sums of the points nearest each centre, so far (hi part)
+    counts: jax.Array  # (k,) float32: their weights (hi part)
+    inertia: jax.Array  # () float32: weighted squared distances to the nearest centre, so far (hi part)
+    sums_low: jax.Array  # (k, d) float32: what `sums` cannot hold (sums + sums_low is the total)
+    counts_low: jax.Array  # (k,) float32: likewise for `counts` (exact integers past 2^24)
+    inertia_low: jax.Array  # () float32: likewise for `inertia`
 
 
 def lloyd_init(centers: jax.Array) -> LloydState:
     """A new pass from `centers` (k, d): zero sums, counts and inertia."""
     centers = jnp.asarray(centers, jnp.float32)
     k, d = centers.shape
-    return LloydState(centers, jnp.zeros((k, d), jnp.float32), jnp.zeros((k,), jnp.float32), jnp.zeros((), jnp.float32))
+    sums, counts, inertia = jnp.zeros((k, d), jnp.float32), jnp.zeros((k,), jnp.float32), jnp.zeros((), jnp.float32)
+    return LloydState(centers, sums, counts, inertia, sums, counts, inertia)
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
 def _lloyd_step(state, chunk, weights, mesh):
     sums, counts, inertia = _stats_program(mesh)(state.centers, chunk, weights)
-    return LloydState(state.centers, state.sums + sums, state.counts + counts, state.inertia + inertia)
+    sums, sums_low = _two_sum(state.sums, state.sums_low, sums)
+    counts, counts_low = _two_sum(state.counts, state.counts_low, counts)
+    inertia, inertia_low = _two_sum(state.inertia, state.inertia_low, inertia)
+    return LloydState(state.centers, sums, counts, inertia, sums_low, counts_low, inertia_low)
 
 
 def lloyd_update(state: LloydState, chunk: jax.Array, *, weights: jax.Array | None = None,
@@ -191,10 +217,25 @@ def lloyd_update(state: LloydState, chunk: jax.Array, *, weights: jax.Array | No
 def lloyd_finalize(key: jax.Array, state: LloydState) -> tuple[jax.Array, jax.Array]:
     """(the next centres (k, d): the means of the pass, empty clusters re-seeded by `split_empty`;
     the number re-seeded ())."""
-    means = state.sums / jnp.maximum(state.counts, 1e-30)[:, None]
-    means = jnp.where((state.counts > 0)[:, None], means, state.centers)
-    centers, _, splits = split_empty(key, means, state.counts)
+    centers, _, splits = _finalize(key, state)
     return centers, splits
+
+
+def _finalize(key, state: LloydState):
+    """`lloyd_finalize`, and the counts after the split (a split centre and its donor each half)."""
+    sums, counts = state.sums + state.sums_low, state.counts + state.counts_low
+    means = sums / jnp.maximum(counts, 1e-30)[:, None]
+    means = jnp.where((counts > 0)[:, None], means, state.centers)
+    return split_empty(key, means, counts)
+
+
+def lloyd_totals(state: LloydState) -> tuple[np.ndarray, np.ndarray, float]:
+    """The pass's totals in float64 on the host: (per-centre sums (k, d), counts (k,), inertia)."""
+    def total(hi, lo):
+        return np.asarray(hi, np.float64) + np.asarray(lo, np.float64)
+
+    return (total(state.sums, state.sums_low), total(state.counts, state.counts_low),
+            float(total(state.inertia, state.inertia_low)))
 
 
 # --- mini-batch -----------------------------------------------------------------------------------
@@ -203,24 +244,27 @@ class MiniBatchState(NamedTuple):
     """Mini-batch k-means so far."""
 
     centers: jax.Array  # (k, d) float32
-    counts: jax.Array  # (k,) float32: the weight each centre has absorbed over all batches
+    counts: jax.Array  # (k,) float32: the weight each centre has absorbed over all batches (hi part)
     inertia: jax.Array  # () float32: the batches' inertia against the centres they met, this pass
+    counts_low: jax.Array  # (k,) float32: what `counts` cannot hold (counts + counts_low is exact past 2^24)
 
 
 def minibatch_init(centers: jax.Array) -> MiniBatchState:
     """Mini-batch k-means from `centers` (k, d), no point absorbed yet."""
     centers = jnp.asarray(centers, jnp.float32)
-    return MiniBatchState(centers, jnp.zeros((centers.shape[0],), jnp.float32), jnp.zeros((), jnp.float32))
+    counts = jnp.zeros((centers.shape[0],), jnp.float32)
+    return MiniBatchState(centers, counts, jnp.zeros((), jnp.float32), counts)
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
 def _minibatch_step(state, chunk, weights, mesh):
     sums, batch_counts, inertia = _stats_program(mesh)(state.centers, chunk, weights)
-    counts = state.counts + batch_counts
+    counts, counts_low = _two_sum(state.counts, state.counts_low, batch_counts)
     # scikit-learn's update: c <- (c * old count + sum of the batch's points) / new count
-    moved = (state.centers * state.counts[:, None] + sums) / jnp.maximum(counts, 1e-30)[:, None]
+    old = state.counts + state.counts_low
+    moved = (state.centers * old[:, None] + sums) / jnp.maximum(counts + counts_low, 1e-30)[:, None]
     centers = jnp.where((batch_counts > 0)[:, None], moved, state.centers)
-    return MiniBatchState(centers, counts, state.inertia + inertia)
+    return MiniBatchState(centers, counts, state.inertia + inertia, counts_low)
 
 
 def minibatch_update(state: MiniBatchState, chunk: jax.Array, *, weights: jax.Array | None = None,
@@ -335,13 +379,14 @@ class StreamKMeansResult(NamedTuple):
     """What `stream_kmeans` returns."""
 
     centers: np.ndarray  # (k, d) float32
-    counts: np.ndarray  # (k,) points nearest each centre in the last pass (mini-batch: absorbed in all)
+    counts: np.ndarray  # (k,) float64: points nearest each centre in the last pass (mini-batch: absorbed in all), exact
     inertia: float  # of the last pass: the points' squared distances to the centres they were assigned
     iterations: int  # passes of Lloyd or mini-batch run
     history: list  # inertia of each pass
     reseeded: list  # clusters re-seeded (faiss's split) after each pass
     points: int  # points in one pass over the stream (all processes)
     samples: int  # points k-means ran on: the stream's, or faiss's sample
+    used: int  # codes with points after the last pass's split of empty clusters (each split centre takes half)
 
 
 @dataclasses.dataclass
@@ -363,6 +408,21 @@ def _allsum(tree):
 
     gathered = multihost_utils.process_allgather(jax.tree_util.tree_map(np.asarray, tree))
     return jax.tree_util.tree_map(lambda x: np.sum(np.asarray(x), axis=0), gathered)
+
+
+def _allsum_pass(state: LloydState) -> LloydState:
+    """A Lloyd pass's totals added over the processes: each (hi, lo) pair is gathered as it is,
+    added up in float64 and split back into a float32 pair (so the counts stay exact)."""
+    if jax.process_count() == 1:
+        return state
+    from jax.experimental import multihost_utils
+
+    pairs = [(state.sums, state.sums_low), (state.counts, state.counts_low), (state.inertia, state.inertia_low)]
+    gathered = multihost_utils.process_allgather([(np.asarray(hi), np.asarray(lo)) for hi, lo in pairs])
+    totals = [np.sum(np.asarray(hi, np.float64), axis=0) + np.sum(np.asarray(lo, np.float64), axis=0) for hi, lo in gathered]
+    high = [total.astype(np.float32) for total in totals]
+    low = [(total - hi).astype(np.float32) for total, hi in zip(totals, high)]
+    return LloydState(state.centers, *map(jnp.asarray, high), *map(jnp.asarray, low))
 
 
 def _as_pairs(values) -> np.ndarray:
@@ -556,20 +616,25 @@ def _train(chunks, k, key, method, given, init, max_iter, sample_size, mesh, run
         total = len(sample)
 
     counts = np.asarray(run.state.get("counts", np.zeros((k,), np.float32)), np.float32)
+    counts_low = np.asarray(run.state.get("counts_low", np.zeros((k,), np.float32)), np.float32)
+    used = int(run.state.get("used", 0))
     checked = given is None or method == "sample"
     for iteration in range(position.stage, max_iter + 1):
         saved = run.state
         if method != "batch":
             if position.chunk and "sums" in saved:
-                pass_state = LloydState(jnp.asarray(centers), jnp.asarray(saved["sums"]), jnp.asarray(saved["counts"]),
-                                        jnp.asarray(saved["inertia"]))
+                fresh = lloyd_init(centers)
+                pass_state = LloydState(fresh.centers, *(jnp.asarray(saved.get(name, getattr(fresh, name)), jnp.float32)
+                                                         for name in LloydState._fields[1:]))
             else:
                 pass_state = lloyd_init(centers)
         elif position.chunk and "centers_now" in saved:
             pass_state = MiniBatchState(jnp.asarray(saved["centers_now"]), jnp.asarray(saved["counts_now"]),
-                                        jnp.asarray(saved["inertia"], jnp.float32))
+                                        jnp.asarray(saved["inertia"], jnp.float32),
+                                        jnp.asarray(saved.get("counts_low_now", np.zeros((k,), np.float32)), jnp.float32))
         else:
-            pass_state = MiniBatchState(jnp.asarray(centers), jnp.asarray(counts), jnp.zeros((), jnp.float32))
+            pass_state = MiniBatchState(jnp.asarray(centers), jnp.asarray(counts), jnp.zeros((), jnp.float32),
+                                        jnp.asarray(counts_low))
         seen = int(saved.get("seen_pass", 0)) if position.chunk else 0
         for index, chunk, weights, count, length in padded(position.chunk):
             if not checked:
@@ -587,28 +652,31 @@ def _train(chunks, k, key, method, given, init, max_iter, sample_size, mesh, run
         pass_key = jax.random.fold_in(split_key, iteration)
         if method != "batch":
             # the sample is every process's own copy of the same points: only the stream's sums are added up
-            summed = (pass_state.sums, pass_state.counts, pass_state.inertia)
-            summed = LloydState(pass_state.centers, *map(jnp.asarray, summed if method == "sample" else _allsum(summed)))
-            new, splits = lloyd_finalize(pass_key, summed)
-            counts = np.asarray(summed.counts)
-            inertia = float(summed.inertia)
+            summed = pass_state if method == "sample" else _allsum_pass(pass_state)
+            new, split_counts, splits = _finalize(pass_key, summed)
+            counts, counts_low = np.asarray(summed.counts), np.asarray(summed.counts_low)
+            inertia = lloyd_totals(summed)[2]
         else:
             inertia = float(_allsum(pass_state.inertia))
-            new, new_counts, splits = split_empty(pass_key, pass_state.centers, pass_state.counts)
-            counts = np.asarray(new_counts)
+            new, split_counts, splits = split_empty(pass_key, pass_state.centers, pass_state.counts)
+            # a split halves a donor's count (and fills an empty one): its low part is dropped there
+            counts, counts_low = np.asarray(split_counts), np.asarray(pass_state.counts_low)
+            counts_low = np.where(counts == np.asarray(pass_state.counts), counts_low, 0.0).astype(np.float32)
+        used = int(np.count_nonzero(np.asarray(split_counts)))
         centers = np.asarray(new)
         if method != "sample":
             points = _allsum_count(seen)
         history.append(inertia)
         reseeded.append(int(splits))
-        values = {"stage": iteration + 1, "chunk": 0, "centers": centers, "counts": counts, "points": points,
-                  "history": list(history), "reseeded": list(reseeded)}
+        values = {"stage": iteration + 1, "chunk": 0, "centers": centers, "counts": counts, "counts_low": counts_low,
+                  "used": used, "points": points, "history": list(history), "reseeded": list(reseeded)}
         run.restart({**values, "sample": sample} if method == "sample" else values)
         if on_pass is not None:
             on_pass({**run.state, "pass": iteration, "inertia": inertia, "reseeded_now": int(splits)})
         position = _Position(iteration + 1, 0)
-    return StreamKMeansResult(centers, counts, history[-1] if history else float("nan"), len(history), history, reseeded,
-                              points, total if method == "sample" else points)
+    exact_counts = counts.astype(np.float64) + counts_low.astype(np.float64)
+    return StreamKMeansResult(centers, exact_counts, history[-1] if history else float("nan"), len(history), history, reseeded,
+                              points, total if method == "sample" else points, used)
 
 
 def _slices(points: np.ndarray, size: int) -> Chunks:
@@ -617,8 +685,8 @@ def _slices(points: np.ndarray, size: int) -> Chunks:
 
 def _pass_arrays(state) -> dict:
     if isinstance(state, LloydState):
-        return {"sums": state.sums, "counts": state.counts, "inertia": state.inertia}
-    return {"counts_now": state.counts, "centers_now": state.centers, "inertia": state.inertia}
+        return {name: getattr(state, name) for name in LloydState._fields[1:]}
+    return {"counts_now": state.counts, "centers_now": state.centers, "inertia": state.inertia, "counts_low_now": state.counts_low}
 
 
 def stream_memory(k: int, d: int, chunk: int, *, method: str = "exact", sample_size: int | None = None,

@@ -53,8 +53,12 @@ from jaxmosaic.techniques.vq_stream import (
     PatchStream,
     VQStreamConfig,
     check_stream_k,
+    compressed_names,
+    compression_summary,
     plan_chunk,
+    scan_images,
     sparse_cosine_distances,
+    stream_compress,
     stream_histograms,
     stream_training_bytes,
     train_codebook_stream,
@@ -128,9 +132,6 @@ def _train_streaming(images: list[Path], out: Path, config: VQConfig, stream: VQ
     start_distributed(distributed, say=echo)
     processes, process = jax.process_count(), jax.process_index()
     method = stream.method(config) or "exact"
-    if stream.web is not None:
-        raise JaxmosaicError("--web: the live view follows the in-memory training only; streaming training reports "
-                             "each pass on the console and in --metrics")
     if method == "batch" and processes > 1:
         raise JaxmosaicError("--batch-size: mini-batch k-means runs in one process; use --exact or --sample faiss "
                              "over several processes")
@@ -178,28 +179,31 @@ def _train_streaming(images: list[Path], out: Path, config: VQConfig, stream: VQ
             passes.append({"pass": state["pass"], "inertia": state["inertia"], "reseeded": state["reseeded_now"],
                            "seconds": marks[-1] - marks[-2]})
             echo(f"pass {state['pass']}: inertia {state['inertia']:.6g}, {state['reseeded_now']} cluster(s) re-seeded")
+        if live is not None:  # one message a pass: its inertia, and the codebook it ends with
+            _publish_pass(live, state, config)
         if checkpoint is not None:
             _save_run(checkpoint, state, meta)
 
     start = marks[0] = time.perf_counter()
-    try:
-        with rate_progress(f"k-means ({method})", unit="patches") as progress:
-            done = [0]
+    with live_view(stream.web if process == 0 else None, command="vq train", say=echo) as live:
+        try:
+            with rate_progress(f"k-means ({method})", unit="patches") as progress:
+                done = [0]
 
-            def on_chunk(count: int) -> None:
-                done[0] += count
-                progress(done[0] % max(1, patches.points) or patches.points, patches.points)
+                def on_chunk(count: int) -> None:
+                    done[0] += count
+                    progress(done[0] % max(1, patches.points) or patches.points, patches.points)
 
-            codebook, result = train_codebook_stream(config, patches, method, mesh=mesh, state=resume_state,
-                                                     on_pass=on_pass, on_chunk=on_chunk)
-    except KMeansInterrupted as stopped:
-        _report_failed(patches)
-        if checkpoint is not None:
-            _save_run(checkpoint, stopped.state, meta)
-            error_line(f"interrupted; saved in {checkpoint}; rerun with --resume to continue")
-        else:
-            error_line("interrupted; nothing saved (no --checkpoint)")
-        raise typer.Exit(130) from None
+                codebook, result = train_codebook_stream(config, patches, method, mesh=mesh, state=resume_state,
+                                                         on_pass=on_pass, on_chunk=on_chunk)
+        except KMeansInterrupted as stopped:
+            _report_failed(patches)
+            if checkpoint is not None:
+                _save_run(checkpoint, stopped.state, meta)
+                error_line(f"interrupted; saved in {checkpoint}; rerun with --resume to continue")
+            else:
+                error_line("interrupted; nothing saved (no --checkpoint)")
+            raise typer.Exit(130) from None
     seconds = time.perf_counter() - start
     _report_failed(patches)
     if process != 0:
@@ -208,7 +212,7 @@ def _train_streaming(images: list[Path], out: Path, config: VQConfig, stream: VQ
     codebook.info["images"] = codebook.info["images"][:2**20]
     save_codebook(out, codebook, inputs=files)
     save_image(grid, codebook_grid(codebook.centers, config.patch), inputs=files)
-    used = int(np.count_nonzero(result.counts))
+    used = result.used  # after the last split of empty clusters: the codebook's codes that hold points
     echo(f"wrote {out} and {grid}: inertia {result.inertia:.6g} over {result.samples} patches after {result.iterations} "
          f"passes, {used} of {config.k} codes in use, {seconds:.1f} s")
     write_metrics(metrics, "vq-train", {**settings_dict(config), **settings_dict(stream), "method": method}, files, [out, grid],
@@ -218,6 +222,18 @@ def _train_streaming(images: list[Path], out: Path, config: VQConfig, stream: VQ
                   stream={"method": method, "patches": result.points, "samples": result.samples, "chunk": patches.chunk,
                           "devices": devices, "processes": processes, "passes": passes, "reseeded": result.reseeded,
                           "skipped": patches.skipped, "failed": patches.failed})
+
+
+def _publish_pass(live, state: dict, config: VQConfig) -> None:
+    """A streaming pass on the live view: its number and inertia, and the codebook's picture."""
+    step = int(state["pass"])
+    update = {"step": step, "steps": config.iterations, "done": step, "total": config.iterations, "unit": "iterations"}
+    if not step:
+        live.publish({**update, "message": "sampling pass done; k-means starts from the seeds shown"},
+                     image=codebook_grid(np.asarray(state["centers"]), config.patch))
+        return
+    live.publish({**update, "message": f"pass {step}: inertia {state['inertia']:.6g}, {state['reseeded_now']} cluster(s) re-seeded",
+                  "loss": {"total": state["inertia"]}}, image=codebook_grid(np.asarray(state["centers"]), config.patch))
 
 
 def _report_failed(patches: PatchStream) -> None:
@@ -258,19 +274,28 @@ def _resumed(checkpoint: Path, patches: PatchStream, config: VQConfig, method: s
     return {**{name: np.asarray(value) for name, value in arrays.items()}, **meta["run"]}, chunk
 
 
+DevicesOption = Annotated[int | None, typer.Option(help="Local devices to shard each image's patches over (default: all).",
+                                                   min=1, max=MAX_INT)]
+
+
 @app.command("compress")
 @guarded
 def compress(
-    image: Annotated[Path, typer.Argument(help="The image to compress.")],
+    image: Annotated[Path, typer.Argument(help="The image to compress, or a folder of images (compressed one at a time).")],
     codebook: CodebookOption,
-    out: Annotated[Path, typer.Option("--out", "-o", help="The reconstruction; OUT-side.png shows it next to the image.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The reconstruction; OUT-side.png shows it next to the image. "
+                                                          "For a folder: the output folder (NAME.vq.png and NAME.side.png per image).")],
     stride: Annotated[int | None, typer.Option(help="Step between patches (default: the patch size, no overlap; smaller averages overlaps).",
                                                min=1, max=4096)] = None,
+    devices: DevicesOption = None,
     metrics: Annotated[Path | None, typer.Option(help="Write a JSON summary here (PSNR, bits per pixel, codes used).")] = None,
     overwrite: OverwriteOption = False,
     wait: WaitOption = False,
 ) -> None:
-    """Replace every patch of IMAGE by its nearest codebook entry."""
+    """Replace every patch of IMAGE (or of every image of a folder) by its nearest codebook entry."""
+    if image.is_dir():
+        _compress_folder(image, codebook, out, stride, local_mesh(devices), metrics, overwrite=overwrite, wait=wait)
+        return
     side = output_name(out, "side")
     inputs = [image, codebook]
     check_outputs([], inputs, images=[out, side], files=[(metrics, "metrics")], overwrite=overwrite, wait=wait, say=echo)
@@ -278,7 +303,7 @@ def compress(
     start = time.perf_counter()
     picture = load_image(image)
     check_memory(encode_memory(book, picture.shape, stride=stride), f"the patches of {image}", hint="a larger --stride")
-    result = compress_image(book, picture, stride)
+    result = compress_image(book, picture, stride, mesh=local_mesh(devices))
     seconds = time.perf_counter() - start
     save_image(out, result.image, inputs=inputs)
     save_image(side, side_by_side([result.original, result.image]), inputs=inputs)
@@ -290,6 +315,59 @@ def compress(
     write_metrics(metrics, "vq-compress", settings, inputs, [out, side], seconds=seconds, loss={"total": result.mse, "mse": result.mse},
                   compression={"size": [width, height], "psnr": result.psnr, "bits_per_pixel": result.bits_per_pixel,
                                "patches": int(result.codes.size), "distinct_codes": codes})
+
+
+def _compress_folder(folder: Path, codebook: Path, out: Path, stride: int | None, mesh, metrics: Path | None, *,
+                     overwrite: bool, wait: bool) -> None:
+    """`vq compress FOLDER`: every image compressed alone, one in memory at a time, into the
+    output folder OUT; unreadable files and images smaller than a patch are skipped and listed."""
+    files = image_files([folder])
+    inputs = [*files, codebook]
+    check_outputs([], [*inputs, folder], files=[(metrics, "metrics")], folders=[(out, "vq-compressed")], overwrite=overwrite,
+                  wait=wait, say=echo)
+    book = load_codebook(codebook)
+    kept, sizes, skipped = scan_images(files, book.size)
+    if not kept:
+        raise JaxmosaicError(f"{folder}: no image with a {book.size}x{book.size} patch among its {len(files)} file(s)")
+    shape, largest = max(zip(sizes, kept), key=lambda item: item[0][0] * item[0][1])
+    check_memory(encode_memory(book, shape, stride=stride), f"the patches of {largest} (the largest image)", hint="a larger --stride")
+    names = dict(zip(kept, compressed_names(kept, root=folder)))
+    target = OutputFolder(out, "vq-compressed", say=echo)
+    target.expect(name for pair in names.values() for name in pair)  # one marker write, whatever the number of images
+    per_image, written = [], []
+    start = time.perf_counter()
+    with rate_progress("vq compress", unit="images") as progress:
+        for path, result in stream_compress(book, kept, stride=stride, mesh=mesh):
+            if isinstance(result, str):
+                skipped.append(f"{path} ({result})")
+            else:
+                rebuilt, side = names[path]
+                written.append(save_image(target.file(rebuilt), result.image, inputs=inputs))
+                written.append(save_image(target.file(side), side_by_side([result.original, result.image]), inputs=inputs))
+                height, width = result.image.shape[:2]
+                per_image.append({"image": str(path), "output": str(written[-2]), "size": [width, height], "psnr": result.psnr,
+                                  "mse": result.mse, "bits_per_pixel": result.bits_per_pixel, "patches": int(result.codes.size),
+                                  "distinct_codes": len(np.unique(result.codes)), "values": int(result.image.size),
+                                  "pixels": int(result.codes.size) * (stride or book.size) ** 2,
+                                  "bits": result.bits_per_pixel * int(result.codes.size) * (stride or book.size) ** 2})
+            progress(len(per_image) + len(skipped), len(files))
+    seconds = time.perf_counter() - start
+    target.finish()
+    for line in skipped[:5]:
+        echo(f"skipped {line}")
+    if len(skipped) > 5:
+        echo(f"skipped {len(skipped) - 5} more file(s)")
+    if not per_image:
+        raise JaxmosaicError(f"{folder}: none of its {len(files)} file(s) could be compressed")
+    summary = compression_summary(per_image)
+    echo(f"wrote {len(per_image)} images to {out}: PSNR {summary['psnr']:.2f} dB over them all, "
+         f"{summary['bits_per_pixel']:.3f} bits per pixel (codes only), {seconds:.1f} s")
+    settings = {"patch": book.size, "stride": stride or book.size, "normalize": str(book.normalize),
+                "devices": 1 if mesh is None else mesh.size}
+    write_metrics(metrics, "vq-compress", settings, inputs, written, seconds=seconds,
+                  loss={"total": summary["mse"], "mse": summary["mse"]},
+                  compression={**summary, "per_image": [{key: value for key, value in item.items() if key not in ("values", "pixels", "bits")}
+                                                        for item in per_image], "skipped": skipped})
 
 
 @app.command("cluster")

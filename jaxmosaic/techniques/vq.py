@@ -395,16 +395,25 @@ class Compression(NamedTuple):
     codes: np.ndarray  # (rows, cols) each patch's code
 
 
-def compress_image(codebook: Codebook, image: np.ndarray, stride: int | None = None) -> Compression:
+def compress_image(codebook: Codebook, image: np.ndarray, stride: int | None = None, *, mesh=None) -> Compression:
     """Replace every patch of an HWC image by its nearest codebook entry (stride defaults to the
     patch size: no overlap; a smaller stride averages the overlaps). The covered region is the
-    largest one whole patches reach; PSNR is measured there."""
+    largest one whole patches reach; PSNR is measured there. With `mesh` (one axis, "devices"),
+    the nearest-centre search shards the patches over its devices (`nearest_codes`)."""
     size = codebook.size
     step = whole("stride", stride, minimum=1, maximum=4096) if stride is not None else size
     height, width = image.shape[:2]
     if min(height, width) < size:
         raise ValueError(f"the image ({width}x{height}) is smaller than the codebook's {size}x{size} patches")
-    encoded = vq_encode(image, codebook.centers, size, step, normalize=codebook.normalize)
+    if mesh is None:
+        encoded = vq_encode(image, codebook.centers, size, step, normalize=codebook.normalize)
+    else:
+        from jaxmosaic.techniques.vq_stream import nearest_codes
+
+        patches, mean, scale = _extract(image, size, step, codebook.normalize)
+        rows, cols = patches.shape[:2]
+        codes = nearest_codes(np.asarray(patches).reshape(rows * cols, -1), codebook.centers, mesh=mesh)
+        encoded = VQCodes(jnp.asarray(codes.reshape(rows, cols)), mean, scale)
     rebuilt = np.asarray(vq_decode(encoded, codebook.centers, (height, width), size, step)).clip(0, 1)
     covered_h = (height - size) // step * step + size
     covered_w = (width - size) // step * step + size

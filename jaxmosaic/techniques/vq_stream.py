@@ -15,8 +15,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import math
 import os
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import jax
@@ -38,14 +40,35 @@ from jaxmosaic.kmeans_stream import (
     stream_memory,
 )
 from jaxmosaic.live import web_setting
-from jaxmosaic.techniques.vq import Codebook, VQConfig, extract_patches, patch_positions
+from jaxmosaic.techniques.vq import (
+    Codebook,
+    Compression,
+    VQConfig,
+    compress_image,
+    extract_patches,
+    patch_positions,
+)
 
 BAND_BYTES = 32 * 2**20
 """An image's RGB patches are cut a band of about this many bytes at a time (`PatchStream`)."""
 
-__all__ = ["BAND_BYTES", "PatchStream", "VQStreamConfig", "nearest_codes", "plan_chunk", "sparse_cosine_distances", "stream_histograms",
-           "stream_image_bytes", "stream_training_bytes", "check_stream_k",
-           "train_codebook_stream"]
+__all__ = [
+    "BAND_BYTES",
+    "PatchStream",
+    "VQStreamConfig",
+    "check_stream_k",
+    "compressed_names",
+    "compression_summary",
+    "nearest_codes",
+    "plan_chunk",
+    "scan_images",
+    "sparse_cosine_distances",
+    "stream_compress",
+    "stream_histograms",
+    "stream_image_bytes",
+    "stream_training_bytes",
+    "train_codebook_stream",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,3 +394,74 @@ def sparse_cosine_distances(histograms: scipy.sparse.spmatrix) -> np.ndarray:
     distances = np.clip(1.0 - (unit @ unit.T).toarray(), 0.0, 2.0)
     np.fill_diagonal(distances, 0.0)
     return distances.astype(np.float32)
+
+
+# --- compressing a folder, one image at a time ----------------------------------------------------
+
+def scan_images(files: Sequence[Path], patch: int) -> tuple[list[Path], list[tuple[int, int]], list[str]]:
+    """The files' sizes from their headers (`load_image`'s checks and pixel limit), nothing decoded.
+
+    Returns:
+      (the files with a patch-sized image, their (height, width), "path (why)" for the others:
+      unreadable, or smaller than a `patch`-pixel patch).
+    """
+    kept, sizes, skipped = [], [], []
+    for path in files:
+        size = _image_size(Path(path))
+        if isinstance(size, str):
+            skipped.append(f"{path} (unreadable: {size})")
+        elif min(size) < patch:
+            skipped.append(f"{path} (smaller than a {patch}-pixel patch)")
+        else:
+            kept.append(Path(path))
+            sizes.append(size)
+    return kept, sizes, skipped
+
+
+def compressed_names(files: Sequence[Path], *, root: Path | None = None) -> list[tuple[str, str]]:
+    """The (reconstruction, side by side) names `vq compress` writes into its folder for each
+    file: NAME.vq.png and NAME.side.png, NAME the file's path under `root` without its suffix
+    (folders joined by "__", characters other than letters, digits, ".", "_" and "-" as "_"),
+    numbered -2, -3, ... where two files would share one."""
+    taken, names = set(), []
+    for path in files:
+        relative = Path(path).relative_to(root) if root is not None and Path(path).is_relative_to(root) else Path(Path(path).name)
+        stem = re.sub(r"[^\w.-]", "_", "__".join(relative.with_suffix("").parts), flags=re.ASCII)[:200] or "image"
+        name, number = stem, 1
+        while name.lower() in taken:
+            number += 1
+            name = f"{stem}-{number}"
+        taken.add(name.lower())
+        names.append((f"{name}.vq.png", f"{name}.side.png"))
+    return names
+
+
+def stream_compress(codebook: Codebook, files: Iterable[Path], *, stride: int | None = None,
+                    mesh=None) -> Iterator[tuple[Path, Compression | str]]:
+    """Each file compressed (`compress_image`, the nearest-centre search sharded over `mesh`'s
+    devices), one image in memory at a time: (path, its `Compression`), or (path, why it was
+    skipped: unreadable, or smaller than a patch)."""
+    from jaxmosaic.errors import ImageError
+    from jaxmosaic.io.images import load_image
+
+    for path in files:
+        try:
+            image = load_image(path)
+        except (ImageError, OSError) as err:
+            yield Path(path), f"unreadable: {first_line(err).removeprefix(f'{path}: ')[:200]}"
+            continue
+        if min(image.shape[:2]) < codebook.size:
+            yield Path(path), f"smaller than a {codebook.size}-pixel patch"
+            continue
+        yield Path(path), compress_image(codebook, image, stride, mesh=mesh)
+
+
+def compression_summary(results: Sequence[dict]) -> dict:
+    """The figures of a folder's compression from each image's ({"mse", "values", "pixels",
+    "bits"}: squared error per value, values compared, pixels the patches advance over, code
+    bits): the pooled mse, its PSNR (dB, values in [0, 1]) and the bits per pixel of all the images."""
+    values = sum(item["values"] for item in results)
+    pixels = sum(item["pixels"] for item in results)
+    mse = sum(item["mse"] * item["values"] for item in results) / max(values, 1)
+    return {"images": len(results), "mse": mse, "psnr": 10 * math.log10(1.0 / max(mse, 1e-12)),
+            "bits_per_pixel": sum(item["bits"] for item in results) / max(pixels, 1)}
