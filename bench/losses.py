@@ -14,6 +14,9 @@ network's shapes):
    ||x - P(x)|| / ||x|| (`jaxmosaic.spectrum.spectrum_distance`).
 
     python bench/losses.py [--sizes 256,512] [--repeats 3] [--quality-size 128] [--steps 100]
+
+The texture-statistics rows come first; results/losses-cpu.json is rewritten after every row
+("complete": false until the end), so a run cut short on a loaded machine keeps what it measured.
 """
 
 from __future__ import annotations
@@ -76,19 +79,21 @@ def main() -> None:
     parser.add_argument("--quality-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=100, help="L-BFGS steps of the texture-statistics rows")
     args = parser.parse_args()
+    conditions = (f"{os.cpu_count()} CPU cores shared with other work (a long background computation and other "
+                  "processes): absolute seconds are inflated and vary from run to run; the ratios to gram, "
+                  "measured in the same run, are the figures to read")
+    load = {"before": list(os.getloadavg())}  # 1, 5 and 15 minute averages
     params = random_vgg19(jax.random.PRNGKey(0))
     brick = load_image(SAMPLES / "brick.png")
-    timing_rows = []
-    for size in (int(s) for s in args.sizes.split(",")):
-        exemplar = np.asarray(resize(brick, size, size))
-        times = {loss: evaluation_seconds(params, exemplar, loss, args.repeats) for loss in LOSSES}
-        for loss in LOSSES:
-            timing_rows.append({"size": size, "loss": loss, "s/evaluation (min)": times[loss]["min"],
-                                "s/evaluation (median)": times[loss]["median"],
-                                "/ gram": times[loss]["min"] / times["gram"]["min"]})
-            print(timing_rows[-1], flush=True)
+    timing_rows, quality_rows = [], []
+
+    def save(complete: bool) -> Path:
+        """The results so far (a long run on a loaded machine leaves what it measured)."""
+        load["after"] = list(os.getloadavg())
+        return write_results("losses", {"config": vars(args), "conditions": conditions, "load average": load,
+                                        "complete": complete, "timing": timing_rows, "quality": quality_rows})
+
     exemplar = np.asarray(resize(brick, args.quality_size, args.quality_size))
-    quality_rows = []
     noise = np.random.default_rng(0).random(exemplar.shape).astype(np.float32)
     start = {"histogram distance": histogram_distance(noise, exemplar),
              "spectrum distance": float(spectrum_distance(noise, exemplar))}
@@ -102,16 +107,23 @@ def main() -> None:
                              "s/step": result.seconds / args.steps,
                              "evaluations": int(result.evaluations[0])})
         print(quality_rows[-1], flush=True)
-    conditions = (f"{os.cpu_count()} CPU cores shared with other work (a long background computation and other "
-                  "processes): absolute seconds are inflated and vary from run to run; the ratios to gram, "
-                  "measured in the same run, are the figures to read")
-    path = write_results("losses", {"config": vars(args), "conditions": conditions, "timing": timing_rows,
-                                    "quality": quality_rows})
-    print("one loss-and-gradient evaluation over relu1_1, pool1..pool4 (random VGG19 weights)")
-    print(markdown_table(timing_rows, ["size", "loss", "s/evaluation (min)", "s/evaluation (median)", "/ gram"]))
-    print(f"\ntexture statistics after {args.steps} L-BFGS steps at {args.quality_size} px (brick, spectrum weight 0)")
+        save(False)
+    for size in (int(s) for s in args.sizes.split(",")):
+        exemplar = np.asarray(resize(brick, size, size))
+        times = {}
+        for loss in LOSSES:
+            times[loss] = evaluation_seconds(params, exemplar, loss, args.repeats)
+            timing_rows.append({"size": size, "loss": loss, "s/evaluation (min)": times[loss]["min"],
+                                "s/evaluation (median)": times[loss]["median"],
+                                "/ gram": times[loss]["min"] / times["gram"]["min"]})
+            print(timing_rows[-1], flush=True)
+            save(False)
+    path = save(True)
+    print(f"texture statistics after {args.steps} L-BFGS steps at {args.quality_size} px (brick, spectrum weight 0)")
     print(markdown_table(quality_rows, ["loss", "histogram distance", "spectrum distance", "s/step", "evaluations"]))
-    print(f"\n{conditions}\nwrote {path}")
+    print("\none loss-and-gradient evaluation over relu1_1, pool1..pool4 (random VGG19 weights)")
+    print(markdown_table(timing_rows, ["size", "loss", "s/evaluation (min)", "s/evaluation (median)", "/ gram"]))
+    print(f"\n{conditions}; load average (1, 5, 15 min) {load['before']} before, {load['after']} after\nwrote {path}")
 
 
 if __name__ == "__main__":

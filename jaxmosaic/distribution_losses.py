@@ -330,12 +330,11 @@ def distribution_terms(features: Mapping[str, jax.Array], grams: Mapping[str, ja
 
 def check_loss(config) -> None:
     """Validate a synthesis config's `loss` and `directions` (set on it, frozen or not) against
-    its optimiser and tiles: one `ConfigError` naming the option and the reason."""
+    its optimiser: one `ConfigError` naming the option and the reason. (In tiles, each tile's
+    sorted lists and histograms are compared with the whole target's at the tile's number of
+    positions, weighed by its share of them, as its Gram matrices are.)"""
     loss = _choice(config, "loss", Loss)
     directions = _choice(config, "directions", Directions)
-    if loss != Loss.gram and config.tile is not None:
-        raise ConfigError("loss", f"{loss.value} does not go with tile: sorted lists and histograms of a tile's positions "
-                                  "do not add up to the whole image's; use --loss gram to refine in tiles")
     if loss == Loss.sw and directions == Directions.random and str(config.optimizer) == "lbfgs":
         raise ConfigError("directions", "random does not go with the lbfgs optimizer: its line search needs the same "
                                         "loss at every evaluation; use --directions fixed or --optimizer adam")

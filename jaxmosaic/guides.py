@@ -152,9 +152,14 @@ def guided_style_layer_losses(features: jax.Array, guides: jax.Array, targets: j
 
 def guided_style_losses(features: Mapping[str, jax.Array], guides: Mapping[str, jax.Array],
                         targets: Mapping[str, jax.Array], layer_weights: Mapping[str, float],
-                        region_weights: jax.Array) -> jax.Array:
-    """L_style = sum_l w_l E_l (`guided_style_layer_losses`) of each image -> (N,)."""
-    return sum(weight * guided_style_layer_losses(features[name], guides[name], targets[name], region_weights)
+                        region_weights: jax.Array | Mapping[str, jax.Array]) -> jax.Array:
+    """L_style = sum_l w_l E_l (`guided_style_layer_losses`) of each image -> (N,). The region
+    weights gw_r (R,) are the same at every layer, or {layer: (R,)} one set per layer (a tile of
+    a tiled stage weighs each region by the tile's share of it at each layer)."""
+    def weights(name):
+        return region_weights[name] if isinstance(region_weights, Mapping) else region_weights
+
+    return sum(weight * guided_style_layer_losses(features[name], guides[name], targets[name], weights(name))
                for name, weight in layer_weights.items())
 
 

@@ -6,6 +6,12 @@ through the network with a halo of context around it and only the positions of i
 are counted (exact wherever the halo covers the layer's receptive field, and at the image's
 borders, which the network pads as it does the whole image). A tile being optimised weighs its
 per-position terms by its share of the positions (`tile_weights`).
+
+Guided Gram matrices (regions) are sums over positions too, each position weighed by the whole
+image's guide there (`tiled_guided_grams`, `tiled_style_terms` with guides). Sorted lists and
+histograms are not sums: they are taken over the whole image's features, gathered tile by tile
+from the interiors (`tiled_features`), which holds one copy of the layers' features but never the
+network's activations of the whole image.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxmosaic.guides import GuideMode, layer_guides, unit_rms
 from jaxmosaic.losses import _positions as _cells, gram_matrix, tv_losses
 from jaxmosaic.tiling import TilePlan
 from jaxmosaic.vgg import layer_stride, three_channels, vgg19_features
@@ -25,6 +32,9 @@ __all__ = [
     "position_share",
     "tile_weights",
     "tiled_grams",
+    "tiled_features",
+    "tiled_guided_grams",
+    "tile_guides",
     "tiled_style_terms",
 ]
 
@@ -96,12 +106,96 @@ def tiled_grams(params, image, layers: Sequence[str], *, tile: int = 512, halo: 
     return {name: grams[name] * (_cells(out_h, out_w, name) / _cells(height, width, name)) for name in layers}
 
 
+def tiled_features(params, images, layers: Sequence[str], *, tile: int = 512, halo: int = HALO,
+                   pooling: str = "max") -> dict:
+    """The VGG19 features of whole images (N, H, W, C; grey ones seen in three channels) at
+    `layers`, taken tile by tile and gathered from the tiles' interiors: {layer: (N, H // s,
+    W // s, C_l)}, equal to `vgg19_features` of the whole images wherever the halo covers the
+    layer's receptive field (to 5e-7 of the largest value up to relu5_1 with the default halo)."""
+    _check_statistics(tile, halo)
+    images = three_channels(jnp.asarray(images, jnp.float32))
+    height, width = images.shape[1:3]
+    layers = tuple(layers)
+    run = jax.jit(_interiors, static_argnames=("layers", "spans", "pooling"))
+    rows_of = []
+    for rows in _statistic_tiles(height, tile, halo):
+        row = [run(params, images[:, rows[0]:rows[1], columns[0]:columns[1]], layers, (rows, columns), pooling)
+               for columns in _statistic_tiles(width, tile, halo)]
+        rows_of.append({name: jnp.concatenate([part[name] for part in row], axis=2) for name in layers})
+    return {name: jnp.concatenate([row[name] for row in rows_of], axis=1) for name in layers}
+
+
+def _guided_sums(features: jax.Array, guides: jax.Array) -> jax.Array:
+    """sum over positions of (F o T_r)^T (F o T_r) of NHWC features and guides (R, H, W): (N, R, C, C)."""
+    weighted = features[:, None] * guides[None, ..., None].astype(features.dtype)
+    flat = weighted.reshape(*weighted.shape[:2], -1, weighted.shape[-1])
+    return jnp.einsum("nrmc,nrmd->nrcd", flat, flat)
+
+
+def _unit_guides(guides: Mapping[str, jax.Array], layers: Sequence[str]) -> dict:
+    """Each layer's guides (R, H_l, W_l) of the whole image, each scaled to unit root-mean-square."""
+    return {name: jax.vmap(unit_rms)(jnp.asarray(guides[name], jnp.float32)) for name in layers}
+
+
+def tiled_guided_grams(params, image, guides: Mapping[str, jax.Array], *, tile: int = 512, halo: int = HALO,
+                       pooling: str = "max") -> dict:
+    """`jaxmosaic.guided_gram_matrix` of an HWC image under R guides at once, taken tile by tile:
+    {layer: G_T (R, C, C)} for guides {layer: (R, H // s, W // s)} of the whole image (e.g.
+    `jaxmosaic.layer_guides` of each region's mask), each scaled to unit RMS over the whole image."""
+    _check_statistics(tile, halo)
+    image = three_channels(jnp.asarray(image, jnp.float32))
+    height, width = image.shape[:2]
+    layers = tuple(guides)
+    unit = _unit_guides(guides, layers)
+    run = jax.jit(_interiors, static_argnames=("layers", "spans", "pooling"))
+    sums = {name: 0.0 for name in layers}
+    for rows in _statistic_tiles(height, tile, halo):
+        for columns in _statistic_tiles(width, tile, halo):
+            features = run(params, image[None, rows[0]:rows[1], columns[0]:columns[1]], layers, (rows, columns), pooling)
+            for name in layers:
+                s = layer_stride(name)
+                part = unit[name][:, rows[2] // s:rows[2] // s + features[name].shape[1],
+                                  columns[2] // s:columns[2] // s + features[name].shape[2]]
+                sums[name] = sums[name] + _guided_sums(features[name], part)[0]
+    return {name: sums[name] / _cells(height, width, name) for name in layers}
+
+
+def tile_guides(mask, top: int, left: int, shape: tuple[int, int], layers: Sequence[str], *, mode: str = "simple",
+                grow: int = 0, halo: int = HALO) -> dict:
+    """The guides of an optimisation tile of `shape` (height, width) at (top, left) in an image
+    whose region mask (H, W) is `mask`: `jaxmosaic.layer_guides` of the mask cropped with `halo`
+    px of context each side and brought back to the tile's positions, {layer: (h // s, w // s)},
+    so that a position's guide sees the region beyond the tile's edge ("inside", "all" and
+    `grow` look that far). Beyond the image the crop holds the value that erosion or dilation
+    ignores, as the whole image's padding does: a tile covering the image gets the whole
+    image's guides exactly. `halo` is a multiple of 32 px, so the crop's positions line up with
+    the tile's at every layer."""
+    _check_statistics(_ALIGN, halo)
+    mode = GuideMode(mode)
+    mask = jnp.asarray(mask, jnp.float32)
+    height, width = shape
+    erode = mode == GuideMode.inside or (mode == GuideMode.simple and grow < 0)
+    padded = jnp.pad(mask, ((halo, halo), (halo, halo)), constant_values=1.0 if erode else 0.0)
+    crop = padded[top:top + height + 2 * halo, left:left + width + 2 * halo]
+    guides = layer_guides(crop, tuple(layers), mode=mode, grow=grow)
+    out = {}
+    for name in layers:
+        s = layer_stride(name)
+        out[name] = guides[name][halo // s:halo // s + height // s, halo // s:halo // s + width // s]
+    return out
+
+
 def tiled_style_terms(params, images, content, grams: Mapping[str, jax.Array], layer_weights: Mapping[str, float],
-                      content_layers: Sequence[str] = (), *, tile: int = 512, halo: int = HALO, pooling: str = "max") -> dict:
+                      content_layers: Sequence[str] = (), *, tile: int = 512, halo: int = HALO, pooling: str = "max",
+                      guides: Mapping[str, jax.Array] | None = None, region_weights: jax.Array | None = None) -> dict:
     """The unweighted style-transfer terms of large images (N, H, W, C) against one content image
     (H, W, 3; None for none) and Gram targets (C, C), or (N, C, C) one per image, taken tile by
     tile: {"content": (N,) (with a content image), "style": (N,), "tv": (N,)} as
-    `style_transfer_losses` defines them (grey images are seen in three channels)."""
+    `style_transfer_losses` defines them (grey images are seen in three channels).
+
+    With `guides` {layer: (R, H // s, W // s)} (regions: the whole images' guides, not yet at unit
+    RMS) and `region_weights` gw_r (R,), "style" is the guided style loss
+    (`jaxmosaic.guided_style_losses`) against guided targets (R, C, C), or (N, R, C, C)."""
     _check_statistics(tile, halo)
     images = jnp.asarray(images, jnp.float32)
     count, height, width = images.shape[:3]
@@ -109,7 +203,8 @@ def tiled_style_terms(params, images, content, grams: Mapping[str, jax.Array], l
     content_layers = tuple(content_layers) if content is not None else ()
     layers = tuple(dict.fromkeys((*content_layers, *layer_weights)))
     run = jax.jit(_interiors, static_argnames=("layers", "spans", "pooling"))
-    sums = {name: jnp.zeros((count,) + (grams[name].shape[-1],) * 2) for name in layer_weights}
+    unit = None if guides is None else _unit_guides(guides, tuple(layer_weights))
+    sums = {name: 0.0 for name in layer_weights}
     l_content = jnp.zeros(count)
     for rows in _statistic_tiles(height, tile, halo):
         for columns in _statistic_tiles(width, tile, halo):
@@ -120,15 +215,24 @@ def tiled_style_terms(params, images, content, grams: Mapping[str, jax.Array], l
             for name in content_layers:
                 l_content = l_content + 0.5 * jnp.sum(jnp.square(features[name][:count] - features[name][count:]), axis=(1, 2, 3))
             for name in layer_weights:
-                sums[name] = sums[name] + gram_matrix(features[name][:count])
+                mine = features[name][:count]
+                if unit is None:
+                    sums[name] = sums[name] + gram_matrix(mine)
+                    continue
+                s = layer_stride(name)
+                part = unit[name][:, rows[2] // s:rows[2] // s + mine.shape[1], columns[2] // s:columns[2] // s + mine.shape[2]]
+                sums[name] = sums[name] + _guided_sums(mine, part)
     l_style = jnp.zeros(count)
     for name, weight in layer_weights.items():
         target = jnp.asarray(grams[name])
-        target = target[None] if target.ndim == 2 else target
         positions = _cells(height, width, name)
         channels = target.shape[-1]
-        l_style = l_style + weight * jnp.sum(jnp.square(sums[name] - target), axis=(1, 2)) / (4.0 * channels**2 * positions**2)
+        if unit is None:
+            target = target[None] if target.ndim == 2 else target
+            l_style = l_style + weight * jnp.sum(jnp.square(sums[name] - target), axis=(1, 2)) / (4.0 * channels**2 * positions**2)
+            continue
+        target = target[None] if target.ndim == 3 else target
+        per_region = jnp.sum(jnp.square(sums[name] / positions - target), axis=(2, 3))
+        l_style = l_style + weight * jnp.sum(per_region * jnp.asarray(region_weights, jnp.float32)[None], axis=1) / (4.0 * channels**2)
     terms = {"content": l_content} if content is not None else {}
     return {**terms, "style": l_style, "tv": tv_losses(images)}
-
-

@@ -185,7 +185,6 @@ def test_style_hist_batch_of_styles(random_params):
 
 @pytest.mark.parametrize(("settings", "field"), [
     ({"loss": "wasserstein"}, "loss"),
-    ({"loss": "sw", "tile": 256}, "loss"),
     ({"loss": "sw", "directions": "random"}, "directions"),
     ({"loss": "sw", "directions": "sometimes", "optimizer": "adam"}, "directions"),
 ])
@@ -219,7 +218,6 @@ def test_cli_texture_sw_and_style_hist(tmp_path):
 
 @pytest.mark.parametrize(("args", "expected"), [
     (["--loss", "moments"], "--loss"),
-    (["--loss", "sw", "--tile", "256"], "--loss"),
     (["--loss", "sw", "--directions", "random"], "--directions"),
 ])
 def test_cli_refuses_bad_values_in_one_line(tmp_path, args, expected):

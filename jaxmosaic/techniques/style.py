@@ -22,7 +22,8 @@ import numpy as np
 
 from jaxmosaic.color import match_color, match_luminance, rgb_to_yiq, yiq_to_rgb
 from jaxmosaic.config import ConfigError, choice, layer_weights, names, number, numbers, setting, whole, wholes
-from jaxmosaic.distribution_losses import Directions, DistributionTargets, Loss, check_loss, distribution_terms, image_distribution_targets
+from jaxmosaic.distribution_losses import (Directions, DistributionTargets, Loss, check_loss, distribution_targets, distribution_terms,
+                                           image_distribution_targets, stack_targets)
 from jaxmosaic.errors import ImageError
 from jaxmosaic.guides import GuideMode, Region, check_region_mask, guided_gram_matrix, guided_style_losses, layer_guides
 from jaxmosaic.image import fit_shape, resize
@@ -30,7 +31,8 @@ from jaxmosaic.losses import content_losses, gram_targets, style_losses, tv_loss
 from jaxmosaic.resources import activation_bytes, held_bytes, optimisation_bytes
 from jaxmosaic.stages import Problem, Progress, Resume, Solution, per_image, solve
 from jaxmosaic.techniques.common import SynthesisConfig, plan_steps, synthesis_stage, tile_note, tile_plan, tiled_terms
-from jaxmosaic.tiled_losses import HALO, position_share, statistic_tile, tiled_grams
+from jaxmosaic.tiled_losses import (HALO, position_share, statistic_tile, tile_guides, tiled_features, tiled_grams,
+                                    tiled_guided_grams, tiled_style_terms)
 from jaxmosaic.tiling import TilePlan
 from jaxmosaic.vgg import Pooling, check_layers, layer_channels, layer_stride, smallest_side, three_channels, vgg19_features
 
@@ -274,8 +276,9 @@ def _check_regions(config: StyleConfig, inputs: StyleInputs) -> None:
     if not inputs.regions:
         return
     first = inputs.regions[0].name
-    if config.batch:
-        raise ConfigError("batch", f"does not go with regions ({first}): regions make one output of several styles")
+    if config.batch and all(region.style is not None for region in inputs.regions):
+        raise ConfigError("batch", f"makes one output per style image, which the regions without a style of their own "
+                                   f"take; every region ({first}, ...) names its own, so the outputs would be the same")
     if config.loss != Loss.gram:
         raise ConfigError("loss", f"regions ({first}) are matched by guided Gram matrices: use --loss gram")
     height, width = inputs.content.shape[:2]
@@ -284,14 +287,30 @@ def _check_regions(config: StyleConfig, inputs: StyleInputs) -> None:
         check_region_mask(region.mask, height, width, region.name)
         if region.style is None:
             positional += 1
-            if positional > len(inputs.styles):
+            if positional > len(inputs.styles) and not config.batch:
                 raise ImageError(f"{region.name}: more regions without a style of their own ({positional}) than style "
                                  f"images ({len(inputs.styles)})")
         if region.style_mask is not None:
-            style = inputs.styles[positional - 1] if region.style is None else region.style
-            check_region_mask(region.style_mask, *style.shape[:2], _style_mask_name(region), what="its style image")
+            styles = [region.style] if region.style is not None else inputs.styles if config.batch \
+                else [inputs.styles[positional - 1]]
+            for style in styles:
+                check_region_mask(region.style_mask, *style.shape[:2], _style_mask_name(region), what="its style image")
         if region.weight is not None:
             number("region", region.weight, minimum=0.0)
+
+
+def _region_style_indices(config: StyleConfig, inputs: StyleInputs, output: int) -> list[int | None]:
+    """Which style image each region takes in output `output` of the run: None for a region's
+    own, else the index of the next of the style images in turn (with `config.batch`, the
+    output's own style image, the same for every region without a style of its own)."""
+    positional = iter(range(len(inputs.styles)))
+    return [None if region.style is not None else output if config.batch else next(positional) for region in inputs.regions]
+
+
+def _region_styles(config: StyleConfig, inputs: StyleInputs, output: int) -> list:
+    """The style image of each region for output `output` (`_region_style_indices`)."""
+    return [region.style if index is None else inputs.styles[index]
+            for region, index in zip(inputs.regions, _region_style_indices(config, inputs, output))]
 
 
 def _style_mask_name(region: Region) -> str:
@@ -320,13 +339,13 @@ def _region_guides(config: StyleConfig, region: Region, style_shape, shape) -> t
 
 def _check_guides(config: StyleConfig, inputs: StyleInputs) -> None:
     """Every region's guides at every scale, before any work (`_region_guides`)."""
+    outputs = range(len(inputs.styles)) if config.batch else range(1)
     for size in config.sizes:
         (height, width), _ = _style_sizes(config, inputs, size)
         side = max(16, round(max(height, width) * config.style_scale))
-        positional = iter(inputs.styles)
-        for region in inputs.regions:
-            style = next(positional) if region.style is None else region.style
-            _region_guides(config, region, fit_shape(*np.shape(style)[:2], side), (height, width))
+        for output in outputs:
+            for region, style in zip(inputs.regions, _region_styles(config, inputs, output)):
+                _region_guides(config, region, fit_shape(*np.shape(style)[:2], side), (height, width))
 
 
 def _check_inputs(config: StyleConfig, inputs: StyleInputs) -> None:
@@ -377,10 +396,32 @@ def _region_bytes(config: StyleConfig, inputs: StyleInputs, height: int, width: 
     others += list((inputs.layer_styles or {}).values())
     if not inputs.regions and not others:
         return 0
-    copies = len(inputs.regions) * sum((height // layer_stride(name)) * (width // layer_stride(name)) * layer_channels(name)
-                                       for name in config.style_layers) * 4 * 2
+    count = len(inputs.styles) if config.batch else 1
+    copies = count * len(inputs.regions) * _feature_bytes(config, height, width)
     side = max(16, round(max(height, width) * config.style_scale))
     return copies + sum(activation_bytes(*fit_shape(*np.shape(image)[:2], side), config.style_layers) for image in others)
+
+
+def _feature_bytes(config: StyleConfig, height: int, width: int) -> int:
+    """Bytes of one image's features at the style layers, twice (a copy for the backward pass or a sort)."""
+    return sum((height // layer_stride(name)) * (width // layer_stride(name)) * layer_channels(name)
+               for name in config.style_layers) * 4 * 2
+
+
+def _tiled_extra_bytes(config: StyleConfig, inputs: StyleInputs, plan: TilePlan, shapes, count: int) -> int:
+    """What a tiled scale adds for regions (each tile's guided copies; the regions' own style
+    images taken tile by tile) and for sorted lists and histograms (the whole output's and the
+    style images' features, gathered from the tiles, with their projections and sorted copies)."""
+    extra = 0
+    if inputs.regions:
+        side = statistic_tile(plan.tile) + 2 * HALO
+        own = [fit_shape(*np.shape(region.style)[:2], max(16, round(max(plan.height, plan.width) * config.style_scale)))
+               for region in inputs.regions if region.style is not None]
+        extra += count * len(inputs.regions) * _feature_bytes(config, *plan.shape)
+        extra += max([activation_bytes(min(h, side), min(w, side), config.style_layers) for h, w in own], default=0)
+    if config.loss != Loss.gram:
+        extra += 2 * (count * _feature_bytes(config, plan.height, plan.width) + sum(_feature_bytes(config, h, w) for h, w in shapes))
+    return extra
 
 
 def style_tiles(config: StyleConfig, inputs: StyleInputs) -> list[TilePlan]:
@@ -416,7 +457,8 @@ def style_memory(config: StyleConfig, inputs: StyleInputs) -> int:
         else:
             side = statistic_tile(plan.tile) + 2 * HALO  # the final loss, taken tile by tile, sees images and content
             step = max(optimisation_bytes(*plan.shape, layers, count), activation_bytes(side, side, layers, count + 1))
-            needed = step + held_bytes(plan.height, plan.width, count) + _style_bytes(config, shapes, plan.tile) + _RUNTIME
+            needed = step + held_bytes(plan.height, plan.width, count) + _style_bytes(config, shapes, plan.tile) + _RUNTIME \
+                + _tiled_extra_bytes(config, inputs, plan, shapes, count)
         peak = max(peak, needed)
     return peak
 
@@ -461,8 +503,10 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
     """The style transfer as a `Problem`: one stage per scale, coarse to fine, each starting from
     the previous result upsampled; with `config.batch` one image per style, else one image. A
     tiled scale (`style_tiles`) is refined tile by tile: each tile's loss is the content loss on
-    its region plus the style loss against the whole style image's Gram matrices, scaled to the
-    tile's positions, so every tile aims at the same style."""
+    its region plus the style loss against the whole style image's statistics (Gram matrices
+    scaled to the tile's positions; sorted lists and histograms at the tile's positions; the
+    regions' guided Gram matrices under the tile's guides), so every tile aims at the same
+    style. Its reported losses are the whole image's, taken tile by tile."""
     style_memory(config, inputs)
     plans = style_tiles(config, inputs)
     original = jnp.asarray(inputs.content, jnp.float32)
@@ -479,28 +523,41 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
         side = max(16, round(max(height, width) * config.style_scale))
         return [resize(style, *fit_shape(*style.shape[:2], side)) for style in styles]
 
-    if inputs.regions and any(plan.tile is not None for plan in plans):
-        raise ConfigError("tile", f"regions ({inputs.regions[0].name}) are not refined in tiles: a smaller size, or more "
-                                  "--max-memory")
+    def tile_at(height: int, width: int) -> int | None:
+        plan = tile_of.get((height, width))
+        return None if plan is None else plan.tile
 
     @functools.cache
     def regions_at(height: int, width: int) -> tuple[dict, dict, jax.Array]:
         """Regions: each region's guided Gram targets from its style image under its style mask
-        (layer -> (R, C, C)), the output's guides (layer -> (R, h, w)) and the weights gw_r (R,)."""
+        (layer -> (R, C, C); with --batch (B, R, C, C), one set per output), the output's guides
+        (layer -> (R, h, w)) and the weights gw_r (R,). At a tiled scale the style images'
+        statistics are taken tile by tile."""
         side = max(16, round(max(height, width) * config.style_scale))
-        names, positional = tuple(layer_weights), iter(styles)
-        targets, guides = {name: [] for name in names}, {name: [] for name in names}
-        for region in inputs.regions:
-            style = next(positional) if region.style is None else jnp.asarray(region.style, jnp.float32)
+        names, tile = tuple(layer_weights), tile_at(height, width)
+        output_guides = {}
+
+        @functools.cache
+        def target(index: int, style_index: int | None) -> dict:
+            region = inputs.regions[index]
+            style = styles[style_index] if style_index is not None else jnp.asarray(region.style, jnp.float32)
             style = resize(style, *fit_shape(*style.shape[:2], side))
-            features = vgg19_features(params, style[None], names, pooling=config.pooling)
-            style_guides, output_guides = _region_guides(config, region, style.shape[:2], (height, width))
-            for name in names:
-                targets[name].append(guided_gram_matrix(features[name][0], style_guides[name]))
-                guides[name].append(output_guides[name])
+            style_guides, output_guides[index] = _region_guides(config, region, style.shape[:2], (height, width))
+            if tile is None:
+                features = vgg19_features(params, style[None], names, pooling=config.pooling)
+                return {name: guided_gram_matrix(features[name][0], style_guides[name]) for name in names}
+            grams = tiled_guided_grams(params, style, {name: style_guides[name][None] for name in names},
+                                       tile=statistic_tile(tile), halo=HALO, pooling=config.pooling)
+            return {name: grams[name][0] for name in names}
+
+        each = [[target(index, style_index) for index, style_index in enumerate(_region_style_indices(config, inputs, output))]
+                for output in range(count)]
+        targets = {name: jnp.stack([jnp.stack([one[name] for one in regions]) for regions in each]) for name in names}
+        if not config.batch:
+            targets = {name: value[0] for name, value in targets.items()}
+        guides = {name: jnp.stack([output_guides[index][name] for index in range(len(inputs.regions))]) for name in names}
         weights = [1.0 / len(inputs.regions) if region.weight is None else region.weight for region in inputs.regions]
-        return ({name: jnp.stack(targets[name]) for name in names}, {name: jnp.stack(guides[name]) for name in names},
-                jnp.asarray(weights, jnp.float32))
+        return targets, guides, jnp.asarray(weights, jnp.float32)
 
     def layer_style_grams(height: int, width: int) -> dict:
         """Scale control: the targets of the layers taken from other images."""
@@ -534,31 +591,68 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
         return {name: sum(float(b) * grams[name] for b, grams in zip(blend, each)) for name in layer_weights}
 
     @functools.cache
+    def style_features_at(height: int, width: int) -> list:
+        """At a tiled scale: each style image's features at the style layers, taken tile by tile."""
+        tile = statistic_tile(tile_at(height, width))
+        return [{name: value[0] for name, value in tiled_features(params, style[None], tuple(layer_weights), tile=tile,
+                                                                   halo=HALO, pooling=config.pooling).items()}
+                for style in scaled_styles(height, width)]
+
+    @functools.cache
+    def statistics_at(height: int, width: int, size: tuple[int, int]) -> DistributionTargets:
+        """--loss sw, hist, gram+hist: the style images' targets at a scale, for outputs of `size`
+        (the whole output, or a tile: its sorted lists are the style's quantiles at the tile's
+        positions); fixed directions are drawn once per scale, the same for the whole and its tiles."""
+        key = jax.random.fold_in(jax.random.PRNGKey(config.seed), [(plan.height, plan.width) for plan in plans].index((height, width)))
+        if tile_at(height, width) is None:
+            return image_distribution_targets(params, scaled_styles(height, width), size, tuple(layer_weights), loss=config.loss,
+                                              directions=config.directions, pooling=config.pooling, key=key,
+                                              stacked=config.batch)
+        positions = {name: (size[0] // layer_stride(name)) * (size[1] // layer_stride(name)) for name in layer_weights}
+        each = [distribution_targets(features, positions, loss=config.loss, directions=config.directions, key=key)
+                for features in style_features_at(height, width)]
+        return stack_targets(each, shared=False) if config.batch else each[0]
+
+    @functools.cache
     def targets_at(height: int, width: int) -> StyleTargets:
         scaled = resize(content, height, width)
         features = vgg19_features(params, scaled[None], config.content_layers, pooling=config.pooling)
         grams = grams_at(height, width) if config.loss in (Loss.gram, Loss.gram_hist) else None
-        statistics = None
-        if config.loss != Loss.gram:  # fixed directions: drawn once per scale
-            scale = [(plan.height, plan.width) for plan in plans].index((height, width))
-            statistics = image_distribution_targets(params, scaled_styles(height, width), (height, width), tuple(layer_weights),
-                                                    loss=config.loss, directions=config.directions, pooling=config.pooling,
-                                                    key=jax.random.fold_in(jax.random.PRNGKey(config.seed), scale),
-                                                    stacked=config.batch)
+        statistics = None if config.loss == Loss.gram else statistics_at(height, width, (height, width))
         guides = regions_at(height, width)[1:] if inputs.regions else (None, None)
         return StyleTargets({name: features[name][0] for name in config.content_layers}, grams, statistics, *guides)
 
     def tile_data(plan: TilePlan):
         """(top, left) -> a tile's targets: the content features of its region, and the whole
-        style image's Gram matrices scaled to the tile's positions."""
+        style image's statistics as the tile compares with them: Gram matrices scaled to the
+        tile's positions, sorted lists and histograms at the tile's positions; for regions the
+        whole regions' guided Gram matrices, the tile's guides (`tile_guides`) and each region
+        weighed at each layer by the tile's share of the region over its share of the positions
+        (the stage weighs w_l by the latter)."""
         scaled = resize(content, plan.height, plan.width)
-        grams = {name: value * position_share(plan, name) for name, value in grams_at(plan.height, plan.width).items()}
+        grams = None
+        if config.loss in (Loss.gram, Loss.gram_hist) and not inputs.regions:
+            grams = {name: value * position_share(plan, name) for name, value in grams_at(plan.height, plan.width).items()}
+        statistics = None if config.loss == Loss.gram else statistics_at(plan.height, plan.width, plan.shape)
         features = jax.jit(lambda crop: vgg19_features(params, crop[None], config.content_layers, pooling=config.pooling))
+        names = tuple(layer_weights)
+        if inputs.regions:
+            grams, whole, weights = regions_at(plan.height, plan.width)
+            masks = [resize(jnp.asarray(region.mask, jnp.float32)[..., None], plan.height, plan.width)[..., 0]
+                     for region in inputs.regions]
+            mass = {name: jnp.sum(jnp.square(whole[name]), axis=(1, 2)) for name in names}
 
         def data(top: int, left: int):
             crop = jax.lax.dynamic_slice(scaled, (top, left, 0), (*plan.shape, 3))
             content_features = features(crop)
-            return StyleTargets({name: content_features[name][0] for name in config.content_layers}, grams), params
+            content_features = {name: content_features[name][0] for name in config.content_layers}
+            if not inputs.regions:
+                return StyleTargets(content_features, grams, statistics), params
+            each = [tile_guides(mask, top, left, plan.shape, names, mode=config.guides, grow=config.guide_grow) for mask in masks]
+            guides = {name: jnp.stack([one[name] for one in each]) for name in names}
+            shares = {name: weights * jnp.sum(jnp.square(guides[name]), axis=(1, 2)) / mass[name] / position_share(plan, name)
+                      for name in names}
+            return StyleTargets(content_features, grams, None, guides, shares), params
 
         return data
 
@@ -592,8 +686,21 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
         plan = tile_of.get((height, width))
         if plan is None or plan.tile is None:
             return per_image(terms_of(jnp.asarray(images), targets_at(height, width), params))
-        parts = tiled_terms(params, images, plan, grams_at(height, width), layer_weights, pooling=config.pooling,
-                            content=resize(content, height, width), content_layers=config.content_layers)
+        tiling = {"tile": statistic_tile(plan.tile), "halo": HALO, "pooling": config.pooling}
+        scaled = resize(content, height, width)
+        if inputs.regions:
+            grams, guides, weights = regions_at(height, width)
+            parts = tiled_style_terms(params, images, scaled, grams, layer_weights, config.content_layers, **tiling,
+                                      guides=guides, region_weights=weights)
+        elif config.loss == Loss.gram:
+            parts = tiled_terms(params, images, plan, grams_at(height, width), layer_weights, pooling=config.pooling,
+                                content=scaled, content_layers=config.content_layers)
+        else:  # sorted lists and histograms of the whole images' features, gathered from the tiles
+            parts = tiled_style_terms(params, images, scaled, {}, {}, config.content_layers, **tiling)
+            features = tiled_features(params, images, tuple(layer_weights), **tiling)
+            grams = grams_at(height, width) if config.loss == Loss.gram_hist else None
+            parts["style"] = sum(distribution_terms(features, grams, statistics_at(height, width, (height, width)), layer_weights,
+                                                    loss=config.loss, pixels=jnp.asarray(images)).values())
         total = config.content_weight * parts["content"] + config.style_weight * parts["style"] + config.tv_weight * parts["tv"]
         return per_image((total, parts))
 

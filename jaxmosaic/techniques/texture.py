@@ -35,6 +35,7 @@ from jaxmosaic.resources import activation_bytes, held_bytes, optimisation_bytes
 from jaxmosaic.spectrum import spectrum_losses, spectrum_target
 from jaxmosaic.stages import Problem, Progress, Solution, per_image, solve
 from jaxmosaic.techniques.common import SynthesisConfig, plan_steps, synthesis_stage, tile_note, tile_plan, tiled_terms
+from jaxmosaic.tiled_losses import HALO, statistic_tile, tiled_features
 from jaxmosaic.tiling import TilePlan
 from jaxmosaic.vgg import VGG19_LAYERS, Pooling, check_layers, layer_stride, smallest_side, three_channels, vgg19_features
 
@@ -332,11 +333,17 @@ def texture_problem(config: TextureConfig, inputs: TextureInputs, params) -> Pro
     elif beta == "auto" and plan.tile is None:
         beta = calibrate_spectrum_weight(params, first, layer_weights, channels=channels, pooling=config.pooling, padding=padding,
                                          loss=config.loss)
-    elif beta == "auto":  # calibrated on a tile, for the whole image: the spectrum term sums over pixels
+    at_tile = None
+    if plan.tile is not None:  # every tile aims at the same statistics: the Gram matrices, sorted lists, histograms and
+        # the spectrum at the tile's size (the sorted lists as the exemplar's quantiles at the tile's positions)
         at_tile = texture_targets(params, exemplar, size=plan.shape, layers=tuple(layer_weights), pooling=config.pooling,
+                                  loss=config.loss, directions=config.directions, seeds=range(config.seed, config.seed + count),
                                   mask=inputs.mask)
-        beta = calibrate_spectrum_weight(params, at_tile, layer_weights, channels=channels, pooling=config.pooling,
-                                         padding=padding) * plan.shape[0] * plan.shape[1] / (height * width)
+    if beta == "auto" and plan.tile is not None:  # calibrated on a tile, for the whole image: the spectrum term sums over pixels
+        first_tile = at_tile if at_tile.statistics is None else \
+            at_tile._replace(statistics=image_targets(at_tile.statistics, 0, shared=True))
+        beta = calibrate_spectrum_weight(params, first_tile, layer_weights, channels=channels, pooling=config.pooling,
+                                         padding=padding, loss=config.loss) * plan.shape[0] * plan.shape[1] / (height * width)
     settings = {"layer_weights": layer_weights, "spectrum_weight": float(beta), "pooling": config.pooling, "padding": padding,
                 "loss": config.loss}
 
@@ -363,20 +370,24 @@ def texture_problem(config: TextureConfig, inputs: TextureInputs, params) -> Pro
     def terms(images):
         if plan.tile is None:
             return per_image(terms_of(jnp.asarray(images), targets, params))
-        parts = tiled_terms(params, images, plan, targets.grams, layer_weights, pooling=config.pooling)
         spectrum = spectrum_of(jnp.asarray(images), targets.spectrum)
-        return per_image((parts["style"] + float(beta) * spectrum, {"gram": parts["style"], "spectrum": spectrum}))
+        if config.loss == Loss.gram:
+            statistic = {"gram": tiled_terms(params, images, plan, targets.grams, layer_weights, pooling=config.pooling)["style"]}
+        else:  # sorted lists and histograms of the whole images' features, gathered from the tiles
+            features = tiled_features(params, images, tuple(layer_weights), tile=statistic_tile(plan.tile), halo=HALO,
+                                      pooling=config.pooling)
+            statistic = distribution_terms(features, targets.grams, targets.statistics, layer_weights, loss=config.loss,
+                                           pixels=jnp.asarray(images))
+        return per_image((sum(statistic.values()) + float(beta) * spectrum, {**statistic, "spectrum": spectrum}))
 
+    axes = None if targets.statistics is None else (TextureTargets(None, None, SEED_AXES), None)  # directions: one set per seed
     if plan.tile is None:
-        axes = None if targets.statistics is None else (TextureTargets(None, None, SEED_AXES), None)  # directions: one set per seed
         stage = synthesis_stage(config, plan, start=start, losses=texture_losses, settings=settings, data=(targets, params),
                                 data_axes=axes)
         notes, facts = (), {}
-    else:  # every tile aims at the same statistics: the Gram matrices and the spectrum at the tile's size
-        at_tile = texture_targets(params, exemplar, size=plan.shape, layers=config.layers, pooling=config.pooling,
-                                  mask=inputs.mask)
+    else:
         stage = synthesis_stage(config, plan, start=start, losses=texture_losses, settings=settings,
-                                tile_data=lambda top, left: (at_tile, params))
+                                tile_data=lambda top, left: (at_tile, params), data_axes=axes)
         notes = (tile_note(plan, config.overlap),)
         facts = {"tiles": [{"size": f"{width}x{height}", "tile": plan.tile, "count": len(plan.grid)}]}
     if masked:
