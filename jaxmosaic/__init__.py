@@ -37,6 +37,7 @@ from jaxmosaic.kmeans_stream import (
     StreamKMeansResult,
     lloyd_finalize,
     lloyd_init,
+    lloyd_totals,
     lloyd_update,
     minibatch_init,
     minibatch_update,
@@ -86,6 +87,10 @@ from jaxmosaic.techniques.mosaic import (
     subpixel_features,
 )
 from jaxmosaic.pictures import distance_preview
+from jaxmosaic.video.io import VideoInfo, probe_video, read_video, write_frames, write_video
+from jaxmosaic.video.flow import optical_flow, read_flo, write_flo
+from jaxmosaic.video.temporal import consistency_mask, long_term_weights, temporal_error, temporal_loss, warp
+from jaxmosaic.video.stylize import VideoConfig, VideoResult, stylize_video
 
 __all__ = [
     "__version__",
@@ -185,6 +190,7 @@ __all__ = [
     "lloyd_init",
     "lloyd_update",
     "lloyd_finalize",
+    "lloyd_totals",
     "minibatch_init",
     "minibatch_update",
     "reservoir_init",
@@ -218,4 +224,20 @@ __all__ = [
     "alexnet_features",
     "load_alexnet",
     "random_alexnet",
+    "VideoInfo",
+    "probe_video",
+    "read_video",
+    "write_video",
+    "write_frames",
+    "optical_flow",
+    "warp",
+    "consistency_mask",
+    "temporal_loss",
+    "long_term_weights",
+    "read_flo",
+    "write_flo",
+    "temporal_error",
+    "VideoConfig",
+    "VideoResult",
+    "stylize_video",
 ]

@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from jaxmosaic._version import __version__
-from jaxmosaic.cli import features, hybrid, library, mosaic, style, texture, vq, weights
+from jaxmosaic.cli import features, hybrid, library, mosaic, style, texture, video, vq, weights
 from jaxmosaic.cli._common import enable_compilation_cache, state
 from jaxmosaic.cli.console import error_line
 
@@ -71,6 +71,7 @@ def register() -> None:
     app.command(name="hybrid")(hybrid.hybrid)
     app.command(name="style")(style.style)
     app.command(name="texture")(texture.texture)
+    app.command(name="video")(video.video)
     app.add_typer(vq.app, name="vq")
     app.command(name="features")(features.features)
     app.add_typer(weights.app, name="weights")

@@ -46,6 +46,9 @@ _WRITES = {
     "clusters": re.compile(r"clusters\.csv|cluster-\d+\.png|dendrogram\.png"),
     "frames": re.compile(r"(scale\d+-)?step\d{5,}[-.\w]*\.png"),
     "library-build": re.compile(r"plan\.json|chunk-\d{6,}\.npz"),
+    "video-frames": re.compile(r"frame_\d{6,}\.png"),
+    "video-checkpoint": re.compile(r"meta\.json|flows-[0-9a-f]{16}\.npz|pass\d+-frame\d{6,}\.npy"),
+    "vq-compressed": re.compile(r"[\w.-]+\.(vq|side)\.png", re.ASCII),
 }
 
 

@@ -42,7 +42,8 @@ MAX_CHECKPOINT_ELEMENTS = 2**31
 _MAX_BYTES = 64 * 2**20  # the largest JSON file read back (a marker of a million tile names is about 40 MiB)
 _MAX_TEXT = 4096  # the longest free text (a path, a URL)
 
-FolderKind = Literal["tiles", "clusters", "frames", "library-build", "weights", "checkpoint"]
+FolderKind = Literal["tiles", "clusters", "frames", "library-build", "weights", "checkpoint", "video-checkpoint", "video-frames",
+                     "vq-compressed"]
 """The kinds of folder jaxmosaic writes: `OutputFolder`s of files side by side, and versioned folders."""
 
 VERSION_NAME = r"v\d{20}"
