@@ -1,6 +1,6 @@
 """Streaming k-means: out-of-core Lloyd against scikit-learn's KMeans and in-memory Lloyd,
 mini-batch against scikit-learn's MiniBatchKMeans.partial_fit, faiss's sample and split rule,
-resuming, and 4 forced host devices against one (one subprocess).
+resuming, and 4 and 8 forced host devices against one (one subprocess).
 
 Precision: the data are float32 in [0, 1) (as patches are) and scikit-learn runs on the same float32
 array, so both sides sum in float32; 1e-5 on the centres is then ~100 float32 ulps at 1 and holds
@@ -200,16 +200,16 @@ def test_a_run_stopped_and_resumed_equals_an_uninterrupted_one(method):
 
 DEVICES = """
 import os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ["XLA_FLAGS"] = "--xla_backend_optimization_level=0 --xla_force_host_platform_device_count=8"  # every side runs it
 import jax, numpy as np
 from jaxmosaic.kmeans_stream import lloyd_init, lloyd_update, minibatch_init, minibatch_update, stream_kmeans
 from jaxmosaic.sharding import device_mesh
-assert jax.device_count() == 4
+assert jax.device_count() == 8
 mesh = device_mesh(4)
 data = np.random.default_rng(0).random((1001, 5)).astype(np.float32)
 chunks = lambda start: (data[i : i + 333] for i in range(start * 333, len(data), 333))
 out = {}
-for name, m in (("one", None), ("four", mesh)):
+for name, m in (("one", None), ("four", mesh), ("eight", device_mesh(8))):
     lloyd = lloyd_update(lloyd_init(data[:7]), data[:333], mesh=m)
     batch = minibatch_update(minibatch_init(data[:7]), data[:333], mesh=m)
     run = stream_kmeans(chunks, 7, key=jax.random.PRNGKey(0), method="exact", init="random", max_iter=3, mesh=m)
@@ -219,13 +219,14 @@ from jaxmosaic.techniques.vq_stream import nearest_codes
 np.testing.assert_array_equal(nearest_codes(data[:333], data[:7], mesh=mesh), nearest_codes(data[:333], data[:7]))
 sharding = lloyd_update(lloyd_init(data[:7]), data[:333], mesh=mesh).sums.sharding
 assert sharding.is_fully_replicated, sharding
-for one, four in zip(out["one"], out["four"]):
+for one, four, eight in zip(out["one"], out["four"], out["eight"]):
     np.testing.assert_allclose(four, one, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(eight, one, rtol=1e-5, atol=1e-5)
 print("equal")
 """
 
 
-def test_four_forced_host_devices_equal_one():
+def test_four_and_eight_forced_host_devices_equal_one():
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(DEVICES)], check=False, env=env, capture_output=True, text=True,
                           timeout=300)
