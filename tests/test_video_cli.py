@@ -264,6 +264,17 @@ def test_flo_files_at_the_input_size_are_fitted_to_a_smaller_size(tmp_path):
         np.testing.assert_allclose(data["flow_1_0"][..., 0], -0.5, atol=1e-6)
         np.testing.assert_allclose(data["flow_0_1"][..., 0], 0.5, atol=1e-6)
         np.testing.assert_allclose(data["flow_1_0"][..., 1], 0.0, atol=1e-6)
+    # the .flo files changed since: a resume uses them as they are now, not the cached flows
+    back[..., 0], forward[..., 0] = -2.0, 2.0
+    write_flo(flows / "backward_2_1.flo", back)
+    write_flo(flows / "forward_1_2.flo", forward)
+    result = run_cli("video", source, SAMPLES / "brick.png", "-o", out, "--flow-dir", flows, "--frames", "0:2",
+                     "--checkpoint", check, "--resume", *FAST)
+    assert result.exit_code == 0, result.output
+    assert "the .flo files of --flow-dir" in result.output
+    (changed,) = set(check.glob("flows-*.npz")) - {cached}
+    with np.load(changed) as data:
+        np.testing.assert_allclose(data["flow_1_0"][..., 0], -1.0, atol=1e-6)
 
 
 def test_the_audio_under_the_frames_kept_is_copied(tmp_path):

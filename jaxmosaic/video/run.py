@@ -254,6 +254,16 @@ def _memory(job: VideoJob, shape: tuple[int, int], count: int) -> int:
     return video_memory(job.config, shape, count) + count * height * width * 3 * (1 + 4 + 4) + pairs * height * width * 3 * 4
 
 
+def _flows_digest(flows: dict) -> str:
+    """A digest of a user's flows (--flow-dir), so that the cache of a resume holds the flows of
+    the .flo files as they are now."""
+    digest = hashlib.sha256()
+    for key in sorted(flows):
+        digest.update(repr(key).encode())
+        digest.update(np.ascontiguousarray(flows[key], np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _flows_key(record: dict, shape: tuple[int, int], method: str) -> str:
     text = json.dumps({"input": record["input"], "frames": record["frames"], "every": record["every"], "shape": list(shape),
                        "method": method, "long_term": record["long_term"], "passes": record["passes"]}, sort_keys=True)
@@ -491,7 +501,7 @@ def run_video(job: VideoJob, run: VideoRunConfig, *, distributed: DistributedCon
         meta = _Meta(format=VIDEO_CHECKPOINT_FORMAT, technique="video", settings=_settings(job, run, plan.shape, plan.count),
                      inputs=[_input_record(path) for path in (job.input, *job.styles)], count=plan.count, shape=list(plan.shape))
         checkpoint = _Checkpoint(run.checkpoint, meta, resume=run.resume)
-    method = "flow-dir" if run.flow_dir is not None else config.flow
+    method = config.flow if given is None else f"flow-dir:{_flows_digest(given)}"  # other .flo contents: other flows
     made = _flows(job, frames, given, checkpoint, _flows_key(record, plan.shape, method))
     done = _done(checkpoint, config.passes)
     params = vgg_params(job.weights, config.seed)
