@@ -255,7 +255,7 @@ def test_a_window_of_frames_on_four_forced_devices_equals_one_device(random_para
 def test_bad_video_settings_are_refused_in_one_line():
     from jaxmosaic.errors import ConfigError
 
-    for field, value in [("init", "image.png"), ("batch_frames", 4), ("tile", 256), ("long_term", (0,)), ("blend", 2.0),
+    for field, value in [("init", "image.png"), ("batch_frames", 4), ("long_term", (0,)), ("blend", 2.0),
                          ("flow", "magic"), ("temporal_weight", -1.0)]:
         with pytest.raises(ConfigError) as error:
             VideoConfig(**{field: value})

@@ -40,7 +40,8 @@ class VideoRunConfig:
     crf: int = setting(18, "Quality of a video output: H.264/VP9 constant rate factor, 0 (best) to 51.")
     flow_dir: Path | None = setting(None, "Read the flows from Middlebury .flo files in this folder (forward_J_I.flo and "
                                           "backward_I_J.flo, frames numbered from 1) instead of computing them.")
-    checkpoint: Path | None = setting(None, "Checkpoint folder: the flows and every finished frame, written as each finishes.")
+    checkpoint: Path | None = setting(None, "Checkpoint folder: the flows and the finished frames of the latest two passes, "
+                                            "written as each finishes.")
     resume: bool = setting(False, "Continue from --checkpoint: finished frames are never computed again.")
     metrics: Path | None = setting(None, "Write a JSON summary here: the temporal error of the output and of the input.")
     preview: bool = setting(False, "Also write OUT-strip.png (output frames over input frames) and OUT-flow.png (one pair's "

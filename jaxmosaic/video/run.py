@@ -9,9 +9,11 @@ masks computed once (or read from `--flow-dir`) and, with `--checkpoint`, cached
 of the frames, their size and the flow method, so a resume with other settings never reuses them.
 
 A checkpoint folder (kind "video-checkpoint") holds `meta.json` (the settings a resumed run must
-keep and the SHA-256 of every input, as `style`'s checkpoints do), the flows, and every finished
-frame as float32 `passP-frameNNNNNN.npy`, written as the frame finishes: `--resume` reads them and
-never computes a finished frame again. Ctrl-C stops after the frame being optimised, writes what is
+keep and the SHA-256 of every input, as `style`'s checkpoints do, and the --steps, which may
+change), the flows, and the finished frames as float32 `passP-frameNNNNNN.npy`, written as the
+frame finishes (a frame's file of pass P - 2 is removed once its pass P is written: a resume needs
+only the latest pass and the one before): `--resume` reads them and never computes a finished
+frame again; a resume with other --steps keeps the finished frames and says so. Ctrl-C stops after the frame being optimised, writes what is
 finished (into the checkpoint and, for a frames-folder output, those frames) and exits with 130;
 a loss that stops being finite is one line. With several processes (`--coordinator`,
 `--num-processes`, `--process-id`), each optimises its contiguous segment of the frames and
@@ -105,6 +107,7 @@ class _Meta(BaseModel):
     inputs: list[InputFile] = Field(max_length=100_000)
     count: int = Field(ge=1, le=10_000_000)
     shape: list[int] = Field(min_length=2, max_length=2)
+    steps: list[int] | None = Field(default=None, min_length=1, max_length=100)  # --steps of the run that wrote it
 
 
 # --- what a run is, for its checkpoint -----------------------------------------------------------
@@ -141,11 +144,13 @@ class _Checkpoint:
     def __init__(self, path: Path, meta: _Meta, *, resume: bool):
         self.path = Path(path)
         self.meta = meta
+        self.held: _Meta | None = None  # the meta a resume found
         if resume:  # before the folder is claimed: a resume from nothing leaves nothing behind
             if not (self.path / "meta.json").is_file():
                 raise ConfigError("resume", f"{self.path}: holds no video checkpoint (no meta.json); run once "
                                             "without --resume to start one")
-            self._check_same_run(read_model(_Meta, self.path / "meta.json"))
+            self.held = read_model(_Meta, self.path / "meta.json")
+            self._check_same_run(self.held)
         self.folder = OutputFolder(self.path, CHECKPOINT_KIND, say=echo)
         if resume:
             self.folder.written = set(self.folder.listed)
@@ -172,8 +177,19 @@ class _Checkpoint:
             save(handle)
 
     def save_frame(self, pass_index: int, frame: int, image: np.ndarray) -> None:
-        """Keep a finished frame (float32, exactly as the next frames and a resume use it)."""
+        """Keep a finished frame (float32, exactly as the next frames and a resume use it), then
+        drop its file of two passes before: a resume needs only the latest pass and the one before
+        it (where that pass's other frames start from)."""
         self._write(f"pass{pass_index}-frame{frame:06d}.npy", lambda handle: np.save(handle, np.asarray(image, np.float32)))
+        if pass_index >= 2:
+            self._drop(f"pass{pass_index - 2}-frame{frame:06d}.npy")
+
+    def _drop(self, name: str) -> None:
+        """Remove a file this folder lists as jaxmosaic's (`OutputFolder.ours`: its name's form, a
+        regular file); it is no longer one this run wrote, so `close` leaves it off the marker."""
+        if name in self.folder.listed and self.folder.ours(name):
+            (self.path / name).unlink()
+        self.folder.written.discard(name)
 
     def frames(self) -> dict[int, dict[int, np.ndarray]]:
         """{pass: {frame: image}} of every finished frame kept, checked against the run's shape."""
@@ -441,9 +457,15 @@ def _pairs(frames: np.ndarray, made: VideoFlows) -> tuple[np.ndarray, np.ndarray
     return flows, masks
 
 
+def _steps_text(steps: Sequence[int]) -> str:
+    return ",".join(str(count) for count in steps)
+
+
 def _done(checkpoint: _Checkpoint | None, passes: int) -> dict[tuple[int, int], np.ndarray] | None:
     """The finished frames a resume starts from, keyed (pass, frame): those of the latest pass the
-    checkpoint holds and of the pass before it (where that pass's other frames start from)."""
+    checkpoint holds and of the pass before it (where that pass's other frames start from). Steps
+    do not block a resume: when the checkpoint's run had other --steps, one line says the finished
+    frames are kept and the rest use this run's."""
     if checkpoint is None:
         return None
     kept = checkpoint.frames()
@@ -453,6 +475,9 @@ def _done(checkpoint: _Checkpoint | None, passes: int) -> dict[tuple[int, int], 
     if latest >= passes:
         raise ConfigError("resume", f"the checkpoint {checkpoint.path} holds pass {latest + 1}, this run makes {passes}")
     echo(f"resuming from {checkpoint.path}: {len(kept[latest])} frame(s) of pass {latest + 1} of {passes} done")
+    then, now = checkpoint.held.steps if checkpoint.held is not None else None, checkpoint.meta.steps
+    if then is not None and then != now:
+        echo(f"frames finished with --steps {_steps_text(then)} are kept; the rest use {_steps_text(now)}")
     return {(pass_index, frame): image for pass_index in (latest - 1, latest) for frame, image in kept.get(pass_index, {}).items()}
 
 
@@ -499,7 +524,8 @@ def run_video(job: VideoJob, run: VideoRunConfig, *, distributed: DistributedCon
     checkpoint = None
     if run.checkpoint is not None:
         meta = _Meta(format=VIDEO_CHECKPOINT_FORMAT, technique="video", settings=_settings(job, run, plan.shape, plan.count),
-                     inputs=[_input_record(path) for path in (job.input, *job.styles)], count=plan.count, shape=list(plan.shape))
+                     inputs=[_input_record(path) for path in (job.input, *job.styles)], count=plan.count, shape=list(plan.shape),
+                     steps=list(config.steps))
         checkpoint = _Checkpoint(run.checkpoint, meta, resume=run.resume)
     method = config.flow if given is None else f"flow-dir:{_flows_digest(given)}"  # other .flo contents: other flows
     made = _flows(job, frames, given, checkpoint, _flows_key(record, plan.shape, method))

@@ -10,7 +10,7 @@ consistency masks of the flows i -> i-d weighted closest first (`long_term_weigh
 in [0, 1]; a flow is (H, W, 2), dx then dy, key (a, b) the flow from frame a to frame b.
 
     stylize_video(config, frames, styles, params, *, flows=None, done=None, callback=None,
-                  mesh=None, segment=None) -> VideoResult
+                  mesh=None, segment=None, segments=None) -> VideoResult
 
 Sequential (`passes=1`): frame 0 starts from noise, frame i from frame i-1's result warped
 (`init="prev-warped"`) or the same noise (`init="noise"`, the per-frame baseline). Multi-pass
@@ -36,12 +36,22 @@ import numpy as np
 
 from jaxmosaic.color import match_luminance
 from jaxmosaic.config import ConfigError, number, setting, whole, wholes
-from jaxmosaic.distribution_losses import Loss, image_distribution_targets
+from jaxmosaic.distribution_losses import (
+    Loss,
+    distribution_terms,
+    image_distribution_targets,
+)
 from jaxmosaic.image import fit_shape, resize
 from jaxmosaic.losses import gram_targets
-from jaxmosaic.resources import activation_bytes, optimisation_bytes
+from jaxmosaic.resources import activation_bytes, held_bytes, optimisation_bytes
 from jaxmosaic.stages import Problem, Solution, per_image, solve
-from jaxmosaic.techniques.common import StageLoss, plan_steps, synthesis_stage
+from jaxmosaic.techniques.common import (
+    StageLoss,
+    plan_steps,
+    synthesis_stage,
+    tile_note,
+    tile_plan,
+)
 from jaxmosaic.techniques.style import (
     ColorControl,
     StyleConfig,
@@ -50,10 +60,18 @@ from jaxmosaic.techniques.style import (
     color_controlled,
     keep_colors,
     style_memory,
-    style_tiles,
     style_transfer_losses,
 )
-from jaxmosaic.vgg import three_channels, vgg19_features
+from jaxmosaic.tiled_losses import (
+    HALO,
+    position_share,
+    statistic_tile,
+    tiled_features,
+    tiled_grams,
+    tiled_style_terms,
+)
+from jaxmosaic.tiling import TilePlan
+from jaxmosaic.vgg import layer_channels, layer_stride, three_channels, vgg19_features
 from jaxmosaic.video.flow import FLOW_METHODS, pair_flows
 from jaxmosaic.video.temporal import (
     consistency_mask,
@@ -72,9 +90,11 @@ __all__ = [
     "VideoResult",
     "stylize_frames",
     "stylize_video",
+    "tiled_video_losses",
     "video_flows",
     "video_losses",
     "video_memory",
+    "video_tiles",
 ]
 
 # The reference's weights are alpha 5, gamma 1000 on its normalisation: the content term the mean of
@@ -124,9 +144,6 @@ class VideoConfig(StyleConfig):
                                               "from the one before, so its frames cannot be batched")
         if self.batch:
             raise ConfigError("batch", "does not go with video: give one style image, or several to blend")
-        if self.tile is not None:
-            raise ConfigError("tile", "is not offered for video: the temporal term is not tiled; a smaller --size, or "
-                                      "--batch-frames 1 to save memory")
         if self.style_layers_from is not None:
             raise ConfigError("style_layers_from", "is not offered for video")
 
@@ -227,49 +244,171 @@ def video_losses(x: jax.Array, targets: StyleTargets, temporal: tuple, params, *
     return totals + temporal_weight * height * width * temporal_term, {**terms, "temporal": temporal_term}
 
 
+def _style_shape(config: VideoConfig, height: int, width: int) -> tuple[int, int]:
+    """The size the style images are taken at for a scale of (height, width), as large as the frame (an estimate)."""
+    return fit_shape(height, width, max(16, round(max(height, width) * config.style_scale)))
+
+
+def _temporal_bytes(config: VideoConfig, height: int, width: int) -> int:
+    """A window's warped earlier results and masks at a scale."""
+    return config.batch_frames * len(config.long_term) * height * width * 4 * 4
+
+
+def _style_bytes(config: VideoConfig, height: int, width: int, tile: int | None) -> int:
+    """The style targets at a scale: the style image through VGG19 whole, or with a tile its Gram
+    matrices taken tile by tile (sorted lists and histograms see the whole style image's features,
+    and at a tiled scale the whole frames' features gathered from the tiles)."""
+    shape = _style_shape(config, height, width)
+    if tile is None:
+        return activation_bytes(*shape, config.style_layers)
+    if config.loss == Loss.gram:
+        side = statistic_tile(tile) + 2 * HALO
+        return activation_bytes(min(shape[0], side), min(shape[1], side), config.style_layers)
+    features = sum((height // layer_stride(name)) * (width // layer_stride(name)) * layer_channels(name)
+                   for name in config.style_layers) * 4 * 2
+    return activation_bytes(*shape, config.style_layers) + 2 * (config.batch_frames + 1) * features
+
+
+def video_tiles(config: VideoConfig, shape: tuple[int, int]) -> list[TilePlan]:
+    """Which scales of frames of the output's `shape` (height, width) are refined tile by tile, and
+    how (`jaxmosaic.techniques.common.tile_plan`, as `style_tiles` decides for an image): every
+    scale larger than `config.tile`, or, with a tile setting, whose window of `batch_frames`
+    frames does not fit `config.max_memory`; `tile="auto"` takes the largest tile that fits."""
+    layers = (*config.content_layers, *config.style_layers)
+    plans = []
+    for size in config.sizes:
+        height, width = fit_shape(*shape, size)
+        temporal = _temporal_bytes(config, height, width)
+        untiled = optimisation_bytes(height, width, layers, config.batch_frames) + temporal \
+            + _style_bytes(config, height, width, None)
+        fixed = held_bytes(height, width, config.batch_frames) + temporal + _style_bytes(config, height, width, 512) + _RUNTIME
+        plans.append(tile_plan(config, height, width, untiled=untiled, fixed=fixed, layers=layers,
+                               count=config.batch_frames))
+    return plans
+
+
 def video_memory(config: VideoConfig, shape: tuple[int, int], count: int) -> int:
     """Peak bytes of a transfer of `count` frames of `shape` (height, width): one window's
-    optimisation (`batch_frames` frames through VGG19) at the largest scale, its temporal data,
-    style images taken at the output's size, and the frames, results, flows and masks held."""
+    optimisation (`batch_frames` frames through VGG19) at the largest scale, or at a tiled scale
+    (`video_tiles`) of one tile of the window with the whole frames it holds and the loss taken
+    tile by tile (as `style_memory` counts a tiled scale), its temporal data, the style targets,
+    and the frames, results, flows and masks held."""
     layers = (*config.content_layers, *config.style_layers)
     offsets = len(_flow_offsets(config))
     peak = 0
-    for size in config.sizes:
-        height, width = fit_shape(*shape, size)
-        side = max(16, round(max(height, width) * config.style_scale))
-        window = optimisation_bytes(height, width, layers, config.batch_frames) \
-            + config.batch_frames * len(config.long_term) * height * width * 4 * 4 \
-            + activation_bytes(*fit_shape(height, width, side), config.style_layers)
+    for plan in video_tiles(config, _output_shape(config, *shape)):
+        height, width = plan.height, plan.width
+        if plan.tile is None:
+            window = optimisation_bytes(height, width, layers, config.batch_frames)
+        else:
+            side = statistic_tile(plan.tile) + 2 * HALO  # the reported loss: a frame and its content, tile by tile
+            window = max(optimisation_bytes(*plan.shape, layers, config.batch_frames), activation_bytes(side, side, layers, 2)) \
+                + held_bytes(height, width, config.batch_frames)
+        window += _temporal_bytes(config, height, width) + _style_bytes(config, height, width, plan.tile)
         peak = max(peak, window)
     height, width = _output_shape(config, *shape)
     held = count * height * width * 4 * (3 * 4 + offsets * 2 * (2 + 1))  # frames, contents, two passes' results; flows, masks
     return peak + held + _RUNTIME
 
 
+def tiled_video_losses(x: jax.Array, contents: jax.Array, grams: Mapping | None, temporal: tuple, params, *,
+                       layer_weights: Mapping[str, float], content_layers: Sequence[str], alpha: float = 1.0,
+                       beta: float = 1e3, tv_weight: float = 0.0, pooling: str = "max", loss: str = "gram",
+                       statistics=None, temporal_weight: float = TEMPORAL_WEIGHT, tile: int = 512,
+                       halo: int = HALO) -> tuple[jax.Array, dict]:
+    """`video_losses` of whole frames too large for one pass through VGG19, taken tile by tile:
+    the content, style and TV terms of each frame against its own content image
+    (`jaxmosaic.tiled_losses.tiled_style_terms`, statistics tiles of `tile` px with `halo` px of
+    context; sorted lists and histograms over the frame's features gathered from the tiles) and
+    the temporal term, a sum over pixels, as it is. Equal to `video_losses` wherever the halo
+    covers the layers' receptive field; differentiable.
+
+    Args:
+      x: (B, H, W, 3) pixels.
+      contents: (B, H, W, 3) the frames the content loss compares with (one per frame).
+      grams: layer -> the style Gram targets (C, C), shared by the frames ("gram", "gram+hist").
+      temporal: (warped (B, K, H, W, 3), masks (B, K, H, W)), as `video_losses` takes them.
+      params: VGG19 params.
+      statistics: the style's distribution targets for the frame's size (other `loss` values).
+
+    Returns:
+      (totals (B,), {"content", "style", "tv", "temporal": (B,) each}), temporal unweighted.
+    """
+    tiling = {"tile": tile, "halo": halo, "pooling": pooling}
+    parts = []
+    for frame, content in zip(jnp.asarray(x, jnp.float32), jnp.asarray(contents, jnp.float32)):
+        images = frame[None]
+        if Loss(loss) == Loss.gram:
+            parts.append(tiled_style_terms(params, images, content, grams, layer_weights, content_layers, **tiling))
+            continue
+        terms = tiled_style_terms(params, images, content, {}, {}, content_layers, **tiling)
+        features = tiled_features(params, images, tuple(layer_weights), **tiling)
+        terms["style"] = sum(distribution_terms(features, grams if Loss(loss) == Loss.gram_hist else None, statistics,
+                                                layer_weights, loss=loss, pixels=images).values())
+        parts.append(terms)
+    terms = {name: jnp.concatenate([part[name] for part in parts]) for name in ("content", "style", "tv")}
+    warped, masks = temporal
+    terms["temporal"] = jnp.sum(jax.vmap(jax.vmap(temporal_loss, in_axes=(None, 0, 0)))(x, warped, masks), axis=1)
+    height, width = x.shape[1:3]
+    totals = alpha * terms["content"] + beta * terms["style"] + tv_weight * terms["tv"] \
+        + temporal_weight * height * width * terms["temporal"]
+    return totals, terms
+
+
 def _window_problem(config: VideoConfig, contents: jax.Array, starts: jax.Array, temporal: tuple, params, *,
-                    grams_at: Callable, statistics_at: Callable, originals: jax.Array) -> Problem:
+                    clip: _Clip, originals: jax.Array) -> Problem:
     """One window of frames as a `Problem`: `contents` (B, H, W, 3) the frames at the output size
     (colour-controlled), `starts` (B, h0, w0, 3) at the first scale, `temporal` (warped, masks) at
-    the output size, `originals` the frames for --original-colors."""
-    plans = style_tiles(config, StyleInputs(np.asarray(contents[0]), [np.zeros((16, 16, 3), np.float32)]))
+    the output size, `originals` the frames for --original-colors, `clip` the style targets and
+    the tile plans. A tiled scale (`video_tiles`) is refined tile by tile as `style` refines
+    one: each tile's loss is the content loss on its region of each frame, the style loss against
+    the Gram matrices scaled to the tile's positions (w_l by the tile's share of them), and the
+    temporal term of the tile's own pixels (a sum over pixels: the tile's share of the whole
+    frame's, so its gradient is the whole loss's there); its reported losses are the whole
+    frames', taken tile by tile (`tiled_video_losses`)."""
+    plans = clip.plans
     count = contents.shape[0]
     settings = {"layer_weights": config.layer_weight_map, "alpha": config.content_weight, "beta": config.style_weight,
                 "tv_weight": config.tv_weight, "pooling": config.pooling, "loss": config.loss,
                 "temporal_weight": config.temporal_weight}
     axes = (StyleTargets(0, None, None, None, None), (0, 0), None)
+    tile_of = {(plan.height, plan.width): plan for plan in plans}
 
     @functools.cache
-    def data_at(height: int, width: int):
-        scaled = resize(contents, height, width)
-        features = vgg19_features(params, scaled, config.content_layers, pooling=config.pooling)
+    def temporal_at(height: int, width: int) -> tuple[jax.Array, jax.Array]:
         warped, masks = temporal
         batch, offsets = masks.shape[:2]
         if (height, width) != warped.shape[2:4]:
             warped = resize(warped.reshape(batch * offsets, *warped.shape[2:]), height, width).reshape(batch, offsets, height, width, 3)
             masks = resize(masks.reshape(batch * offsets, *masks.shape[2:], 1), height, width).reshape(batch, offsets, height, width)
-        targets = StyleTargets({name: features[name] for name in config.content_layers}, grams_at(height, width),
-                               statistics_at(height, width))
-        return targets, (warped, masks), params
+        return warped, masks
+
+    @functools.cache
+    def data_at(height: int, width: int):
+        scaled = resize(contents, height, width)
+        features = vgg19_features(params, scaled, config.content_layers, pooling=config.pooling)
+        targets = StyleTargets({name: features[name] for name in config.content_layers}, clip.grams_at(height, width),
+                               clip.statistics_at(height, width))
+        return targets, temporal_at(height, width), params
+
+    def tile_data(plan: TilePlan) -> Callable:
+        """(top, left) -> a tile's data: the content features of its region of each frame, the
+        style targets as the tile compares with them, its crop of the warped results and masks."""
+        scaled = resize(contents, plan.height, plan.width)
+        warped, masks = temporal_at(plan.height, plan.width)
+        grams = None
+        if config.loss in (Loss.gram, Loss.gram_hist):
+            grams = {name: value * position_share(plan, name) for name, value in clip.grams_at(plan.height, plan.width).items()}
+        statistics = None if config.loss == Loss.gram else clip.statistics_at(plan.height, plan.width, plan.shape)
+        features = jax.jit(lambda crops: vgg19_features(params, crops, config.content_layers, pooling=config.pooling))
+        rows, columns = plan.shape
+
+        def data(top: int, left: int):
+            region = features(scaled[:, top:top + rows, left:left + columns])
+            targets = StyleTargets({name: region[name] for name in config.content_layers}, grams, statistics)
+            return targets, (warped[:, :, top:top + rows, left:left + columns], masks[:, :, top:top + rows, left:left + columns]), params
+
+        return data
 
     def stage(index: int):
         plan = plans[index]
@@ -277,6 +416,9 @@ def _window_problem(config: VideoConfig, contents: jax.Array, starts: jax.Array,
         def start(previous):
             return starts if previous is None else resize(previous, plan.height, plan.width)
 
+        if plan.tile is not None:
+            return synthesis_stage(config, plan, start=start, losses=video_losses, settings=settings,
+                                   tile_data=tile_data(plan), data_axes=axes)
         return synthesis_stage(config, plan, start=start, losses=video_losses, settings=settings,
                                data=data_at(plan.height, plan.width), data_axes=axes)
 
@@ -288,12 +430,24 @@ def _window_problem(config: VideoConfig, contents: jax.Array, starts: jax.Array,
     terms_of = _terms_function(StageLoss(video_losses, settings))
 
     def terms(images):
-        return per_image(terms_of(jnp.asarray(images), *data_at(*images.shape[1:3])))
+        height, width = images.shape[1:3]
+        plan = tile_of.get((height, width))
+        if plan is None or plan.tile is None:
+            return per_image(terms_of(jnp.asarray(images), *data_at(height, width)))
+        statistics = None if config.loss == Loss.gram else clip.statistics_at(height, width)
+        grams = clip.grams_at(height, width)
+        return per_image(tiled_video_losses(jnp.asarray(images), resize(contents, height, width), grams,
+                                            temporal_at(height, width), params, content_layers=config.content_layers,
+                                            statistics=statistics, tile=statistic_tile(plan.tile), halo=HALO, **settings))
 
+    tiled = [plan for plan in plans if plan.tile is not None]
     return Problem(stages=tuple(functools.partial(stage, i) for i in range(len(plans))),
                    steps=tuple(plan_steps(plan, steps) for plan, steps in zip(plans, config.step_counts)),
                    optimizer=config.optimizer, learning_rate=config.learning_rate, count=count,
-                   view=lambda pixels: jnp.clip(pixels, 0.0, 1.0), finish=finish, terms=terms)
+                   view=lambda pixels: jnp.clip(pixels, 0.0, 1.0), finish=finish, terms=terms,
+                   facts={"tiles": [{"scale": f"{plan.width}x{plan.height}", "tile": plan.tile, "count": len(plan.grid)}
+                                    for plan in tiled]} if tiled else {},
+                   notes=tuple(f"scale {plan.width}x{plan.height}: {tile_note(plan, config.overlap)}" for plan in tiled))
 
 
 @functools.lru_cache(maxsize=8)
@@ -309,8 +463,9 @@ class _Clip(NamedTuple):
     originals: jax.Array  # (N, H, W, 3) the frames at the output size
     contents: jax.Array  # (N, H, W, 3) what the content loss sees (luminance under --original-colors)
     styles: list  # the style images (colour-controlled against the clip)
-    grams_at: Callable  # (h, w) -> the blended style Gram targets
-    statistics_at: Callable  # (h, w) -> distribution targets (--loss other than gram) or None
+    grams_at: Callable  # (h, w) -> the blended style Gram targets (taken tile by tile at a tiled scale)
+    statistics_at: Callable  # (h, w[, size]) -> distribution targets for outputs of size (default (h, w)), or None
+    plans: list  # the scales' `TilePlan`s (`video_tiles`)
 
 
 def _prepare(config: VideoConfig, frames: np.ndarray, styles: Sequence[np.ndarray], params) -> _Clip:
@@ -328,6 +483,8 @@ def _prepare(config: VideoConfig, frames: np.ndarray, styles: Sequence[np.ndarra
     else:
         contents = originals
     recoloured = [jnp.asarray(style, jnp.float32) for style in clip.styles]
+    plans = video_tiles(config, (height, width))
+    tile_of = {(plan.height, plan.width): plan.tile for plan in plans if plan.tile is not None}
     layers = tuple(config.layer_weight_map)
 
     def scaled_styles(h: int, w: int) -> list:
@@ -340,19 +497,24 @@ def _prepare(config: VideoConfig, frames: np.ndarray, styles: Sequence[np.ndarra
             return None
         blend = np.full(len(recoloured), 1.0 / len(recoloured)) if config.style_blend is None \
             else np.asarray(config.style_blend) / sum(config.style_blend)
-        each = [gram_targets(params, style, layers, size=(h, w), pooling=config.pooling) for style in scaled_styles(h, w)]
+        tile = tile_of.get((h, w))
+        if tile is None:
+            each = [gram_targets(params, style, layers, size=(h, w), pooling=config.pooling) for style in scaled_styles(h, w)]
+        else:
+            each = [tiled_grams(params, style, layers, tile=statistic_tile(tile), halo=HALO, pooling=config.pooling, size=(h, w))
+                    for style in scaled_styles(h, w)]
         return {name: sum(float(b) * grams[name] for b, grams in zip(blend, each)) for name in layers}
 
     @functools.cache
-    def statistics_at(h: int, w: int):
+    def statistics_at(h: int, w: int, shape: tuple[int, int] | None = None):
         if config.loss == Loss.gram:
             return None
         scale = [fit_shape(height, width, size) for size in config.sizes].index((h, w))
-        return image_distribution_targets(params, scaled_styles(h, w), (h, w), layers, loss=config.loss,
+        return image_distribution_targets(params, scaled_styles(h, w), shape or (h, w), layers, loss=config.loss,
                                           directions=config.directions, pooling=config.pooling,
                                           key=jax.random.fold_in(jax.random.PRNGKey(config.seed), scale))
 
-    return _Clip(originals, contents, recoloured, grams_at, statistics_at)
+    return _Clip(originals, contents, recoloured, grams_at, statistics_at, plans)
 
 
 def stylize_frames(config: VideoConfig, frames: np.ndarray, styles: Sequence[np.ndarray], params, *, starts: np.ndarray,
@@ -390,7 +552,7 @@ def _solve_window(config: VideoConfig, clip: _Clip, indices: np.ndarray, starts,
         starts = resize(starts, *first)
     problem = _window_problem(config, contents, starts,
                               (jnp.asarray(warped, jnp.float32), jnp.asarray(masks, jnp.float32)), params,
-                              grams_at=clip.grams_at, statistics_at=clip.statistics_at, originals=originals)
+                              clip=clip, originals=originals)
     return solve(problem, mesh=mesh)
 
 
@@ -399,18 +561,28 @@ _inside = jax.jit(inside)
 _weights = jax.jit(long_term_weights)
 
 
-def _segment(config: VideoConfig, count: int, segment: tuple[int, int] | None) -> tuple[int, int]:
+def _segments(config: VideoConfig, count: int, segment: tuple[int, int] | None, segments: int | None) -> list[tuple[int, int]]:
+    """The (start, stop) of every segment this process stylises: its own share over several
+    processes (or `segment`), or the `segments` shares N processes would take, all in this one."""
     processes = jax.process_count()
-    if processes > 1 and config.passes == 1:
+    split = processes if segments is None else segments
+    if split > 1 and config.passes == 1:
         raise ConfigError("passes", f"the sequential method chains every frame to the one before and cannot be split "
-                                    f"over {processes} processes: use --passes 2 or more")
+                                    f"over {split} {'processes' if segments is None else 'segments'}: use --passes 2 or more")
+    if segments is not None:
+        if segment is not None or processes > 1:
+            raise ValueError("segments runs the segments of several processes in one process: give it without segment, "
+                             "in one process")
+        if not 1 <= segments <= count:
+            raise ValueError(f"segments must be 1 to the {count} frames, got {segments}")
+        return [(count * index // segments, count * (index + 1) // segments) for index in range(segments)]
     if segment is None:
         index = jax.process_index()
-        return count * index // processes, count * (index + 1) // processes
+        return [(count * index // processes, count * (index + 1) // processes)]
     start, stop = int(segment[0]), int(segment[1])
     if not 0 <= start < stop <= count:
         raise ValueError(f"segment {segment} is not within the {count} frames")
-    return start, stop
+    return [(start, stop)]
 
 
 def _done_by_pass(done: Mapping | None, passes: int) -> dict[int, dict[int, np.ndarray]]:
@@ -427,7 +599,7 @@ def _done_by_pass(done: Mapping | None, passes: int) -> dict[int, dict[int, np.n
 def stylize_video(config: VideoConfig, frames: np.ndarray, styles: Sequence[np.ndarray], params, *,
                   flows: VideoFlows | None = None, done: Mapping | None = None,
                   callback: Callable[[VideoProgress], None] | None = None, mesh=None,
-                  segment: tuple[int, int] | None = None) -> VideoResult:
+                  segment: tuple[int, int] | None = None, segments: int | None = None) -> VideoResult:
     """Stylise a video's frames with temporal consistency (sequential or multi-pass, `config.passes`).
 
     Args:
@@ -447,6 +619,11 @@ def stylize_video(config: VideoConfig, frames: np.ndarray, styles: Sequence[np.n
         each its contiguous share, the segments' border frames exchanged between passes; the
         sequential method is refused there). Frames outside it are returned as the processes'
         shares gathered, or, in one process, as `done` (its last pass) gives them, else zeros.
+      segments: N: run, in this one process, the algorithm N processes run: the frames split
+        into the N contiguous segments N processes would take, each pass's segments one after
+        the other, each seeing its own results and the segments' border frames exchanged after
+        the pass before (as `process_allgather` exchanges them), so its frames are those of N
+        processes. Not with `segment`, nor over several processes.
 
     Returns:
       A `VideoResult`: the frames (N, H', W', 3) and each frame's loss terms.
@@ -456,7 +633,7 @@ def stylize_video(config: VideoConfig, frames: np.ndarray, styles: Sequence[np.n
     clip = _prepare(config, frames, styles, params)
     count, height, width = clip.originals.shape[:3]
     style_memory(dataclasses.replace(config, init="noise"), StyleInputs(np.asarray(clip.contents[0]), clip.styles))
-    start, stop = _segment(config, count, segment)
+    spans = _segments(config, count, segment, segments)
     needs_flows = count > 1 and (config.temporal_weight > 0 or config.init == "prev-warped" or config.passes > 1)
     if needs_flows and flows is None:
         flows = video_flows(np.asarray(clip.originals), config)
@@ -466,86 +643,93 @@ def stylize_video(config: VideoConfig, frames: np.ndarray, styles: Sequence[np.n
         _check_flows(flows, count, _flow_offsets(config))
     by_pass = _done_by_pass(done, config.passes)
     first_pass = max(by_pass, default=0)
-    previous = dict(by_pass.get(first_pass - 1, {})) if first_pass > 0 else {}
-    results = {**{i: image for images in by_pass.values() for i, image in images.items() if not start <= i < stop},
-               **previous}
+    before = dict(by_pass.get(first_pass - 1, {})) if first_pass > 0 else {}
+    # what each segment sees: the results of its own frames and the others' borders (exchanged between passes)
+    views = [{**{i: image for images in by_pass.values() for i, image in images.items() if not start <= i < stop}, **before}
+             for start, stop in spans]
     losses: list[dict] = [{} for _ in range(count)]
     first = fit_shape(height, width, config.sizes[0])
     noise = np.asarray(jax.random.uniform(jax.random.PRNGKey(config.seed), (*first, 3), jnp.float32))
     mean_pixel = np.asarray(_MEAN_PIXEL, np.float32)
     offsets = config.long_term
-    frames_total = config.passes * (stop - start)
-    frames_done = first_pass * (stop - start)
+    frames_total = config.passes * sum(stop - start for start, stop in spans)
+    frames_done = first_pass * sum(stop - start for start, stop in spans)
     originals = np.asarray(clip.originals)
 
     for pass_index in range(first_pass, config.passes):
         direction = 1 if pass_index % 2 == 0 else -1
-        order = list(range(start, stop))[::direction]
-        finished_here = by_pass.get(pass_index, {})
-        current: dict[int, np.ndarray] = {}
-        if pass_index > first_pass:
-            previous = dict(results)
-        missing = [i for i in order if pass_index > 0 and i not in previous and i not in finished_here]
-        if missing:
-            raise ValueError(f"done has no result of pass {pass_index - 1} for frame {missing[0]} to resume pass {pass_index} from")
-        # the first pass solves the clip's first frame alone, so that every later window has a
-        # result to carry along the flows (see _window_start)
-        alone = 1 if pass_index == 0 and config.batch_frames > 1 and order[0] - direction not in previous else 0
-        bounds = [0, *range(alone, len(order), config.batch_frames)] if alone else list(range(0, len(order), config.batch_frames))
-        for at, end in zip(bounds, [*bounds[1:], len(order)]):
-            window = order[at:end]
-            # known before the window: this pass's results of the earlier windows, else the pass before's
-            known = {**previous, **{j: current[j] for j in order[:at]}}
-            todo = []
-            for i in window:
-                if i in finished_here:
-                    current[i] = finished_here[i]
-                    frames_done += 1
-                else:
-                    todo.append(i)
-            if not todo:
-                continue
-            starts, warped_all, masks_all = [], [], []
-            carried: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # window frames: (carried image, its confidence)
-            for i in window:  # the finished frames too: what they carry is what the others start from
-                warped, masks = [], []
-                for d in offsets:
-                    j = i - direction * d
-                    image, trust = known.get(j), None
-                    if image is None and j in carried:
-                        image, trust = carried[j]
-                    if image is None or config.temporal_weight == 0:
-                        warped.append(np.zeros((height, width, 3), np.float32))
-                        masks.append(np.zeros((height, width), np.float32))
+        for (start, stop), results in zip(spans, views):
+            previous = before if pass_index == first_pass else dict(results)
+            order = list(range(start, stop))[::direction]
+            finished_here = by_pass.get(pass_index, {})
+            current: dict[int, np.ndarray] = {}
+            missing = [i for i in order if pass_index > 0 and i not in previous and i not in finished_here]
+            if missing:
+                raise ValueError(f"done has no result of pass {pass_index - 1} for frame {missing[0]} to resume pass {pass_index} from")
+            # the first pass solves the clip's first frame alone, so that every later window has a
+            # result to carry along the flows (see _window_start)
+            alone = 1 if pass_index == 0 and config.batch_frames > 1 and order[0] - direction not in previous else 0
+            bounds = [0, *range(alone, len(order), config.batch_frames)] if alone else list(range(0, len(order), config.batch_frames))
+            for at, end in zip(bounds, [*bounds[1:], len(order)]):
+                window = order[at:end]
+                # known before the window: this pass's results of the earlier windows, else the pass before's
+                known = {**previous, **{j: current[j] for j in order[:at]}}
+                todo = []
+                for i in window:
+                    if i in finished_here:
+                        current[i] = finished_here[i]
+                        frames_done += 1
                     else:
-                        warped.append(np.asarray(_warp(image, flows.flows[(i, j)])))
-                        masks.append(flows.masks[(i, j)] if trust is None else
-                                     flows.masks[(i, j)] * np.asarray(_warp(trust[..., None], flows.flows[(i, j)]))[..., 0])
-                warped_all.append(np.stack(warped))
-                masks_all.append(np.asarray(_weights(np.stack(masks))))
-                starts.append(_window_start(config, i, direction, pass_index, known, previous, flows, noise, originals,
-                                            clip, mean_pixel, carried))
-            rows = [window.index(i) for i in todo]
-            solution = _solve_window(config, clip, np.asarray(todo), np.stack(starts)[rows], np.stack(warped_all)[rows],
-                                     np.stack(masks_all)[rows], params, mesh)
-            stopped = None
-            for k, i in enumerate(todo):
-                current[i] = np.asarray(solution.images[k], np.float32)
-                losses[i] = solution.loss[k]
-                frames_done += 1
-                if callback is not None:
-                    try:
-                        callback(VideoProgress(pass_index, config.passes, i, frames_done, frames_total, losses[i],
-                                               current[i], frames_done == frames_total))
-                    except KeyboardInterrupt as stop:  # every finished frame of the window is still handed over
-                        stopped = stop
-            if stopped is not None:
-                raise stopped
-        results.update(current)
+                        todo.append(i)
+                if not todo:
+                    continue
+                starts, warped_all, masks_all = [], [], []
+                carried: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # window frames: (carried image, its confidence)
+                for i in window:  # the finished frames too: what they carry is what the others start from
+                    warped, masks = [], []
+                    for d in offsets:
+                        j = i - direction * d
+                        image, trust = known.get(j), None
+                        if image is None and j in carried:
+                            image, trust = carried[j]
+                        if image is None or config.temporal_weight == 0:
+                            warped.append(np.zeros((height, width, 3), np.float32))
+                            masks.append(np.zeros((height, width), np.float32))
+                        else:
+                            warped.append(np.asarray(_warp(image, flows.flows[(i, j)])))
+                            masks.append(flows.masks[(i, j)] if trust is None else
+                                         flows.masks[(i, j)] * np.asarray(_warp(trust[..., None], flows.flows[(i, j)]))[..., 0])
+                    warped_all.append(np.stack(warped))
+                    masks_all.append(np.asarray(_weights(np.stack(masks))))
+                    starts.append(_window_start(config, i, direction, pass_index, known, previous, flows, noise, originals,
+                                                clip, mean_pixel, carried))
+                rows = [window.index(i) for i in todo]
+                solution = _solve_window(config, clip, np.asarray(todo), np.stack(starts)[rows], np.stack(warped_all)[rows],
+                                         np.stack(masks_all)[rows], params, mesh)
+                stopped = None
+                for k, i in enumerate(todo):
+                    current[i] = np.asarray(solution.images[k], np.float32)
+                    losses[i] = solution.loss[k]
+                    frames_done += 1
+                    if callback is not None:
+                        try:
+                            callback(VideoProgress(pass_index, config.passes, i, frames_done, frames_total, losses[i],
+                                                   current[i], frames_done == frames_total))
+                        except KeyboardInterrupt as interrupt:  # every finished frame of the window is still handed over
+                            stopped = interrupt
+                if stopped is not None:
+                    raise stopped
+            results.update(current)
+        last = pass_index == config.passes - 1
         if jax.process_count() > 1:
-            results.update(_exchange(results, start, stop, gather_all=pass_index == config.passes - 1))
+            views[0].update(_exchange(views[0], *spans[0], gather_all=last))
+        elif len(spans) > 1:  # what the processes exchange, in one
+            shared = {i: results[i] for (start, stop), results in zip(spans, views)
+                      for i in (range(start, stop) if last else sorted({start, stop - 1}))}
+            for results in views:
+                results.update(shared)
     output = np.zeros((count, height, width, 3), np.float32)
-    for i, image in results.items():
+    for i, image in views[0].items():
         output[i] = image
     return VideoResult(output, losses)
 
