@@ -71,15 +71,19 @@ def test_a_tiled_frame_s_loss_and_gradient_equal_the_untiled_frame_s(random_para
         return tiled_video_losses(x, case["contents"], targets.grams, case["temporal"], random_params,
                                   content_layers=("relu2_2",), tile=32, halo=32, **SETTINGS)
 
-    def value_and_gradient(losses):
-        return jax.jit(jax.value_and_grad(lambda x: jnp.sum(losses(x)[0])))(case["x"])
+    def value_and_gradient(losses):  # one program each: the sum's gradient, the per-frame totals and terms beside it
+        def summed(x):
+            totals, terms = losses(x)
+            return jnp.sum(totals), (totals, terms)
 
-    (totals, terms), (tiled_totals, tiled_terms) = jax.jit(whole)(case["x"]), jax.jit(tiled)(case["x"])
+        return jax.jit(jax.value_and_grad(summed, has_aux=True))(case["x"])
+
+    ((total, (totals, terms)), gradient), ((tiled_total, (tiled_totals, tiled_terms)), tiled_gradient) = \
+        value_and_gradient(whole), value_and_gradient(tiled)
     for name in ("content", "style", "tv", "temporal"):
         np.testing.assert_allclose(tiled_terms[name], terms[name], rtol=2e-5)
         assert np.all(np.asarray(terms[name]) > 0)
     np.testing.assert_allclose(tiled_totals, totals, rtol=2e-5)
-    (total, gradient), (tiled_total, tiled_gradient) = value_and_gradient(whole), value_and_gradient(tiled)
     np.testing.assert_allclose(tiled_total, total, rtol=2e-5)
     scale = float(jnp.max(jnp.abs(gradient)))
     # measured: the terms 1.0e-7 apart (relative), the gradients 1.1e-7 of the largest component
@@ -145,6 +149,8 @@ SEGMENTS_SCRIPT = textwrap.dedent("""
     if role != "one":
         start_distributed(DistributedConfig(coordinator=f"127.0.0.1:{port}", num_processes=2, process_id=int(role), timeout=120))
     import jax
+    jax.config.update("jax_compilation_cache_dir", sys.argv[5])  # the suite's cache (conftest): a rerun compiles nothing
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     from jaxmosaic import VideoConfig, stylize_video
     from jaxmosaic.video.stylize import video_flows
     with open(case_path, "rb") as file:
@@ -173,7 +179,7 @@ def test_two_processes_give_the_frames_of_one_process_running_their_segments(ran
                                                           PYTHONPATH=str(ROOT)).items()
            if not name.startswith(("SLURM_", "OMPI_", "TPU_", "KUBERNETES_", "JAX_COORDINATOR"))}
     runs = {role: subprocess.Popen([sys.executable, "-c", SEGMENTS_SCRIPT, str(tmp_path / "case.pickle"), role, str(port),
-                                    str(tmp_path / f"{role}.npy")], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                    str(tmp_path / f"{role}.npy"), str(ROOT / ".cache" / "xla")], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True) for role in ("one", "0", "1")}
     outputs = {role: run.communicate(timeout=300) for role, run in runs.items()}
     assert all(run.returncode == 0 for run in runs.values()), {role: output[1][-2000:] for role, output in outputs.items()}
@@ -206,6 +212,11 @@ def test_a_checkpoint_keeps_the_two_latest_passes_and_a_resume_says_which_steps_
     assert stopped.exit_code == 130, stopped.output
     assert frame_files(tmp_path / "ck2") == ["pass0-frame000001.npy", "pass0-frame000002.npy", *[f"pass1-frame{i:06d}.npy" for i in range(3)],
                                              "pass2-frame000000.npy"]
+    # as a checkpoint written before the pruning leaves it: every pass's frames kept, no --steps in meta.json
+    # (pass 0's frame 0, listed in the marker, back; zeros, so that reading it as a start would show)
+    np.save(tmp_path / "ck2" / "pass0-frame000000.npy", np.zeros((32, 32, 3), np.float32))
+    meta = json.loads((tmp_path / "ck2" / "meta.json").read_text())
+    (tmp_path / "ck2" / "meta.json").write_text(json.dumps({name: value for name, value in meta.items() if name != "steps"}))
     seen.update(optimised=[], stop_after=None)
     resumed = run_cli("video", source, style, "-o", tmp_path / "part", "--checkpoint", tmp_path / "ck2", "--resume", *three)
     assert resumed.exit_code == 0, resumed.output

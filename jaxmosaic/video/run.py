@@ -12,7 +12,7 @@ A checkpoint folder (kind "video-checkpoint") holds `meta.json` (the settings a 
 keep and the SHA-256 of every input, as `style`'s checkpoints do, and the --steps, which may
 change), the flows, and the finished frames as float32 `passP-frameNNNNNN.npy`, written as the
 frame finishes (a frame's file of pass P - 2 is removed once its pass P is written: a resume needs
-only the latest pass and the one before): `--resume` reads them and never computes a finished
+only the latest pass and the one before, reads only those and removes any older): `--resume` reads them and never computes a finished
 frame again; a resume with other --steps keeps the finished frames and says so. Ctrl-C stops after the frame being optimised, writes what is
 finished (into the checkpoint and, for a frames-folder output, those frames) and exits with 130;
 a loss that stops being finite is one line. With several processes (`--coordinator`,
@@ -191,14 +191,33 @@ class _Checkpoint:
             (self.path / name).unlink()
         self.folder.written.discard(name)
 
-    def frames(self) -> dict[int, dict[int, np.ndarray]]:
-        """{pass: {frame: image}} of every finished frame kept, checked against the run's shape."""
-        found: dict[int, dict[int, np.ndarray]] = {}
+    def _frame_files(self) -> dict[str, tuple[int, int]]:
+        """{name: (pass, frame)} of the finished frames' files kept."""
+        found = {}
         for name in sorted(self.folder.listed):
-            if not name.endswith(".npy") or not self.folder.ours(name):
+            if name.endswith(".npy") and self.folder.ours(name):
+                pass_text, frame_text = name.removesuffix(".npy").split("-frame")
+                found[name] = (int(pass_text.removeprefix("pass")), int(frame_text))
+        return found
+
+    def latest_pass(self) -> int | None:
+        """The latest pass the checkpoint holds a finished frame of, or None."""
+        return max((pass_index for pass_index, _ in self._frame_files().values()), default=None)
+
+    def drop_before(self, pass_index: int) -> None:
+        """Remove the finished frames of the passes before `pass_index` (those a checkpoint written
+        before the two latest passes were the only ones kept still holds)."""
+        for name, (held, _) in self._frame_files().items():
+            if held < pass_index:
+                self._drop(name)
+
+    def frames(self, passes: Sequence[int]) -> dict[int, dict[int, np.ndarray]]:
+        """{pass: {frame: image}} of the finished frames kept of these passes (only these are
+        read), checked against the run's shape."""
+        found: dict[int, dict[int, np.ndarray]] = {}
+        for name, (pass_index, frame) in self._frame_files().items():
+            if pass_index not in passes:
                 continue
-            pass_text, frame_text = name.removesuffix(".npy").split("-frame")
-            pass_index, frame = int(pass_text.removeprefix("pass")), int(frame_text)
             try:
                 image = np.load(self.path / name, allow_pickle=False)
             except (OSError, ValueError) as err:
@@ -468,12 +487,13 @@ def _done(checkpoint: _Checkpoint | None, passes: int) -> dict[tuple[int, int], 
     frames are kept and the rest use this run's."""
     if checkpoint is None:
         return None
-    kept = checkpoint.frames()
-    if not kept:
+    latest = checkpoint.latest_pass()
+    if latest is None:
         return None
-    latest = max(kept)
     if latest >= passes:
         raise ConfigError("resume", f"the checkpoint {checkpoint.path} holds pass {latest + 1}, this run makes {passes}")
+    kept = checkpoint.frames((latest - 1, latest))  # only these: what the memory check counted
+    checkpoint.drop_before(latest - 1)  # a checkpoint from before the pruning holds every pass
     echo(f"resuming from {checkpoint.path}: {len(kept[latest])} frame(s) of pass {latest + 1} of {passes} done")
     then, now = checkpoint.held.steps if checkpoint.held is not None else None, checkpoint.meta.steps
     if then is not None and then != now:
