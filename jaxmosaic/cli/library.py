@@ -128,9 +128,11 @@ def _stream_build(tiles: str, out: Path, library: LibraryConfig, config: Library
         return
     _say_skipped(made)
     rate = made.build["tiles_per_second"]
+    resumed = made.build.get("resumed", 0)
+    resumed = f", {resumed} read back from the stopped build" if resumed else ""
     echo(f"indexed {len(made)} tiles ({made.dimension} {made.settings.kind} features -> k={made.svd['k']} keeps "
          f"{made.svd['energy']:.1%} of the energy; {rate:.1f} tiles/s on process 0 over {made.build['devices']} device(s), "
-         f"{made.build['processes']} process(es)) -> {out}")
+         f"{made.build['processes']} process(es){resumed}) -> {out}")
 
 
 def _interrupted(out: Path, processes: int, process: int) -> str:

@@ -106,6 +106,7 @@ class BuildRecord(BaseModel):
     processes: int = Field(ge=1, le=2**16)
     devices: int = Field(ge=1, le=2**20)
     chunk: int = Field(ge=1, le=65536)
+    resumed: int = Field(default=0, ge=0, le=2**40)  # tiles read back from a stopped build's chunks (not in the rate)
 
 
 LIBRARY_ARRAYS = {

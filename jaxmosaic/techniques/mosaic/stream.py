@@ -466,7 +466,7 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
     share = plan.share(process)
     owned = sum(len(plan.tiles(c)) for c in share)
     gram, sums = np.zeros((dimension, dimension), np.float64, order="F"), np.zeros(dimension, np.float64)
-    count, done = 0, 0
+    count, done, embedded = 0, 0, 0  # embedded: tiles this run computed (not read back from finished chunks)
     with agree(cleanup=cleanup, say=say):  # one process's failure stops them all before the collectives below
         work, finished = _open_work(path, plan, resume, say=say)
         opened = True
@@ -477,6 +477,7 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
                 rows_c, kept, _ = _read_chunk(work.path / _chunk_name(c), plan, c)
             else:
                 inputs, kept, lost = source.inputs(tiles.start, tiles.stop)
+                embedded += len(tiles)
                 if len(kept):
                     batch = np.concatenate([inputs, np.repeat(source.pad_row(settings)[None], padded - len(kept), axis=0)])
                     rows_c = np.asarray(embed(params, jnp.asarray(batch)))[: len(kept)]
@@ -531,7 +532,7 @@ def stream_library(source, settings: FeatureConfig, color: ColorMode, out: str |
     with agree(on_failure="the library was not written; every process keeps its chunks: rerun with --resume", say=say):
         if process == 0:
             library = _write_library(out, source, settings, color, rows_k, indices_all, k, basis, values, energy,
-                                     {"tiles_per_second": owned / max(seconds, 1e-9), "seconds": seconds,
+                                     {"tiles_per_second": embedded / max(seconds, 1e-9), "seconds": seconds, "resumed": owned - embedded,
                                       "processes": processes, "devices": devices, "chunk": chunk})
     if not keep_work:
         work.remove()
