@@ -80,7 +80,8 @@ def remembered(key, draw):
 def run_cli(*args):
     """`jaxmosaic ARGS...` in this process with typer's CliRunner; every argument is passed as a string.
 
-    A seeded random VGG19 (`--weights random`, `weights random`) takes seconds to draw and rescale,
+    A seeded random VGG19 or AlexNet (`--weights random`, `weights random`, and a `library build`'s
+    network: AlexNet's takes about 8 s of CPU) takes seconds to draw and rescale,
     and many runs draw the same seeds: each is drawn once per test process by the command's own
     code, and the next runs get those very (immutable) arrays. Weights read from a path or looked
     up are read anew every time."""
@@ -104,15 +105,25 @@ def run_cli(*args):
         return remembered(("weights random", np.asarray(key).tobytes(), tuple(sorted(settings.items()))),
                           lambda: original_random(key, **settings))
 
+    library_command = importlib.import_module("jaxmosaic.cli.library")  # a library build's network
+    original_network = library_command.network_params
+
+    def remembered_network(kind, weights, seed):
+        if weights != "random" or not kind.network:
+            return original_network(kind, weights, seed)
+        return remembered(("--weights random", seed, kind.network), lambda: original_network(kind, weights, seed))
+
     for command, original in zip(commands, originals):
         command.vgg_params = remembered_params(original)
     weights_command.random_vgg19 = remembered_random
+    library_command.network_params = remembered_network
     try:
         return CliRunner().invoke(app, [str(a) for a in args])
     finally:
         for command, original in zip(commands, originals):
             command.vgg_params = original
         weights_command.random_vgg19 = original_random
+        library_command.network_params = original_network
 
 
 # XLA's unoptimised CPU code: about half the compile time (a 32 px texture run: 22.7 -> 13.3 s of

@@ -314,7 +314,7 @@ def test_vq_train_streams_a_folder_skips_unreadable_files_and_resumes_after_ctrl
 
 
 def test_two_processes_equal_one(tmp_path):
-    from helpers import ROOT, cli_command, free_port
+    from helpers import ROOT, UNOPTIMISED, cli_command, free_port
     from PIL import Image
 
     from jaxmosaic.io.images import image_files
@@ -328,7 +328,9 @@ def test_two_processes_equal_one(tmp_path):
         Image.fromarray((rng.random((24, 20 + 4 * index, 3)) * 255).astype(np.uint8)).save(folder / f"{index}.png")
     env = {name: value for name, value in os.environ.items()
            if not name.startswith(("SLURM_", "OMPI_", "TPU_", "KUBERNETES_", "JAX_COORDINATOR"))}
-    env.update(JAXMOSAIC_NO_COMPILATION_CACHE="1", PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    # XLA's unoptimised CPU code (half the compile time): it differs in the last bits, far below the bar
+    env.update(JAXMOSAIC_NO_COMPILATION_CACHE="1", PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+               XLA_FLAGS=" ".join([UNOPTIMISED, env.get("XLA_FLAGS", "")]).strip())
     # exact Lloyd: each process streams its share and the passes' sums are added across the two;
     # the sample they start from is the one process's (their reservoirs merge, tested above)
     port = free_port()
