@@ -71,15 +71,25 @@ def _statistic_tiles(length: int, tile: int, halo: int) -> list[tuple[int, int, 
     return spans
 
 
-def _interiors(params, crops: jax.Array, layers: Sequence[str], spans, pooling: str) -> dict:
-    """Each layer's features of the crops' interior positions."""
-    (y0, _, iy0, iy1), (x0, _, ix0, ix1) = spans
+def _interiors(params, crops: jax.Array, layers: Sequence[str], interior, pooling: str) -> dict:
+    """Each layer's features of the crops' interior positions: `interior` ((top, bottom), (left,
+    right)) in px within the crop. Relative to the crop, so tiles of one shape and placement
+    (every tile away from the edges) share one compiled program."""
+    (top, bottom), (left, right) = interior
     features = vgg19_features(params, crops, tuple(layers), pooling=pooling)
     out = {}
     for name in layers:
         s = layer_stride(name)
-        out[name] = features[name][:, (iy0 - y0) // s:(iy1 - y0) // s, (ix0 - x0) // s:(ix1 - x0) // s, :]
+        out[name] = features[name][:, top // s:bottom // s, left // s:right // s, :]
     return out
+
+
+_run_interiors = jax.jit(_interiors, static_argnames=("layers", "interior", "pooling"))
+
+
+def _interior(rows: tuple[int, int, int, int], columns: tuple[int, int, int, int]) -> tuple:
+    """The interior of a crop of `_statistic_tiles` spans, relative to the crop (see `_interiors`)."""
+    return tuple((span[2] - span[0], span[3] - span[0]) for span in (rows, columns))
 
 
 def _check_statistics(tile: int, halo: int) -> None:
@@ -96,11 +106,11 @@ def tiled_grams(params, image, layers: Sequence[str], *, tile: int = 512, halo: 
     height, width = image.shape[:2]
     layers = tuple(layers)
     grams = {name: 0.0 for name in layers}
-    run = jax.jit(_interiors, static_argnames=("layers", "spans", "pooling"))
+    run = _run_interiors
     for rows in _statistic_tiles(height, tile, halo):
         for columns in _statistic_tiles(width, tile, halo):
             crop = image[rows[0]:rows[1], columns[0]:columns[1]][None]
-            features = run(params, crop, layers, (rows, columns), pooling)
+            features = run(params, crop, layers, _interior(rows, columns), pooling)
             grams = {name: grams[name] + gram_matrix(features[name][0]) for name in layers}
     out_h, out_w = size or (height, width)
     return {name: grams[name] * (_cells(out_h, out_w, name) / _cells(height, width, name)) for name in layers}
@@ -116,10 +126,10 @@ def tiled_features(params, images, layers: Sequence[str], *, tile: int = 512, ha
     images = three_channels(jnp.asarray(images, jnp.float32))
     height, width = images.shape[1:3]
     layers = tuple(layers)
-    run = jax.jit(_interiors, static_argnames=("layers", "spans", "pooling"))
+    run = _run_interiors
     rows_of = []
     for rows in _statistic_tiles(height, tile, halo):
-        row = [run(params, images[:, rows[0]:rows[1], columns[0]:columns[1]], layers, (rows, columns), pooling)
+        row = [run(params, images[:, rows[0]:rows[1], columns[0]:columns[1]], layers, _interior(rows, columns), pooling)
                for columns in _statistic_tiles(width, tile, halo)]
         rows_of.append({name: jnp.concatenate([part[name] for part in row], axis=2) for name in layers})
     return {name: jnp.concatenate([row[name] for row in rows_of], axis=1) for name in layers}
@@ -147,11 +157,11 @@ def tiled_guided_grams(params, image, guides: Mapping[str, jax.Array], *, tile: 
     height, width = image.shape[:2]
     layers = tuple(guides)
     unit = _unit_guides(guides, layers)
-    run = jax.jit(_interiors, static_argnames=("layers", "spans", "pooling"))
+    run = _run_interiors
     sums = {name: 0.0 for name in layers}
     for rows in _statistic_tiles(height, tile, halo):
         for columns in _statistic_tiles(width, tile, halo):
-            features = run(params, image[None, rows[0]:rows[1], columns[0]:columns[1]], layers, (rows, columns), pooling)
+            features = run(params, image[None, rows[0]:rows[1], columns[0]:columns[1]], layers, _interior(rows, columns), pooling)
             for name in layers:
                 s = layer_stride(name)
                 part = unit[name][:, rows[2] // s:rows[2] // s + features[name].shape[1],
@@ -202,7 +212,7 @@ def tiled_style_terms(params, images, content, grams: Mapping[str, jax.Array], l
     network = three_channels(images)
     content_layers = tuple(content_layers) if content is not None else ()
     layers = tuple(dict.fromkeys((*content_layers, *layer_weights)))
-    run = jax.jit(_interiors, static_argnames=("layers", "spans", "pooling"))
+    run = _run_interiors
     unit = None if guides is None else _unit_guides(guides, tuple(layer_weights))
     sums = {name: 0.0 for name in layer_weights}
     l_content = jnp.zeros(count)
@@ -211,7 +221,7 @@ def tiled_style_terms(params, images, content, grams: Mapping[str, jax.Array], l
             crops = network[:, rows[0]:rows[1], columns[0]:columns[1]]
             if content is not None:
                 crops = jnp.concatenate([crops, jnp.asarray(content, jnp.float32)[None, rows[0]:rows[1], columns[0]:columns[1]]])
-            features = run(params, crops, layers, (rows, columns), pooling)
+            features = run(params, crops, layers, _interior(rows, columns), pooling)
             for name in content_layers:
                 l_content = l_content + 0.5 * jnp.sum(jnp.square(features[name][:count] - features[name][count:]), axis=(1, 2, 3))
             for name in layer_weights:

@@ -26,6 +26,7 @@ from jaxmosaic.techniques.texture import (
     match_histograms,
     synthesize_texture,
     texture_loss,
+    texture_losses,
     texture_memory,
     texture_targets,
 )
@@ -126,10 +127,12 @@ def test_texture_loss_matches_pytorch(torch_model, torch_params):
     exemplar, x = rng.random((32, 32, 3)), rng.random((32, 32, 3))
     beta = 0.01
     ours = jnp.asarray(x, jnp.float32)
-    # the plain exemplar as the spectrum target, as the PyTorch reference takes it
-    targets = texture_targets(torch_params, exemplar.astype(np.float32))._replace(spectrum=jnp.asarray(exemplar, jnp.float32))
-    total, terms = texture_loss(ours, targets, torch_params, layer_weights=WEIGHTS, spectrum_weight=beta)
-    grad = jax.grad(lambda y: texture_loss(y, targets, torch_params, layer_weights=WEIGHTS, spectrum_weight=beta)[0])(ours)
+    # the plain exemplar as the spectrum target, as the PyTorch reference takes it; compiled whole
+    # (op by op the network and its gradient cost five times the CPU)
+    targets = jax.jit(lambda image: texture_targets(torch_params, image))(exemplar.astype(np.float32))
+    targets = targets._replace(spectrum=jnp.asarray(exemplar, jnp.float32))
+    loss = jax.value_and_grad(lambda y: texture_loss(y, targets, torch_params, layer_weights=WEIGHTS, spectrum_weight=beta), has_aux=True)
+    (total, terms), grad = jax.jit(loss)(ours)
     from torch_reference import texture
 
     gram_ref, total_ref, grad_ref = texture(torch_model, x, exemplar, beta=beta, weights=WEIGHTS)
@@ -201,13 +204,14 @@ def test_tileable_output_wraps_seamlessly(random_params):
     layers = ("relu1_1", "pool1", "pool2", "pool3")
     weights = {name: 0.25 for name in layers}
     # with circular padding the loss cannot tell where the image starts: the seam is not special
-    targets = texture_targets(random_params, exemplar, layers=layers)
+    targets = jax.jit(lambda image: texture_targets(random_params, image, layers=layers))(exemplar)
     x = jax.random.uniform(jax.random.PRNGKey(1), (64, 64, 3))
-    shifted = jnp.roll(x, (24, 40), axis=(0, 1))
+    both = jnp.stack([x, jnp.roll(x, (24, 40), axis=(0, 1))])  # an image and the image shifted, through the network at once
+    losses = jax.jit(lambda y, padding: texture_losses(y, targets, random_params, layer_weights=weights, spectrum_weight=1e-3,
+                                                       padding=padding)[0], static_argnums=1)
     for padding, equal in (("circular", True), ("zeros", False)):
-        a, b = (float(texture_loss(y, targets, random_params, layer_weights=weights, spectrum_weight=1e-3, padding=padding)[0])
-                for y in (x, shifted))
-        assert (abs(a - b) <= 1e-5 * a) == equal
+        a, b = (float(value) for value in losses(both, padding))
+        assert (abs(a - b) <= 1e-5 * a) == equal, (padding, a, b)
     settings = {"layers": layers, "steps": 50}
     seam, rows = seam_and_rows(synthesize(random_params, exemplar, tileable=True, **settings).images[0], 8)
     assert seam <= rows.max() and seam <= 1.25 * rows.mean()  # measured: 0.82 and 1.04 times
