@@ -15,6 +15,12 @@ and sg is `jax.lax.stop_gradient`. Both are zero for a permutation of the target
 the Gram loss is zero for any feature set with the target's second moments, whatever its
 marginals. All functions are pure and work under `jit`, `grad` and `vmap`.
 
+For regions (spatial control) only some positions count: `masked_sliced_wasserstein_loss` and
+`masked_histogram_loss` are the two losses of the rows of an M x N matrix where a mask holds (a
+region's positions), its k rows compared at k quantiles, whatever M; `region_positions` gives a
+region's positions (its guide above 1/2) as a fixed index set and `region_distribution_terms`
+the terms of several regions, each at its own positions.
+
 For the techniques: `DistributionTargets` holds a layer's targets and `distribution_terms` the
 per-image terms of a batch over several layers, for `--loss gram|sw|hist|gram+hist` (`Loss`) and
 `--directions random|fixed` (`Directions`).
@@ -23,7 +29,7 @@ per-image terms of a batch over several layers, for `--loss gram|sw|hist|gram+hi
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import jax
@@ -48,6 +54,8 @@ __all__ = [
     "histogram_target",
     "histogram_remap",
     "histogram_loss",
+    "masked_sliced_wasserstein_loss",
+    "masked_histogram_loss",
     "DistributionTargets",
     "distribution_targets",
     "image_distribution_targets",
@@ -55,6 +63,8 @@ __all__ = [
     "image_targets",
     "SEED_AXES",
     "distribution_terms",
+    "region_positions",
+    "region_distribution_terms",
     "check_loss",
 ]
 
@@ -172,8 +182,12 @@ def histogram_remap(features: jax.Array, target: HistogramTarget) -> jax.Array:
     channel's values (ties by position). Returns (M, N)."""
     flat = _flat(features)
     ranks = jnp.argsort(jnp.argsort(flat, axis=0), axis=0)
-    levels = (ranks.astype(flat.dtype) + 0.5) / flat.shape[0]
-    edges, cdf = jnp.asarray(target.edges, flat.dtype), jnp.asarray(target.cdf, flat.dtype)
+    return _inverse_cdf((ranks.astype(flat.dtype) + 0.5) / flat.shape[0], target)
+
+
+def _inverse_cdf(levels: jax.Array, target: HistogramTarget) -> jax.Array:
+    """Each column's levels (M, N) in [0, 1] mapped through its channel's inverse cumulative distribution."""
+    edges, cdf = jnp.asarray(target.edges, levels.dtype), jnp.asarray(target.cdf, levels.dtype)
     return jax.vmap(jnp.interp, in_axes=(1, 1, 1), out_axes=1)(levels, cdf, edges)
 
 
@@ -190,6 +204,68 @@ def histogram_loss(features: jax.Array, target: jax.Array | HistogramTarget, bin
         raise ValueError(f"the histogram target has {target.edges.shape[0] - 1} bins, not {bins}")
     remapped = jax.lax.stop_gradient(histogram_remap(flat, target))
     return jnp.mean(jnp.square(flat - remapped))
+
+
+def _inside(inside: jax.Array, rows: int, dtype) -> tuple[jax.Array, jax.Array]:
+    """The mask as (M,) booleans and its count k in `dtype`."""
+    inside = jnp.asarray(inside).reshape(rows)
+    inside = inside if inside.dtype == jnp.bool_ else inside > jnp.zeros((), inside.dtype)
+    return inside, jnp.sum(inside, dtype=dtype)
+
+
+def _at_least_one(count: jax.Array) -> jax.Array:
+    """A count to divide by: an empty mask's terms are all zero, and so is its loss."""
+    return jnp.maximum(count, jnp.ones((), count.dtype))
+
+
+def masked_sliced_wasserstein_loss(features: jax.Array, inside: jax.Array, target: jax.Array | SortedProjections,
+                                   directions: jax.Array) -> jax.Array:
+    """`sliced_wasserstein_loss` of the k rows of features (M x N, or channels last) where
+    `inside` (M,) holds, whatever M: their sorted projections against the target's at k
+    quantiles (levels (i + 1/2) / k, `quantiles`). For `inside` all true this is
+    `sliced_wasserstein_loss`; for none it is 0. The count k is data, so one compiled function
+    serves masks of any count (e.g. a region's positions in each tile).
+
+    Args:
+      features: the output's features, M positions x N channels.
+      inside: (M,) booleans (or anything > 0 inside): the positions that count.
+      target: the target's features (M' x N), or its `sorted_projections` on the same directions.
+      directions: (N, P) unit columns.
+
+    Returns:
+      mean over the P directions and the k positions of the squared differences (a scalar).
+    """
+    flat = _flat(features)
+    inside, count = _inside(inside, flat.shape[0], flat.dtype)
+    directions = jnp.asarray(directions, flat.dtype)
+    if not isinstance(target, SortedProjections):
+        target = sorted_projections(jnp.asarray(target, flat.dtype), directions)
+    theirs = jnp.asarray(target.values, flat.dtype)
+    # the positions outside sort last, behind the k inside, and are left out of the sum
+    mine = jnp.sort(jnp.where(inside[:, None], flat @ directions, jnp.inf), axis=0)
+    rows = jnp.arange(flat.shape[0], dtype=flat.dtype)
+    levels = (rows + 0.5) / _at_least_one(count)
+    grid = (jnp.arange(theirs.shape[0], dtype=flat.dtype) + 0.5) / theirs.shape[0]
+    resampled = jax.vmap(lambda column: jnp.interp(levels, grid, column), in_axes=1, out_axes=1)(theirs)
+    difference = jnp.where((rows < count)[:, None], mine - resampled, 0.0)
+    return jnp.sum(jnp.square(difference)) / (_at_least_one(count) * directions.shape[1])
+
+
+def masked_histogram_loss(features: jax.Array, inside: jax.Array, target: jax.Array | HistogramTarget, bins: int) -> jax.Array:
+    """`histogram_loss` of the k rows of features (M x N, or channels last) where `inside` (M,)
+    holds: each of their values remapped to the target's histogram at its level (rank + 1/2) / k
+    among the k (ties by position), 1/(k N) ||F_k - sg(R(F_k))||^2. For `inside` all true this
+    is `histogram_loss`; for none it is 0."""
+    flat = _flat(features)
+    inside, count = _inside(inside, flat.shape[0], flat.dtype)
+    if not isinstance(target, HistogramTarget):
+        target = histogram_target(jnp.asarray(target, flat.dtype), bins)
+    elif target.edges.shape[0] != bins + 1:
+        raise ValueError(f"the histogram target has {target.edges.shape[0] - 1} bins, not {bins}")
+    ranks = jnp.argsort(jnp.argsort(jnp.where(inside[:, None], flat, jnp.inf), axis=0), axis=0)
+    remapped = jax.lax.stop_gradient(_inverse_cdf((ranks.astype(flat.dtype) + 0.5) / _at_least_one(count), target))
+    residual = jnp.where(inside[:, None], flat - remapped, 0.0)
+    return jnp.sum(jnp.square(residual)) / (_at_least_one(count) * flat.shape[1])
 
 
 class DistributionTargets(NamedTuple):
@@ -283,7 +359,8 @@ def _image_axis(leaf, ndim: int):
 
 def distribution_terms(features: Mapping[str, jax.Array], grams: Mapping[str, jax.Array] | None,
                        targets: DistributionTargets | None, layer_weights: Mapping[str, float], *, loss: Loss | str,
-                       pixels: jax.Array | None = None, bins: int = HISTOGRAM_BINS) -> dict:
+                       pixels: jax.Array | None = None, bins: int = HISTOGRAM_BINS,
+                       positions: Mapping[str, jax.Array] | None = None) -> dict:
     """The statistic terms of each image of a batch: {"gram"|"sw"|"hist": (B,)} as `loss` names
     them, each sum_l w_l of the layer's loss over the layers of `layer_weights`.
 
@@ -296,35 +373,103 @@ def distribution_terms(features: Mapping[str, jax.Array], grams: Mapping[str, ja
       pixels: the batch's images (B, H, W, C); random directions are drawn from the targets' key
         folded with a hash of each image.
       bins: the histograms' bins.
+      positions: only these positions count (a region's, `region_positions`): layer -> (K,)
+        indices into the layer's H * W positions, -1 for none (`masked_sliced_wasserstein_loss`,
+        `masked_histogram_loss`); for "sw" and "hist" only.
     """
     loss = Loss(loss)
+    if positions is not None and loss in (Loss.gram, Loss.gram_hist):
+        raise ValueError("positions go with the sw and hist terms; a region's Gram term is `jaxmosaic.guided_style_losses`")
     terms = {}
+
+    def at(name: str):
+        """The layer's features of the batch and the sw and hist losses of one image of them."""
+        if positions is None:
+            return features[name], sliced_wasserstein_loss, lambda f, t: histogram_loss(f, t, bins)
+        index = jnp.asarray(positions[name])
+        batch = jnp.asarray(features[name])
+        inside = index >= 0
+        gathered = batch.reshape(batch.shape[0], -1, batch.shape[-1])[:, jnp.maximum(index, 0)]
+        return (gathered, lambda f, t, d: masked_sliced_wasserstein_loss(f, inside, t, d),
+                lambda f, t: masked_histogram_loss(f, inside, t, bins))
+
     if loss in (Loss.gram, Loss.gram_hist):
         terms["gram"] = style_losses({name: features[name] for name in layer_weights}, grams, layer_weights)
     if loss == Loss.sw:
         total = 0.0
         for index, (name, weight) in enumerate(layer_weights.items()):
+            layer, sliced, _ = at(name)
             if targets.directions is not None:
                 directions, target = targets.directions[name], targets.sorted[name]
                 axes = (0, _image_axis(directions, 2), _image_axis(target.values, 2))
-                value = jax.vmap(sliced_wasserstein_loss, in_axes=axes)(features[name], target, directions)
+                value = jax.vmap(sliced, in_axes=axes)(layer, target, directions)
             else:
-                def one(image, key, target, layer=index):
+                def one(image, key, target, layer=index, sliced=sliced):
                     own = jax.random.fold_in(_point_key(key, image[0]), layer)
-                    return sliced_wasserstein_loss(image[1], target, random_directions(own, target.shape[-1], target.shape[-1]))
+                    return sliced(image[1], target, random_directions(own, target.shape[-1], target.shape[-1]))
 
                 target = targets.features[name]
                 axes = (0, _image_axis(targets.key, 1), _image_axis(target, 2))
-                value = jax.vmap(one, in_axes=axes)((pixels, features[name]), targets.key, target)
+                value = jax.vmap(one, in_axes=axes)((pixels, layer), targets.key, target)
             total = total + weight * value
         terms["sw"] = total
     if loss in (Loss.hist, Loss.gram_hist):
         total = 0.0
         for name, weight in layer_weights.items():
+            layer, _, histogram = at(name)
             target = targets.histograms[name]
             axes = (0, _image_axis(target.edges, 2))
-            total = total + weight * jax.vmap(lambda f, t: histogram_loss(f, t, bins), in_axes=axes)(features[name], target)
+            total = total + weight * jax.vmap(histogram, in_axes=axes)(layer, target)
         terms["hist"] = total
+    return terms
+
+
+def region_positions(guides: Mapping[str, jax.Array], *, padded: bool = False) -> dict:
+    """A region's positions at each layer, where its guide (H, W) exceeds 1/2: {layer: indices
+    into the H * W positions}, as `distribution_terms` takes them. A fixed index set of the
+    positions (int32 (k,); numpy, not under `jit`: the count is the guide's), or with `padded`
+    one index per position, -1 where the guide does not exceed 1/2 ((H * W,); under `jit`, for
+    guides whose count varies, e.g. a tile's)."""
+    if padded:
+        return {name: jnp.where(jnp.asarray(guide).reshape(-1) > 0.5, jnp.arange(jnp.size(guide), dtype=jnp.int32), -1)
+                for name, guide in guides.items()}
+    return {name: np.flatnonzero(np.asarray(guide).reshape(-1) > 0.5).astype(np.int32) for name, guide in guides.items()}
+
+
+def region_distribution_terms(features: Mapping[str, jax.Array], positions: Sequence[Mapping[str, jax.Array]],
+                              targets: Sequence[DistributionTargets], layer_weights: Mapping[str, float],
+                              region_weights: jax.Array | Mapping[str, jax.Array], *, loss: Loss | str,
+                              pixels: jax.Array | None = None, bins: int = HISTOGRAM_BINS) -> dict:
+    """The sw or hist terms of R regions of each image of a batch: {"sw"|"hist": (B,)}, each
+    sum_r sum_l gw_r w_l of the layer's loss at region r's positions against region r's targets
+    (`distribution_terms` with `positions`). For "gram+hist" the "hist" term (its Gram term is
+    `jaxmosaic.guided_style_losses`').
+
+    Args:
+      features: layer -> the batch's features (B, H, W, N).
+      positions: per region, `region_positions` of the output's guides.
+      targets: per region, `distribution_targets` of its style image's positions (shared, or
+        stacked with one entry per image).
+      layer_weights: w_l.
+      region_weights: gw_r (R,), or {layer: (R,)} one set per layer.
+      loss: "sw", "hist" or "gram+hist".
+      pixels: the batch's images, for random directions (`distribution_terms`).
+      bins: the histograms' bins.
+    """
+    loss = Loss(loss)
+    if loss == Loss.gram:
+        raise ValueError("the Gram loss of regions is `jaxmosaic.guided_style_losses`")
+    loss = Loss.hist if loss == Loss.gram_hist else loss
+
+    def weight(region: int, name: str):
+        return (region_weights[name] if isinstance(region_weights, Mapping) else region_weights)[region]
+
+    terms = {}
+    for region, (where, target) in enumerate(zip(positions, targets)):
+        weights = {name: w * weight(region, name) for name, w in layer_weights.items()}
+        for term, value in distribution_terms(features, None, target, weights, loss=loss, pixels=pixels, bins=bins,
+                                              positions=where).items():
+            terms[term] = terms.get(term, 0.0) + value
     return terms
 
 

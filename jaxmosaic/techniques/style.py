@@ -22,8 +22,8 @@ import numpy as np
 
 from jaxmosaic.color import match_color, match_luminance, rgb_to_yiq, yiq_to_rgb
 from jaxmosaic.config import ConfigError, choice, layer_weights, names, number, numbers, setting, whole, wholes
-from jaxmosaic.distribution_losses import (Directions, DistributionTargets, Loss, check_loss, distribution_targets, distribution_terms,
-                                           image_distribution_targets, stack_targets)
+from jaxmosaic.distribution_losses import (HISTOGRAM_BINS, Directions, DistributionTargets, Loss, check_loss, distribution_targets, distribution_terms,
+                                           image_distribution_targets, region_distribution_terms, region_positions, stack_targets)
 from jaxmosaic.errors import ImageError
 from jaxmosaic.guides import GuideMode, Region, check_region_mask, guided_gram_matrix, guided_style_losses, layer_guides
 from jaxmosaic.image import fit_shape, resize
@@ -185,13 +185,18 @@ class StyleInputs(NamedTuple):
 
 
 class StyleTargets(NamedTuple):
-    """What a style transfer matches: the content features P^l and the style Gram matrices A^l."""
+    """What a style transfer matches: the content features P^l and the style Gram matrices A^l,
+    or other statistics (`--loss`); with regions each region's, at the region's positions."""
 
     content: dict  # layer -> P, the content image's (H, W, C) features (batched: (B, H, W, C))
     grams: dict  # layer -> A, the blended style Gram matrix (C, C) (batched: (B, C, C))
-    statistics: DistributionTargets | None = None  # --loss sw, hist, gram+hist: `jaxmosaic.distribution_targets`
+    statistics: DistributionTargets | tuple | None = None  # --loss sw, hist, gram+hist: `jaxmosaic.distribution_targets`;
+    # regions: one per region (of its style image's positions), a tuple
     guides: dict | None = None  # regions: layer -> (R, H, W) the output's guides; grams then layer -> (R, C, C) per position
-    region_weights: jax.Array | None = None  # regions: gw_r, (R,)
+    region_weights: jax.Array | dict | None = None  # regions: gw_r, (R,) (a tile: layer -> (R,) for the Gram terms)
+    positions: tuple | None = None  # regions, --loss sw, hist, gram+hist: per region, layer -> (K,) int32, the output's
+    # positions in the region (`jaxmosaic.distribution_losses.region_positions`; a tile's padded with -1)
+    distribution_weights: dict | None = None  # regions in a tile: layer -> (R,) the sw and hist terms' gw_r (else region_weights)
 
 
 def style_targets(params, content: jax.Array, styles: Sequence[jax.Array], *, blend: Sequence[float] | None = None,
@@ -219,12 +224,20 @@ def style_transfer_losses(x: jax.Array, targets: StyleTargets, params, *, layer_
     """The loss of each image of an NHWC batch, the network run once on the whole batch:
     (totals (N,), {"content", "style", "tv"}: (N,) each). `targets` are shared by the batch or
     hold one entry per image (content features (N, H, W, C), Gram matrices (N, C, C)). With
-    another `loss` than "gram", "style" is the sum of its terms (`jaxmosaic.distribution_terms`)."""
+    another `loss` than "gram", "style" is the sum of its terms (`jaxmosaic.distribution_terms`);
+    with regions (`targets.guides`) the guided Gram terms and each region's sw or hist terms at
+    its positions (`jaxmosaic.distribution_losses.region_distribution_terms`)."""
     layers = tuple(dict.fromkeys((*targets.content, *layer_weights)))
     features = vgg19_features(params, x, layers, pooling=pooling)
     l_content = sum(content_losses(features[name], targets.content[name]) for name in targets.content)
     if targets.guides is not None:
-        l_style = guided_style_losses(features, targets.guides, targets.grams, layer_weights, targets.region_weights)
+        l_style = 0.0
+        if Loss(loss) in (Loss.gram, Loss.gram_hist):
+            l_style = guided_style_losses(features, targets.guides, targets.grams, layer_weights, targets.region_weights)
+        if Loss(loss) != Loss.gram:
+            weights = targets.region_weights if targets.distribution_weights is None else targets.distribution_weights
+            l_style = l_style + sum(region_distribution_terms(features, targets.positions, targets.statistics, layer_weights,
+                                                              weights, loss=loss, pixels=x).values())
     elif Loss(loss) == Loss.gram:
         l_style = style_losses({name: features[name] for name in layer_weights}, targets.grams, layer_weights)
     else:
@@ -279,8 +292,6 @@ def _check_regions(config: StyleConfig, inputs: StyleInputs) -> None:
     if config.batch and all(region.style is not None for region in inputs.regions):
         raise ConfigError("batch", f"makes one output per style image, which the regions without a style of their own "
                                    f"take; every region ({first}, ...) names its own, so the outputs would be the same")
-    if config.loss != Loss.gram:
-        raise ConfigError("loss", f"regions ({first}) are matched by guided Gram matrices: use --loss gram")
     height, width = inputs.content.shape[:2]
     positional = 0
     for region in inputs.regions:
@@ -327,13 +338,17 @@ def _region_guides(config: StyleConfig, region: Region, style_shape, shape) -> t
     mask = resize(jnp.asarray(region.mask, jnp.float32)[..., None], *shape)[..., 0]
     style_guides = layer_guides(style_mask, names, mode=config.guides, grow=config.guide_grow)
     output_guides = layer_guides(mask, names, mode=config.guides, grow=config.guide_grow)
+    how = GuideMode(config.guides).value + (f" --guide-grow {config.guide_grow}" if config.guide_grow else "")
     for name in names:
         for guides, file, side in ((output_guides, region.name, "the output's"),
                                    (style_guides, _style_mask_name(region), "the style image's")):
             if not float(jnp.max(guides[name])) > 0:
-                how = GuideMode(config.guides).value + (f" --guide-grow {config.guide_grow}" if config.guide_grow else "")
                 raise ImageError(f"{file}: the region vanishes at {name} in {side} guides with --guides {how} (at "
                                  f"{shape[1]}x{shape[0]} px): a larger region or size, or other --guides")
+            if config.loss != Loss.gram and not float(jnp.max(guides[name])) > 0.5:
+                raise ImageError(f"{file}: the region has no position at {name} in {side} guides (none above 1/2, the "
+                                 f"positions --loss {config.loss.value} compares) with --guides {how} (at {shape[1]}x{shape[0]} "
+                                 f"px): a larger or less grey region, a larger size, or other --guides")
     return style_guides, output_guides
 
 
@@ -390,16 +405,37 @@ def _style_bytes(config: StyleConfig, shapes, tile: int | None) -> int:
 def _region_bytes(config: StyleConfig, inputs: StyleInputs, height: int, width: int) -> int:
     """Bytes regions and per-layer styles add at an output of (height, width): the guided losses
     keep R guide-weighted copies of every style layer's features for the backward pass
-    (R x sum_l H_l W_l C_l floats, twice), and the regions' own style images and the per-layer
-    style images have their features taken at the scale."""
+    (R x sum_l H_l W_l C_l floats, twice), the sw and hist losses per region its targets and
+    its positions' features gathered, projected and sorted (`_region_distribution_bytes`), and
+    the regions' own style images and the per-layer style images have their features taken at
+    the scale."""
     others = [region.style for region in inputs.regions if region.style is not None]
     others += list((inputs.layer_styles or {}).values())
     if not inputs.regions and not others:
         return 0
     count = len(inputs.styles) if config.batch else 1
-    copies = count * len(inputs.regions) * _feature_bytes(config, height, width)
+    copies = count * len(inputs.regions) * _region_distribution_bytes(config, height, width, height, width)
+    if config.loss in (Loss.gram, Loss.gram_hist):
+        copies += count * len(inputs.regions) * _feature_bytes(config, height, width)
     side = max(16, round(max(height, width) * config.style_scale))
     return copies + sum(activation_bytes(*fit_shape(*np.shape(image)[:2], side), config.style_layers) for image in others)
+
+
+def _region_distribution_bytes(config: StyleConfig, height: int, width: int, tile_height: int, tile_width: int) -> int:
+    """Bytes one region of one output adds for --loss sw, hist or gram+hist, at most (a region
+    of every position): its targets, sorted lists at the output's (height, width) positions (sw)
+    or histograms, and at each evaluation of a (tile_height, tile_width) tile or whole output
+    the positions' features gathered, with their projections and sorted copies (sw) or ranks
+    and remapped values (hist), kept for the backward pass: seven copies of the style layers'
+    features (XLA's scratch for the loss and gradient at 128 px, default layers, measured 50 MiB
+    more per region for sw and 52 MiB for hist, one copy being 7.6 MiB)."""
+    if config.loss == Loss.gram:
+        return 0
+    if config.loss == Loss.sw:
+        targets = _feature_bytes(config, height, width) // 2
+    else:
+        targets = sum(2 * (HISTOGRAM_BINS + 1) * layer_channels(name) * 4 for name in config.style_layers)
+    return targets + 7 * _feature_bytes(config, tile_height, tile_width) // 2
 
 
 def _feature_bytes(config: StyleConfig, height: int, width: int) -> int:
@@ -409,15 +445,20 @@ def _feature_bytes(config: StyleConfig, height: int, width: int) -> int:
 
 
 def _tiled_extra_bytes(config: StyleConfig, inputs: StyleInputs, plan: TilePlan, shapes, count: int) -> int:
-    """What a tiled scale adds for regions (each tile's guided copies; the regions' own style
-    images taken tile by tile) and for sorted lists and histograms (the whole output's and the
-    style images' features, gathered from the tiles, with their projections and sorted copies)."""
+    """What a tiled scale adds for regions (each tile's guided copies or gathered positions, the
+    whole regions' sw or hist targets; the regions' own style images taken tile by tile) and for
+    sorted lists and histograms (the whole output's and the style images' features, gathered
+    from the tiles, with their projections and sorted copies)."""
     extra = 0
     if inputs.regions:
         side = statistic_tile(plan.tile) + 2 * HALO
         own = [fit_shape(*np.shape(region.style)[:2], max(16, round(max(plan.height, plan.width) * config.style_scale)))
                for region in inputs.regions if region.style is not None]
-        extra += count * len(inputs.regions) * _feature_bytes(config, *plan.shape)
+        if config.loss in (Loss.gram, Loss.gram_hist):
+            extra += count * len(inputs.regions) * _feature_bytes(config, *plan.shape)
+        extra += count * len(inputs.regions) * _region_distribution_bytes(config, plan.height, plan.width, *plan.shape)
+        if config.loss != Loss.gram:  # the regions' own style images' features, gathered from their tiles
+            extra += sum(_feature_bytes(config, h, w) for h, w in own)
         extra += max([activation_bytes(min(h, side), min(w, side), config.style_layers) for h, w in own], default=0)
     if config.loss != Loss.gram:
         extra += 2 * (count * _feature_bytes(config, plan.height, plan.width) + sum(_feature_bytes(config, h, w) for h, w in shapes))
@@ -461,6 +502,16 @@ def style_memory(config: StyleConfig, inputs: StyleInputs) -> int:
                 + _tiled_extra_bytes(config, inputs, plan, shapes, count)
         peak = max(peak, needed)
     return peak
+
+
+class _Regions(NamedTuple):
+    """A scale's region targets (`style_problem`'s regions_at): the `StyleTargets` region fields."""
+
+    grams: dict | None  # --loss gram, gram+hist: layer -> (R, C, C) ((B, R, C, C) with --batch)
+    guides: dict  # layer -> (R, h, w), the output's guides
+    weights: jax.Array  # gw_r (R,)
+    statistics: tuple | None  # --loss sw, hist, gram+hist: per region its DistributionTargets
+    positions: tuple | None  # --loss sw, hist, gram+hist: per region, layer -> (k,) int32, the output's positions in it
 
 
 def _start(config: StyleConfig, inputs: StyleInputs, height: int, width: int, count: int) -> jax.Array:
@@ -527,37 +578,66 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
         plan = tile_of.get((height, width))
         return None if plan is None else plan.tile
 
+    def scale_key(height: int, width: int) -> jax.Array:
+        """The key of a scale's fixed directions: drawn once per scale, the same for the whole and its tiles."""
+        return jax.random.fold_in(jax.random.PRNGKey(config.seed), [(plan.height, plan.width) for plan in plans].index((height, width)))
+
     @functools.cache
-    def regions_at(height: int, width: int) -> tuple[dict, dict, jax.Array]:
-        """Regions: each region's guided Gram targets from its style image under its style mask
-        (layer -> (R, C, C); with --batch (B, R, C, C), one set per output), the output's guides
-        (layer -> (R, h, w)) and the weights gw_r (R,). At a tiled scale the style images'
-        statistics are taken tile by tile."""
+    def regions_at(height: int, width: int) -> _Regions:
+        """Regions (`_Regions`): each region's targets from its style image under its style mask,
+        guided Gram matrices (layer -> (R, C, C)) and for --loss sw, hist, gram+hist its
+        positions' sorted lists or histograms at the output's count of the region's positions
+        (one per region; with --batch one set per output, stacked), the output's guides (layer
+        -> (R, h, w)), the region's positions there (`region_positions`) and the weights gw_r
+        (R,). At a tiled scale the style images' statistics are taken tile by tile."""
         side = max(16, round(max(height, width) * config.style_scale))
         names, tile = tuple(layer_weights), tile_at(height, width)
+        grams_wanted, distributions_wanted = config.loss in (Loss.gram, Loss.gram_hist), config.loss != Loss.gram
         output_guides = {}
 
+        def positions(index: int) -> dict:
+            return region_positions(output_guides[index])
+
         @functools.cache
-        def target(index: int, style_index: int | None) -> dict:
+        def target(index: int, style_index: int | None) -> tuple[dict | None, DistributionTargets | None]:
             region = inputs.regions[index]
             style = styles[style_index] if style_index is not None else jnp.asarray(region.style, jnp.float32)
             style = resize(style, *fit_shape(*style.shape[:2], side))
             style_guides, output_guides[index] = _region_guides(config, region, style.shape[:2], (height, width))
+            grams, statistics = None, None
             if tile is None:
-                features = vgg19_features(params, style[None], names, pooling=config.pooling)
-                return {name: guided_gram_matrix(features[name][0], style_guides[name]) for name in names}
-            grams = tiled_guided_grams(params, style, {name: style_guides[name][None] for name in names},
-                                       tile=statistic_tile(tile), halo=HALO, pooling=config.pooling)
-            return {name: grams[name][0] for name in names}
+                features = {name: value[0] for name, value in vgg19_features(params, style[None], names, pooling=config.pooling).items()}
+                if grams_wanted:
+                    grams = {name: guided_gram_matrix(features[name], style_guides[name]) for name in names}
+            else:
+                if grams_wanted:
+                    grams = tiled_guided_grams(params, style, {name: style_guides[name][None] for name in names},
+                                               tile=statistic_tile(tile), halo=HALO, pooling=config.pooling)
+                    grams = {name: grams[name][0] for name in names}
+                if distributions_wanted:
+                    features = {name: value[0] for name, value in tiled_features(params, style[None], names, tile=statistic_tile(tile),
+                                                                                 halo=HALO, pooling=config.pooling).items()}
+            if distributions_wanted:
+                counts = {name: len(value) for name, value in positions(index).items()}
+                statistics = distribution_targets(features, counts, loss=config.loss, directions=config.directions,
+                                                  key=jax.random.fold_in(scale_key(height, width), index), masks=style_guides)
+            return grams, statistics
 
         each = [[target(index, style_index) for index, style_index in enumerate(_region_style_indices(config, inputs, output))]
                 for output in range(count)]
-        targets = {name: jnp.stack([jnp.stack([one[name] for one in regions]) for regions in each]) for name in names}
-        if not config.batch:
-            targets = {name: value[0] for name, value in targets.items()}
+        grams, statistics, where = None, None, None
+        if grams_wanted:
+            grams = {name: jnp.stack([jnp.stack([one[0][name] for one in regions]) for regions in each]) for name in names}
+            if not config.batch:
+                grams = {name: value[0] for name, value in grams.items()}
+        if distributions_wanted:
+            statistics = tuple(stack_targets([regions[index][1] for regions in each], shared=False) if config.batch
+                               else each[0][index][1] for index in range(len(inputs.regions)))
+            where = tuple({name: jnp.asarray(value) for name, value in positions(index).items()}
+                          for index in range(len(inputs.regions)))
         guides = {name: jnp.stack([output_guides[index][name] for index in range(len(inputs.regions))]) for name in names}
         weights = [1.0 / len(inputs.regions) if region.weight is None else region.weight for region in inputs.regions]
-        return targets, guides, jnp.asarray(weights, jnp.float32)
+        return _Regions(grams, guides, jnp.asarray(weights, jnp.float32), statistics, where)
 
     def layer_style_grams(height: int, width: int) -> dict:
         """Scale control: the targets of the layers taken from other images."""
@@ -573,7 +653,7 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
     def grams_at(height: int, width: int) -> dict:
         """The style Gram targets of an output of this size: blended, or one per style (batch)."""
         if inputs.regions:
-            return regions_at(height, width)[0]
+            return regions_at(height, width).grams
         plan = tile_of.get((height, width))
         tile = None if plan is None else plan.tile
         each = []
@@ -603,7 +683,7 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
         """--loss sw, hist, gram+hist: the style images' targets at a scale, for outputs of `size`
         (the whole output, or a tile: its sorted lists are the style's quantiles at the tile's
         positions); fixed directions are drawn once per scale, the same for the whole and its tiles."""
-        key = jax.random.fold_in(jax.random.PRNGKey(config.seed), [(plan.height, plan.width) for plan in plans].index((height, width)))
+        key = scale_key(height, width)
         if tile_at(height, width) is None:
             return image_distribution_targets(params, scaled_styles(height, width), size, tuple(layer_weights), loss=config.loss,
                                               directions=config.directions, pooling=config.pooling, key=key,
@@ -617,30 +697,41 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
     def targets_at(height: int, width: int) -> StyleTargets:
         scaled = resize(content, height, width)
         features = vgg19_features(params, scaled[None], config.content_layers, pooling=config.pooling)
+        content_features = {name: features[name][0] for name in config.content_layers}
+        if inputs.regions:
+            regions = regions_at(height, width)
+            return StyleTargets(content_features, regions.grams, regions.statistics, regions.guides, regions.weights,
+                                regions.positions)
         grams = grams_at(height, width) if config.loss in (Loss.gram, Loss.gram_hist) else None
         statistics = None if config.loss == Loss.gram else statistics_at(height, width, (height, width))
-        guides = regions_at(height, width)[1:] if inputs.regions else (None, None)
-        return StyleTargets({name: features[name][0] for name in config.content_layers}, grams, statistics, *guides)
+        return StyleTargets(content_features, grams, statistics)
 
     def tile_data(plan: TilePlan):
         """(top, left) -> a tile's targets: the content features of its region, and the whole
         style image's statistics as the tile compares with them: Gram matrices scaled to the
         tile's positions, sorted lists and histograms at the tile's positions; for regions the
-        whole regions' guided Gram matrices, the tile's guides (`tile_guides`) and each region
-        weighed at each layer by the tile's share of the region over its share of the positions
-        (the stage weighs w_l by the latter)."""
+        whole regions' guided Gram matrices and sorted lists or histograms, the tile's guides
+        (`tile_guides`) and its positions of each region (guide above 1/2, padded to the tile's
+        positions), and each region weighed at each layer by the tile's share of the region (of
+        its guide squared for the Gram terms, of its positions for the sw and hist terms) over
+        its share of the positions (the stage weighs w_l by the latter)."""
         scaled = resize(content, plan.height, plan.width)
         grams = None
         if config.loss in (Loss.gram, Loss.gram_hist) and not inputs.regions:
             grams = {name: value * position_share(plan, name) for name, value in grams_at(plan.height, plan.width).items()}
-        statistics = None if config.loss == Loss.gram else statistics_at(plan.height, plan.width, plan.shape)
+        statistics = None
+        if config.loss != Loss.gram and not inputs.regions:
+            statistics = statistics_at(plan.height, plan.width, plan.shape)
         features = jax.jit(lambda crop: vgg19_features(params, crop[None], config.content_layers, pooling=config.pooling))
         names = tuple(layer_weights)
         if inputs.regions:
-            grams, whole, weights = regions_at(plan.height, plan.width)
+            regions = regions_at(plan.height, plan.width)
+            grams, statistics, weights = regions.grams, regions.statistics, regions.weights
             masks = [resize(jnp.asarray(region.mask, jnp.float32)[..., None], plan.height, plan.width)[..., 0]
                      for region in inputs.regions]
-            mass = {name: jnp.sum(jnp.square(whole[name]), axis=(1, 2)) for name in names}
+            mass = {name: jnp.sum(jnp.square(regions.guides[name]), axis=(1, 2)) for name in names}
+            if regions.positions is not None:
+                counts = {name: jnp.asarray([len(one[name]) for one in regions.positions], jnp.float32) for name in names}
 
         def data(top: int, left: int):
             crop = jax.lax.dynamic_slice(scaled, (top, left, 0), (*plan.shape, 3))
@@ -652,7 +743,12 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
             guides = {name: jnp.stack([one[name] for one in each]) for name in names}
             shares = {name: weights * jnp.sum(jnp.square(guides[name]), axis=(1, 2)) / mass[name] / position_share(plan, name)
                       for name in names}
-            return StyleTargets(content_features, grams, None, guides, shares), params
+            if regions.positions is None:
+                return StyleTargets(content_features, grams, None, guides, shares), params
+            where = tuple(region_positions(one, padded=True) for one in each)
+            inside = {name: jnp.sum(guides[name] > 0.5, axis=(1, 2)).astype(jnp.float32) for name in names}
+            counted = {name: weights * inside[name] / counts[name] / position_share(plan, name) for name in names}
+            return StyleTargets(content_features, grams, statistics, guides, shares, where, counted), params
 
         return data
 
@@ -688,10 +784,16 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
             return per_image(terms_of(jnp.asarray(images), targets_at(height, width), params))
         tiling = {"tile": statistic_tile(plan.tile), "halo": HALO, "pooling": config.pooling}
         scaled = resize(content, height, width)
-        if inputs.regions:
-            grams, guides, weights = regions_at(height, width)
-            parts = tiled_style_terms(params, images, scaled, grams, layer_weights, config.content_layers, **tiling,
-                                      guides=guides, region_weights=weights)
+        if inputs.regions:  # guided Gram terms taken tile by tile; sw and hist terms of the gathered features' regions
+            regions = regions_at(height, width)
+            guided = layer_weights if regions.grams is not None else {}
+            parts = tiled_style_terms(params, images, scaled, regions.grams or {}, guided, config.content_layers, **tiling,
+                                      guides=regions.guides, region_weights=regions.weights)
+            if regions.positions is not None:
+                features = tiled_features(params, images, tuple(layer_weights), **tiling)
+                parts["style"] = parts["style"] + sum(region_distribution_terms(
+                    features, regions.positions, regions.statistics, layer_weights, regions.weights, loss=config.loss,
+                    pixels=jnp.asarray(images)).values())
         elif config.loss == Loss.gram:
             parts = tiled_terms(params, images, plan, grams_at(height, width), layer_weights, pooling=config.pooling,
                                 content=scaled, content_layers=config.content_layers)
