@@ -108,8 +108,8 @@ def rng():
 # a few slow tests each, last, one worker busy while the other waited): the long files start
 # first and the short ones fill in around them.
 SLOW_FILES = ("test_devices.py", "test_tiling.py", "test_regions_tiles.py", "test_safety.py", "test_texture.py", "test_bank.py",
-              "test_locks.py", "test_video_stylize.py", "test_style.py", "test_cli.py", "test_video_cli.py", "test_vq_folders.py",
-              "test_distributed.py", "test_safety_schemas.py")
+              "test_locks.py", "test_video_stylize.py", "test_regions_distribution.py", "test_video_more.py", "test_style.py",
+              "test_cli.py", "test_video_cli.py", "test_vq_folders.py", "test_distributed.py", "test_safety_schemas.py")
 
 
 def pytest_collection_modifyitems(config, items):
