@@ -18,6 +18,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -346,9 +347,20 @@ def test_a_kill_during_a_checkpoint_save_leaves_a_loadable_checkpoint(tmp_path, 
     assert len(entries) == 3 and entries[:2] == [".jaxmosaic", "current"]  # the debris of the killed save is gone
 
 
-def test_resume_after_a_style_run_killed_while_saving(work):
+@pytest.fixture(scope="module")
+def seed_zero_folder(random_params, tmp_path_factory) -> Path:
+    """The random VGG19 of seed 0 as a weights folder: a subprocess reads it in 0.5 s of CPU where
+    drawing it takes 7.5 s."""
+    from jaxmosaic.weights import save_params
+
+    source = {"arch": "vgg19", "source": "random", "seed": 0, "format": "He-normal, per-layer mean activation 1"}
+    return save_params(random_params, tmp_path_factory.mktemp("weights") / "seed0", source)
+
+
+def test_resume_after_a_style_run_killed_while_saving(work, seed_zero_folder):
     args = ["style", "p/content.png", "p/style.png", "-o", "out.png", "--checkpoint", "ck", "--checkpoint-every", 2, *STYLE]
     args[args.index("--steps") + 1] = 4
+    args[args.index("--weights") + 1] = seed_zero_folder
     killed = subprocess.run([sys.executable, "-c", KILLER, "pointing:2", "ck", *map(str, args)], capture_output=True,
                             text=True, cwd=work, env=unoptimised_env())
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -359,9 +371,10 @@ def test_resume_after_a_style_run_killed_while_saving(work):
     assert "resuming" in result.output and json.loads((work / "m.json").read_text())["steps"] == 4
 
 
-def test_ctrl_c_writes_the_images_and_a_checkpoint_that_resumes(work):
+def test_ctrl_c_writes_the_images_and_a_checkpoint_that_resumes(work, seed_zero_folder):
     args = ["style", "p/content.png", "p/style.png", "-o", "out.png", "--checkpoint", "ck", "--checkpoint-every", 1, *STYLE]
     args[args.index("--steps") + 1] = 100000
+    args[args.index("--weights") + 1] = seed_zero_folder
     process = subprocess.Popen(cli_command(*args), cwd=work, env=unoptimised_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -503,25 +516,74 @@ def replaced(args: list, option: str, value: str) -> list:
     return [*args, option, value]
 
 
+# Runs `jaxmosaic` in-process (helpers.run_cli) for each argv of a JSON list, under the tests'
+# strict JAX settings and warnings as errors, with the random VGG19 of seed 0 read from a pickle;
+# writes [[exit code, output], ...] as JSON.
+SWEEP_RUNNER = textwrap.dedent("""
+    import json, pickle, sys, warnings
+    sys.path.insert(0, sys.argv[1])
+    import jax
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    jax.config.update("jax_numpy_dtype_promotion", "strict")
+    jax.config.update("jax_disable_most_optimizations", True)
+    warnings.simplefilter("error")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="(orbax|flax|jax|torch)")
+    import helpers
+    with open(sys.argv[2], "rb") as file:
+        helpers.SEED_ZERO["params"] = pickle.load(file)
+    with open(sys.argv[3]) as file:
+        cases = json.load(file)
+    results = []
+    for args in cases:
+        result = helpers.run_cli(*args)
+        results.append([result.exit_code, result.output])
+    with open(sys.argv[4], "w") as file:
+        json.dump(results, file)
+""")
+
+# the commands whose accepted values compile an optimisation each (the weights are constants of the
+# compiled steps): their cases run in one subprocess of XLA's unoptimised code (style: 14 programs,
+# 3.0 -> 1.6 s of CPU each), where only exit codes and messages are checked
+COMPILING = ("style", "texture")
+
+
+def sweep_results(work: Path, cases: list[list[str]], random_params) -> list[tuple[int, str]]:
+    """(exit code, output) of `jaxmosaic ARGS` in `work` for each ARGS of `cases`, all in one
+    subprocess of XLA's unoptimised code that is given `random_params` as seed 0's network."""
+    scratch = work.parent / "sweep"
+    scratch.mkdir()
+    with open(scratch / "params.pkl", "wb") as file:
+        pickle.dump(jax.tree_util.tree_map(np.asarray, random_params), file, protocol=pickle.HIGHEST_PROTOCOL)
+    (scratch / "cases.json").write_text(json.dumps(cases))
+    done = subprocess.run([sys.executable, "-c", SWEEP_RUNNER, str(Path(__file__).parent), str(scratch / "params.pkl"),
+                           str(scratch / "cases.json"), str(scratch / "results.json")], cwd=work, env=unoptimised_env(),
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [tuple(pair) for pair in json.loads((scratch / "results.json").read_text())]
+
+
 @pytest.mark.parametrize("command", list(SWEEP))
-def test_every_numeric_option_over_the_usual_mistakes(work, command):
+def test_every_numeric_option_over_the_usual_mistakes(work, command, request):
     """0, -1, nan, inf, 1e9, 2**64 for every numeric option: a correct run or a one-line refusal,
     never a traceback, an "unexpected" error, a signal or a changed input."""
     assert run_cli("vq", "train", "p/content.png", "p/style.png", "-o", "book.npz", *VQ).exit_code == 0
     cases = [SWEEP[command]] if command != "other" else OTHER
     before = hashes(work / "p", work / "book.npz")
     outcomes = collections.Counter()
-    for base, options in cases:
-        for option in options:
-            for value in SWEEP_VALUES:
-                result = run_cli(*replaced(base, option, value))
-                label = f"{option} {value}"
-                assert "Traceback" not in result.output and "unexpected" not in result.output, (label, result.output)
-                if result.exit_code == 0:
-                    outcomes["ran"] += 1
-                    continue
-                lines = [line for line in result.output.splitlines() if line.strip()]
-                assert result.exit_code in (1, 2) and len(lines) == 1 and lines[0].startswith("error: "), (label, result.output)
-                outcomes["refused"] += 1
+    labels = [f"{option} {value}" for _, options in cases for option in options for value in SWEEP_VALUES]
+    argvs = [replaced(base, option, value) for base, options in cases for option in options for value in SWEEP_VALUES]
+    if command in COMPILING:
+        results = sweep_results(work, argvs, request.getfixturevalue("random_params"))
+    else:
+        results = [(result.exit_code, result.output) for result in (run_cli(*args) for args in argvs)]
+    assert len(results) == len(argvs)
+    for label, (exit_code, output) in zip(labels, results):
+        assert "Traceback" not in output and "unexpected" not in output, (label, output)
+        if exit_code == 0:
+            outcomes["ran"] += 1
+            continue
+        lines = [line for line in output.splitlines() if line.strip()]
+        assert exit_code in (1, 2) and len(lines) == 1 and lines[0].startswith("error: "), (label, output)
+        outcomes["refused"] += 1
     assert hashes(work / "p", work / "book.npz") == before
     print(f"\n{command}: {dict(outcomes)}")
