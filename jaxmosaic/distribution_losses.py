@@ -307,14 +307,20 @@ def distribution_targets(features: Mapping[str, jax.Array], positions: Mapping[s
             drawn = {name: random_directions(jax.random.fold_in(key, index), value.shape[-1], value.shape[-1])
                      for index, (name, value) in enumerate(features.items())}
             out["directions"] = drawn
-            out["sorted"] = {name: SortedProjections(quantiles(sorted_projections(value, drawn[name]).values, positions[name]))
+            out["sorted"] = {name: SortedProjections(_sorted_quantiles(value, drawn[name], int(positions[name])))
                              for name, value in features.items()}
         else:
             out["features"] = {name: _flat(value) for name, value in features.items()}
             out["key"] = key
     if loss in (Loss.hist, Loss.gram_hist):
-        out["histograms"] = {name: histogram_target(value, bins) for name, value in features.items()}
+        out["histograms"] = {name: _histogram_target(value, bins) for name, value in features.items()}
     return DistributionTargets(**out)
+
+
+# one compiled program per shape for the targets (op by op, each of their many small operations compiles alone)
+_sorted_quantiles = jax.jit(lambda value, directions, count: quantiles(sorted_projections(value, directions).values, count),
+                            static_argnums=2)
+_histogram_target = jax.jit(histogram_target, static_argnums=1)
 
 
 SEED_AXES = DistributionTargets(sorted=0, directions=0, features=None, key=0, histograms=None)

@@ -328,6 +328,9 @@ def _style_mask_name(region: Region) -> str:
     return region.style_mask_name or f"{region.name} (style mask)"
 
 
+_layer_guides = jax.jit(layer_guides, static_argnames=("layers", "mode", "grow"))  # one program, not each operation alone
+
+
 def _region_guides(config: StyleConfig, region: Region, style_shape, shape) -> tuple[dict, dict]:
     """A region's guides at every style layer, on the style image (of `style_shape`, under its
     style mask) and on the output (of `shape`); an `ImageError` naming the mask's file, the layer
@@ -336,8 +339,8 @@ def _region_guides(config: StyleConfig, region: Region, style_shape, shape) -> t
     style_mask = jnp.ones(style_shape, jnp.float32) if region.style_mask is None else \
         resize(jnp.asarray(region.style_mask, jnp.float32)[..., None], *style_shape)[..., 0]
     mask = resize(jnp.asarray(region.mask, jnp.float32)[..., None], *shape)[..., 0]
-    style_guides = layer_guides(style_mask, names, mode=config.guides, grow=config.guide_grow)
-    output_guides = layer_guides(mask, names, mode=config.guides, grow=config.guide_grow)
+    style_guides = _layer_guides(style_mask, names, mode=config.guides, grow=config.guide_grow)
+    output_guides = _layer_guides(mask, names, mode=config.guides, grow=config.guide_grow)
     how = GuideMode(config.guides).value + (f" --guide-grow {config.guide_grow}" if config.guide_grow else "")
     for name in names:
         for guides, file, side in ((output_guides, region.name, "the output's"),
@@ -776,6 +779,8 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
         return keep_colors(images, jnp.broadcast_to(resize(original, *images.shape[1:3]), images.shape))
 
     terms_of = jax.jit(lambda x, t, p: style_transfer_losses(x, t, p, **settings))
+    region_terms = jax.jit(lambda features, positions, statistics, weights, pixels: sum(region_distribution_terms(
+        features, positions, statistics, layer_weights, weights, loss=config.loss, pixels=pixels).values()))
 
     def terms(images):
         height, width = images.shape[1:3]
@@ -791,9 +796,8 @@ def style_problem(config: StyleConfig, inputs: StyleInputs, params) -> Problem:
                                       guides=regions.guides, region_weights=regions.weights)
             if regions.positions is not None:
                 features = tiled_features(params, images, tuple(layer_weights), **tiling)
-                parts["style"] = parts["style"] + sum(region_distribution_terms(
-                    features, regions.positions, regions.statistics, layer_weights, regions.weights, loss=config.loss,
-                    pixels=jnp.asarray(images)).values())
+                parts["style"] = parts["style"] + region_terms(features, regions.positions, regions.statistics, regions.weights,
+                                                               jnp.asarray(images))
         elif config.loss == Loss.gram:
             parts = tiled_terms(params, images, plan, grams_at(height, width), layer_weights, pooling=config.pooling,
                                 content=scaled, content_layers=config.content_layers)
