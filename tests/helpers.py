@@ -38,6 +38,12 @@ def sample_image(name: str, height: int | None = None, width: int | None = None)
     return image if height is None else np.asarray(resize(image, height, width))
 
 
+def flat_color(color, seed: int, shape: tuple[int, int] = (32, 32)) -> np.ndarray:
+    """A flat-ish colour image (H, W, 3) float32: `color` with a little seeded texture."""
+    noise = np.random.default_rng(seed).normal(0.0, 0.06, (*shape, 3))
+    return np.clip(np.asarray(color) + noise, 0.0, 1.0).astype(np.float32)
+
+
 def sample_cells(name: str, patch: int = 16, side: int = 160) -> np.ndarray:
     """The top-left side x side pixels of a sample cut into (side // patch)^2 cells of patch x patch, NHWC."""
     from jaxmosaic.techniques.mosaic import split_cells

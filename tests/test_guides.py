@@ -9,8 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.ndimage
+from helpers import flat_color
 
-from jaxmosaic import gram_matrix, guided_gram_matrix, layer_guides, style_layer_loss, vgg19_features
+from jaxmosaic import (
+    gram_matrix,
+    guided_gram_matrix,
+    layer_guides,
+    style_layer_loss,
+    vgg19_features,
+)
 from jaxmosaic.guides import guided_style_layer_losses, guided_style_losses, unit_rms
 
 PROBE_LAYERS = ("conv1_1", "relu1_2", "pool1", "relu2_1", "conv2_2", "pool2", "relu3_1")
@@ -132,18 +139,12 @@ def test_inside_guides_give_zero_gradient_outside_the_region(random_params):
     assert np.abs(gradient("simple")[:, 36:]).max() > 0  # resized guides leak across the edge
 
 
-def _flat(color, seed, shape=(32, 32)):
-    """A flat-ish colour: the colour with a little texture."""
-    noise = np.random.default_rng(seed).normal(0.0, 0.06, (*shape, 3))
-    return np.clip(np.asarray(color) + noise, 0.0, 1.0).astype(np.float32)
-
-
 def test_two_regions_take_their_own_styles(random_params):
-    from jaxmosaic.techniques.style import StyleConfig, StyleInputs, style_transfer
     from jaxmosaic.guides import Region
+    from jaxmosaic.techniques.style import StyleConfig, StyleInputs, style_transfer
 
-    content = _flat((0.5, 0.5, 0.5), 0)
-    red, blue = _flat((0.85, 0.25, 0.2), 1), _flat((0.15, 0.35, 0.85), 2)
+    content = flat_color((0.5, 0.5, 0.5), 0)
+    red, blue = flat_color((0.85, 0.25, 0.2), 1), flat_color((0.15, 0.35, 0.85), 2)
     left = np.zeros((32, 32), np.float32)
     left[:, :16] = 1.0
     regions = [Region(left, name="left.png"), Region(1.0 - left, name="right.png")]
@@ -159,9 +160,9 @@ def test_two_regions_take_their_own_styles(random_params):
 
 
 def test_region_specs_and_one_line_errors(tmp_path, random_params):
+    from helpers import one_line_error, run_cli
     from PIL import Image
 
-    from helpers import one_line_error, run_cli
     from jaxmosaic.config import ConfigError
     from jaxmosaic.guides import RegionSpec, load_regions, parse_region
 
@@ -252,8 +253,8 @@ def test_style_layers_from_takes_those_layers_targets_from_the_named_image(rando
     from jaxmosaic.losses import gram_targets
     from jaxmosaic.techniques.style import StyleConfig, StyleInputs, style_problem
 
-    coarse, fine = _flat((0.8, 0.3, 0.2), 3), _flat((0.2, 0.3, 0.8), 4, (24, 40))
-    content = _flat((0.5, 0.5, 0.5), 5)
+    coarse, fine = flat_color((0.8, 0.3, 0.2), 3), flat_color((0.2, 0.3, 0.8), 4, (24, 40))
+    content = flat_color((0.5, 0.5, 0.5), 5)
     layers = ("relu1_1", "relu2_1", "relu3_1")
     config = StyleConfig(size=32, steps=(1,), style_layers=layers, content_layers=("relu2_1",),
                          style_layers_from="relu1_1, relu2_1=fine.png")
@@ -275,14 +276,14 @@ def test_style_layers_from_takes_those_layers_targets_from_the_named_image(rando
 
 
 def test_texture_mask_matches_the_region_statistics(random_params, tmp_path):
+    from helpers import one_line_error, run_cli
     from PIL import Image
 
-    from helpers import one_line_error, run_cli
     from jaxmosaic import gram_targets
     from jaxmosaic.guides import masked_gram_targets
     from jaxmosaic.io.images import load_image
 
-    exemplar = np.concatenate([_flat((0.85, 0.25, 0.2), 6, (32, 16)), _flat((0.15, 0.35, 0.85), 7, (32, 16))], axis=1)
+    exemplar = np.concatenate([flat_color((0.85, 0.25, 0.2), 6, (32, 16)), flat_color((0.15, 0.35, 0.85), 7, (32, 16))], axis=1)
     mask = np.zeros((32, 32), np.float32)
     mask[:, :16] = 1.0
     layers = ("relu1_1", "pool1", "pool2")

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from distribution_reference import histogram_loss_numpy, sliced_wasserstein_numpy
-from helpers import sample_image
+from helpers import flat_color, sample_image
 from scipy.ndimage import minimum_filter
 
 from jaxmosaic import random_directions, vgg19_features
@@ -140,15 +140,9 @@ def test_inside_guides_give_zero_gradient_outside_the_region_with_sliced_wassers
     assert np.abs(inside[:, :20]).max() > 0
 
 
-def _flat(color, seed, shape=(32, 32)):
-    """A flat-ish colour: the colour with a little texture."""
-    noise = np.random.default_rng(seed).normal(0.0, 0.06, (*shape, 3))
-    return np.clip(np.asarray(color) + noise, 0.0, 1.0).astype(np.float32)
-
-
 def test_two_regions_take_their_own_styles_with_sliced_wasserstein(random_params):
-    content = _flat((0.5, 0.5, 0.5), 0)
-    red, blue = _flat((0.85, 0.25, 0.2), 1), _flat((0.15, 0.35, 0.85), 2)
+    content = flat_color((0.5, 0.5, 0.5), 0)
+    red, blue = flat_color((0.85, 0.25, 0.2), 1), flat_color((0.15, 0.35, 0.85), 2)
     left = np.zeros((32, 32), np.float32)
     left[:, :16] = 1.0
     regions = [Region(left, name="left.png"), Region(1.0 - left, name="right.png")]
